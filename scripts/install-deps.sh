@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install everything the build and the tests of mod_hsm_ssl need on a fresh
+# Debian 12 machine. Idempotent; run as root (CI and the dev machines are root).
+#
+# Deliberately NOT installed: libengine-pkcs11-openssl. Tests that care about
+# the libp11 OpenSSL engine being present/absent control that themselves.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps.sh: must run as root (apt-get install)" >&2
+    exit 1
+fi
+
+PACKAGES=(
+    apache2          # /usr/sbin/apache2 + mod_ssl + MPM modules used by the tests
+    apache2-dev      # httpd/APR headers for bindgen, apxs
+    softhsm2         # PKCS#11 token used by the tests (/usr/lib/softhsm/libsofthsm2.so)
+    opensc           # pkcs11-tool (key generation, object listing)
+    libssl-dev       # openssl-sys
+    pkg-config
+    clang            # bindgen
+    libclang-dev     # bindgen
+    curl
+    openssl          # openssl s_client / x509 / req used by the test harness
+    ca-certificates
+)
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+
+# Debian's apache2 package starts (and enables) the system apache2 on port 80.
+# The tests start their own private instances and do not need it; leave it be,
+# it does not conflict (tests bind 127.0.0.1 on free ephemeral ports).
+
+if command -v cargo >/dev/null 2>&1; then
+    echo "install-deps.sh: cargo found: $(cargo --version)"
+else
+    echo "install-deps.sh: WARNING: cargo is not on PATH; install a Rust toolchain (>= 1.77) before building" >&2
+fi
+echo "install-deps.sh: done"
