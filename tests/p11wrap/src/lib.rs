@@ -1,1 +1,367 @@
+//! `hsm_test_p11wrap`: a counting, fault-injecting PKCS#11 shim for tests.
+//!
+//! It exports `C_GetFunctionList` only (PKCS#11 2.40 style, so consumers such
+//! as `cryptoki` fall back from `C_GetInterface` to it). On first use it
+//! `dlopen`s the real library named by `HSM_P11WRAP_TARGET` (default
+//! `/usr/lib/softhsm/libsofthsm2.so`), copies its `CK_FUNCTION_LIST` and
+//! replaces a set of entries with wrappers that:
+//!
+//! 1. **count**: if env `HSM_P11WRAP_LOG` names a file, append one line
+//!    `<function name>\n` to it with a single `write(2)` on an `O_APPEND`
+//!    descriptor (atomic across processes and threads for such short lines).
+//!    Every call is logged, including size-query calls (e.g. `C_Sign` with a
+//!    NULL output buffer) and calls that the fault knob makes fail.
+//! 2. **inject faults**: if env `HSM_P11WRAP_CONTROL` names a file that exists
+//!    and has a line `fail <function name> <rv>` (rv: a `CKR_*` name, or hex
+//!    with or without `0x`), that function returns `rv` without forwarding.
+//!    The file is re-read on every call, so a test can change behaviour of a
+//!    running server by rewriting it. Lines starting with `#` are ignored.
+//!    A faulted C_Sign / C_Decrypt / C_SignFinal still completes the real
+//!    operation into a scratch buffer (result discarded), so the session is
+//!    left without an active operation, as after a real failure.
+//!
+//! Nothing here may unwind into C: every exported/wrapped function runs its
+//! body under `catch_unwind` and returns `CKR_GENERAL_ERROR` on panic.
 
+#![allow(non_snake_case)]
+
+use std::ffi::{c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use cryptoki_sys::*;
+
+const DEFAULT_TARGET: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const ENV_TARGET: &str = "HSM_P11WRAP_TARGET";
+const ENV_LOG: &str = "HSM_P11WRAP_LOG";
+const ENV_CONTROL: &str = "HSM_P11WRAP_CONTROL";
+
+/// The real library's function list (never freed: the library is never
+/// `dlclose`d) and our patched copy.
+struct Lists {
+    real: &'static CK_FUNCTION_LIST,
+    wrapped: &'static CK_FUNCTION_LIST,
+}
+
+static LISTS: OnceLock<Result<Lists, String>> = OnceLock::new();
+
+fn lists() -> Result<&'static Lists, &'static str> {
+    LISTS.get_or_init(load).as_ref().map_err(|e| e.as_str())
+}
+
+fn real() -> Option<&'static CK_FUNCTION_LIST> {
+    lists().ok().map(|l| l.real)
+}
+
+fn load() -> Result<Lists, String> {
+    let target = std::env::var(ENV_TARGET).unwrap_or_else(|_| DEFAULT_TARGET.to_string());
+    let c_target = std::ffi::CString::new(target.clone())
+        .map_err(|_| format!("{ENV_TARGET} contains a NUL byte"))?;
+    // SAFETY: c_target is a valid NUL-terminated string; dlopen has no other
+    // preconditions. The handle is intentionally leaked (never dlclose'd) so
+    // that the function pointers we copy stay valid for the process lifetime.
+    let handle = unsafe { libc::dlopen(c_target.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns NULL or a valid C string owned by libc.
+        let err = unsafe { libc::dlerror() };
+        let msg = if err.is_null() {
+            "unknown error".to_string()
+        } else {
+            // SAFETY: non-null, NUL-terminated, valid until the next dl* call.
+            unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned()
+        };
+        return Err(format!("dlopen({target}) failed: {msg}"));
+    }
+    // SAFETY: handle is a valid dlopen handle, the symbol name is NUL-terminated.
+    let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
+    if sym.is_null() {
+        return Err(format!("{target} has no C_GetFunctionList"));
+    }
+    // SAFETY: the PKCS#11 spec defines C_GetFunctionList with exactly this
+    // signature; sym is non-null.
+    let get_list: unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV =
+        unsafe { std::mem::transmute(sym) };
+    let mut real_ptr: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
+    // SAFETY: we pass a valid out-pointer.
+    let rv = unsafe { get_list(&mut real_ptr) };
+    if rv != CKR_OK || real_ptr.is_null() {
+        return Err(format!("{target}: C_GetFunctionList returned {rv:#x}"));
+    }
+    // SAFETY: the library guarantees the list it returns stays valid while the
+    // library is loaded, which is forever (we never dlclose).
+    let real: &'static CK_FUNCTION_LIST = unsafe { &*real_ptr };
+    let mut copy = Box::new(CK_FUNCTION_LIST { ..*real });
+    patch(&mut copy, real);
+    // Our own C_GetFunctionList must be the one in the list we hand out.
+    copy.C_GetFunctionList = Some(C_GetFunctionList);
+    Ok(Lists { real, wrapped: Box::leak(copy) })
+}
+
+// ---------------------------------------------------------------------------
+// Logging and the fault knob
+// ---------------------------------------------------------------------------
+
+fn log_call(name: &str) {
+    let Some(path) = std::env::var_os(ENV_LOG) else { return };
+    let Ok(c_path) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+    else {
+        return;
+    };
+    let mut line = Vec::with_capacity(name.len() + 1);
+    line.extend_from_slice(name.as_bytes());
+    line.push(b'\n');
+    // SAFETY: c_path is a valid C string; flags/mode are plain integers.
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
+            0o666 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: fd is open, line is a valid buffer of line.len() bytes. A single
+    // write(2) on an O_APPEND fd is what makes concurrent appends atomic.
+    unsafe {
+        libc::write(fd, line.as_ptr().cast(), line.len());
+        libc::close(fd);
+    }
+}
+
+/// If the control file asks `name` to fail, the CK_RV to return.
+fn fault_for(name: &str) -> Option<CK_RV> {
+    let path = std::env::var_os(ENV_CONTROL)?;
+    let text = std::fs::read_to_string(path).ok()?;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        if words.next() != Some("fail") || words.next() != Some(name) {
+            continue;
+        }
+        if let Some(rv) = words.next().and_then(parse_rv) {
+            return Some(rv);
+        }
+    }
+    None
+}
+
+fn parse_rv(s: &str) -> Option<CK_RV> {
+    if let Some(rv) = ckr_by_name(s) {
+        return Some(rv);
+    }
+    let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+    CK_RV::from_str_radix(hex, 16).ok()
+}
+
+fn ckr_by_name(s: &str) -> Option<CK_RV> {
+    Some(match s {
+        "CKR_OK" => CKR_OK,
+        "CKR_CANCEL" => CKR_CANCEL,
+        "CKR_HOST_MEMORY" => CKR_HOST_MEMORY,
+        "CKR_SLOT_ID_INVALID" => CKR_SLOT_ID_INVALID,
+        "CKR_GENERAL_ERROR" => CKR_GENERAL_ERROR,
+        "CKR_FUNCTION_FAILED" => CKR_FUNCTION_FAILED,
+        "CKR_ARGUMENTS_BAD" => CKR_ARGUMENTS_BAD,
+        "CKR_DEVICE_ERROR" => CKR_DEVICE_ERROR,
+        "CKR_DEVICE_MEMORY" => CKR_DEVICE_MEMORY,
+        "CKR_DEVICE_REMOVED" => CKR_DEVICE_REMOVED,
+        "CKR_FUNCTION_CANCELED" => CKR_FUNCTION_CANCELED,
+        "CKR_FUNCTION_NOT_SUPPORTED" => CKR_FUNCTION_NOT_SUPPORTED,
+        "CKR_KEY_HANDLE_INVALID" => CKR_KEY_HANDLE_INVALID,
+        "CKR_KEY_TYPE_INCONSISTENT" => CKR_KEY_TYPE_INCONSISTENT,
+        "CKR_KEY_FUNCTION_NOT_PERMITTED" => CKR_KEY_FUNCTION_NOT_PERMITTED,
+        "CKR_MECHANISM_INVALID" => CKR_MECHANISM_INVALID,
+        "CKR_MECHANISM_PARAM_INVALID" => CKR_MECHANISM_PARAM_INVALID,
+        "CKR_OBJECT_HANDLE_INVALID" => CKR_OBJECT_HANDLE_INVALID,
+        "CKR_OPERATION_ACTIVE" => CKR_OPERATION_ACTIVE,
+        "CKR_OPERATION_NOT_INITIALIZED" => CKR_OPERATION_NOT_INITIALIZED,
+        "CKR_PIN_INCORRECT" => CKR_PIN_INCORRECT,
+        "CKR_PIN_LOCKED" => CKR_PIN_LOCKED,
+        "CKR_SESSION_CLOSED" => CKR_SESSION_CLOSED,
+        "CKR_SESSION_COUNT" => CKR_SESSION_COUNT,
+        "CKR_SESSION_HANDLE_INVALID" => CKR_SESSION_HANDLE_INVALID,
+        "CKR_TOKEN_NOT_PRESENT" => CKR_TOKEN_NOT_PRESENT,
+        "CKR_TOKEN_NOT_RECOGNIZED" => CKR_TOKEN_NOT_RECOGNIZED,
+        "CKR_USER_NOT_LOGGED_IN" => CKR_USER_NOT_LOGGED_IN,
+        "CKR_USER_ALREADY_LOGGED_IN" => CKR_USER_ALREADY_LOGGED_IN,
+        "CKR_BUFFER_TOO_SMALL" => CKR_BUFFER_TOO_SMALL,
+        "CKR_CRYPTOKI_NOT_INITIALIZED" => CKR_CRYPTOKI_NOT_INITIALIZED,
+        "CKR_CRYPTOKI_ALREADY_INITIALIZED" => CKR_CRYPTOKI_ALREADY_INITIALIZED,
+        "CKR_DATA_INVALID" => CKR_DATA_INVALID,
+        "CKR_DATA_LEN_RANGE" => CKR_DATA_LEN_RANGE,
+        "CKR_ENCRYPTED_DATA_INVALID" => CKR_ENCRYPTED_DATA_INVALID,
+        "CKR_ENCRYPTED_DATA_LEN_RANGE" => CKR_ENCRYPTED_DATA_LEN_RANGE,
+        _ => return None,
+    })
+}
+
+/// Common prologue of every wrapper: log, then maybe return an injected fault.
+fn prologue(name: &str) -> Option<CK_RV> {
+    log_call(name);
+    fault_for(name)
+}
+
+// ---------------------------------------------------------------------------
+// Ending the real operation when a fault is injected
+// ---------------------------------------------------------------------------
+//
+// In PKCS#11, C_Sign / C_Decrypt / C_SignFinal returning anything but
+// CKR_OK or CKR_BUFFER_TOO_SMALL terminates the active operation. When we
+// fake such an error the real library still has the operation open, and the
+// next C_SignInit on that session would get CKR_OPERATION_ACTIVE, which a real
+// HSM would not return. So we complete the real operation into a scratch
+// buffer and throw the result away.
+
+const SCRATCH: usize = 16 * 1024;
+
+fn finish_sign(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) {
+    let Some(f) = real().and_then(|l| l.C_Sign) else { return };
+    let mut buf = vec![0u8; SCRATCH];
+    let mut out_len = SCRATCH as CK_ULONG;
+    // SAFETY: data/len are the caller's (valid per the C_Sign contract); buf
+    // is a writable buffer of out_len bytes.
+    unsafe { f(session, data, len, buf.as_mut_ptr(), &mut out_len) };
+}
+
+fn finish_decrypt(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) {
+    let Some(f) = real().and_then(|l| l.C_Decrypt) else { return };
+    let mut buf = vec![0u8; SCRATCH];
+    let mut out_len = SCRATCH as CK_ULONG;
+    // SAFETY: as in finish_sign.
+    unsafe { f(session, data, len, buf.as_mut_ptr(), &mut out_len) };
+}
+
+fn finish_sign_final(session: CK_SESSION_HANDLE) {
+    let Some(f) = real().and_then(|l| l.C_SignFinal) else { return };
+    let mut buf = vec![0u8; SCRATCH];
+    let mut out_len = SCRATCH as CK_ULONG;
+    // SAFETY: buf is a writable buffer of out_len bytes.
+    unsafe { f(session, buf.as_mut_ptr(), &mut out_len) };
+}
+
+// ---------------------------------------------------------------------------
+// Wrappers
+// ---------------------------------------------------------------------------
+
+/// `wrap!(C_Name(arg: Type, ...));` defines `unsafe extern "C" fn C_Name` in
+/// module `w` that logs, consults the fault knob, then forwards to the real
+/// library. `patch` installs it only where the real library has the entry.
+macro_rules! wraps {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) $(=> $on_fault:expr)? ; )*) => {
+        mod w {
+            use super::*;
+            $(
+                /// Logging / fault-injecting wrapper around the real entry.
+                ///
+                /// # Safety
+                /// Same contract as the PKCS#11 function of the same name;
+                /// arguments are passed through untouched.
+                pub unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
+                    let r = catch_unwind(AssertUnwindSafe(|| {
+                        if let Some(rv) = prologue(stringify!($name)) {
+                            $( $on_fault; )?
+                            return rv;
+                        }
+                        match real().and_then(|l| l.$name) {
+                            // SAFETY: forwarding the caller's arguments
+                            // unchanged to the real implementation, whose
+                            // contract is the one our caller already honours.
+                            Some(f) => unsafe { f($($arg),*) },
+                            None => CKR_FUNCTION_NOT_SUPPORTED,
+                        }
+                    }));
+                    r.unwrap_or(CKR_GENERAL_ERROR)
+                }
+            )*
+        }
+
+        fn patch(list: &mut CK_FUNCTION_LIST, real: &CK_FUNCTION_LIST) {
+            $(
+                if real.$name.is_some() {
+                    list.$name = Some(w::$name);
+                }
+            )*
+        }
+    };
+}
+
+wraps! {
+    C_Initialize(args: *mut c_void);
+    C_Finalize(reserved: *mut c_void);
+    C_GetInfo(info: *mut CK_INFO);
+    C_GetSlotList(present: CK_BBOOL, slots: *mut CK_SLOT_ID, count: *mut CK_ULONG);
+    C_GetSlotInfo(slot: CK_SLOT_ID, info: *mut CK_SLOT_INFO);
+    C_GetTokenInfo(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO);
+    C_GetMechanismList(slot: CK_SLOT_ID, mechs: *mut CK_MECHANISM_TYPE, count: *mut CK_ULONG);
+    C_GetMechanismInfo(slot: CK_SLOT_ID, mech: CK_MECHANISM_TYPE, info: *mut CK_MECHANISM_INFO);
+    C_OpenSession(slot: CK_SLOT_ID, flags: CK_FLAGS, app: *mut c_void, notify: CK_NOTIFY,
+                  session: *mut CK_SESSION_HANDLE);
+    C_CloseSession(session: CK_SESSION_HANDLE);
+    C_CloseAllSessions(slot: CK_SLOT_ID);
+    C_GetSessionInfo(session: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO);
+    C_Login(session: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut CK_UTF8CHAR, pin_len: CK_ULONG);
+    C_Logout(session: CK_SESSION_HANDLE);
+    C_GetAttributeValue(session: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE,
+                        tmpl: *mut CK_ATTRIBUTE, count: CK_ULONG);
+    C_FindObjectsInit(session: CK_SESSION_HANDLE, tmpl: *mut CK_ATTRIBUTE, count: CK_ULONG);
+    C_FindObjects(session: CK_SESSION_HANDLE, objs: *mut CK_OBJECT_HANDLE, max: CK_ULONG,
+                  count: *mut CK_ULONG);
+    C_FindObjectsFinal(session: CK_SESSION_HANDLE);
+    C_DecryptInit(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE);
+    C_Decrypt(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE,
+              out_len: *mut CK_ULONG) => finish_decrypt(session, data, len);
+    C_SignInit(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE);
+    C_Sign(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, sig: *mut CK_BYTE,
+           sig_len: *mut CK_ULONG) => finish_sign(session, data, len);
+    C_SignUpdate(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG);
+    C_SignFinal(session: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: *mut CK_ULONG)
+        => finish_sign_final(session);
+    C_GenerateKeyPair(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM,
+                      pub_tmpl: *mut CK_ATTRIBUTE, pub_count: CK_ULONG,
+                      priv_tmpl: *mut CK_ATTRIBUTE, priv_count: CK_ULONG,
+                      pub_key: *mut CK_OBJECT_HANDLE, priv_key: *mut CK_OBJECT_HANDLE);
+}
+
+/// The one exported symbol.
+///
+/// # Safety
+/// `list` must be NULL or a valid pointer to writable storage for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn C_GetFunctionList(list: *mut *mut CK_FUNCTION_LIST) -> CK_RV {
+    let r = catch_unwind(|| {
+        if list.is_null() {
+            return CKR_ARGUMENTS_BAD;
+        }
+        match lists() {
+            Ok(l) => {
+                // SAFETY: list is non-null and, per our contract, writable.
+                // The leaked `wrapped` list lives forever; the PKCS#11
+                // signature wants a *mut, but callers treat it as read-only.
+                unsafe { *list = l.wrapped as *const CK_FUNCTION_LIST as *mut CK_FUNCTION_LIST };
+                CKR_OK
+            }
+            Err(msg) => {
+                eprintln!("hsm_test_p11wrap: {msg}");
+                CKR_GENERAL_ERROR
+            }
+        }
+    });
+    r.unwrap_or(CKR_GENERAL_ERROR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rv_parsing() {
+        assert_eq!(parse_rv("CKR_DEVICE_ERROR"), Some(CKR_DEVICE_ERROR));
+        assert_eq!(parse_rv("0x30"), Some(0x30));
+        assert_eq!(parse_rv("A0"), Some(CKR_PIN_INCORRECT));
+        assert_eq!(parse_rv("CKR_NOPE"), None);
+    }
+}
