@@ -1,1 +1,2 @@
-
+mod ffi;
+pub mod pkcs11;

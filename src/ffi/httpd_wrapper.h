@@ -1,0 +1,8 @@
+/* The httpd and APR declarations the module uses (bindgen input). */
+#include <httpd.h>
+#include <http_config.h>
+#include <http_log.h>
+#include <http_main.h>
+#include <ap_mpm.h>
+#include <apr_optional_hooks.h>
+#include <apr_strings.h>

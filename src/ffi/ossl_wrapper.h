@@ -1,0 +1,11 @@
+/* OpenSSL 3 declarations that openssl-sys lacks (bindgen input):
+ * the provider ABI, ENGINE and the legacy OSSL_STORE loader API. */
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+#include <openssl/core.h>
+#include <openssl/core_dispatch.h>
+#include <openssl/core_names.h>
+#include <openssl/provider.h>
+#include <openssl/params.h>
+#include <openssl/engine.h>
+#include <openssl/store.h>
+#include <openssl/evp.h>

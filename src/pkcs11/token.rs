@@ -1,0 +1,683 @@
+//! One process's connection to the PKCS#11 library: library loading,
+//! token selection, the single login per token, the session pool, key
+//! lookup and the private-key operations.
+//!
+//! An [`Hsm`] belongs to exactly one process. The Apache parent opens one
+//! while it loads keys for mod_ssl and finalizes it before any child is
+//! forked; every child opens its own (with OS locking) and logs in again with
+//! the PIN it inherited. PKCS#11 state is never carried across fork.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use parking_lot::{Condvar, Mutex};
+
+use super::secret::Secret;
+use super::uri::{hex, KeyUri, TokenSelector};
+
+/// What the configuration says about the HSM, shared by every key of one
+/// configuration generation.
+#[derive(Debug)]
+pub struct Binding {
+    pub library: PathBuf,
+    pub pin: Arc<Secret>,
+    pub default_token: TokenSelector,
+    /// Upper bound of open sessions per token in one process.
+    pub max_sessions: usize,
+    /// How long a caller waits for a free session before giving up.
+    pub session_wait: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PublicKey {
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    /// `params`: CKA_EC_PARAMS (DER of the curve OID); `point`: the
+    /// uncompressed point (04 || X || Y).
+    Ec { params: Vec<u8>, point: Vec<u8> },
+}
+
+/// A configured key, resolved on the token by the parent process. Children
+/// find the same object again by token serial, CKA_ID and CKA_LABEL.
+#[derive(Debug)]
+pub struct KeyRef {
+    pub uri_text: String,
+    pub token_serial: String,
+    pub token_label: String,
+    pub id: Vec<u8>,
+    pub label: Option<String>,
+    pub public: PublicKey,
+    pub binding: Arc<Binding>,
+}
+
+impl KeyRef {
+    fn ident(&self) -> (String, Vec<u8>, Option<String>) {
+        (self.token_serial.clone(), self.id.clone(), self.label.clone())
+    }
+}
+
+/// An error of a private-key operation, classified by what can be done
+/// about it.
+#[derive(Debug)]
+pub enum OpError {
+    /// The token answered with an error.
+    Token(CkError),
+    /// No session became free in time.
+    Busy(Duration),
+    /// The token or key could not be reached (login, lookup, library).
+    Setup(String),
+}
+
+impl fmt::Display for OpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpError::Token(e) => write!(f, "{}", ck_error_text(e)),
+            OpError::Busy(d) => write!(
+                f,
+                "no PKCS#11 session became free within {} ms (all sessions busy; raise HSMSSLMaxSessions or add HSM capacity)",
+                d.as_millis()
+            ),
+            OpError::Setup(s) => f.write_str(s),
+        }
+    }
+}
+
+/// `CKR_…` name of a cryptoki error, short enough for one log line.
+pub fn ck_error_text(e: &CkError) -> String {
+    match e {
+        CkError::Pkcs11(rv, func) => format!("{} returned {}", func, rv_name(*rv)),
+        CkError::LibraryLoading(le) => format!("cannot load the PKCS#11 library: {le}"),
+        CkError::MissingSymbol(s) => format!("the library has no {s}: it is not a PKCS#11 library"),
+        other => other.to_string(),
+    }
+}
+
+fn rv_name(rv: RvError) -> String {
+    // "PinIncorrect" -> "CKR_PIN_INCORRECT"
+    let dbg = format!("{rv:?}");
+    let mut out = String::from("CKR_");
+    for (i, c) in dbg.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        if c == '(' {
+            break;
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+/// Errors after which the session is dropped and the operation retried once
+/// on a fresh session.
+fn is_session_error(e: &CkError) -> bool {
+    matches!(
+        e,
+        CkError::Pkcs11(RvError::SessionHandleInvalid | RvError::SessionClosed, _)
+    )
+}
+
+/// A bounded pool of sessions on one token. Callers take a session, run one
+/// operation on it and give it back; no lock is held while the token works.
+struct Pool {
+    inner: Mutex<PoolInner>,
+    freed: Condvar,
+    max: usize,
+    wait: Duration,
+}
+
+struct PoolInner {
+    idle: Vec<Session>,
+    open: usize,
+}
+
+impl Pool {
+    fn new(max: usize, wait: Duration) -> Pool {
+        Pool {
+            inner: Mutex::new(PoolInner { idle: Vec::new(), open: 0 }),
+            freed: Condvar::new(),
+            max: max.max(1),
+            wait,
+        }
+    }
+
+    fn take(&self, ctx: &Pkcs11, slot: Slot) -> Result<Session, OpError> {
+        let mut inner = self.inner.lock();
+        let deadline = std::time::Instant::now() + self.wait;
+        loop {
+            if let Some(s) = inner.idle.pop() {
+                return Ok(s);
+            }
+            if inner.open < self.max {
+                inner.open += 1;
+                drop(inner);
+                return ctx.open_ro_session(slot).map_err(|e| {
+                    let mut inner = self.inner.lock();
+                    inner.open -= 1;
+                    self.freed.notify_one();
+                    OpError::Token(e)
+                });
+            }
+            if self.freed.wait_until(&mut inner, deadline).timed_out() {
+                return Err(OpError::Busy(self.wait));
+            }
+        }
+    }
+
+    fn give_back(&self, s: Session) {
+        self.inner.lock().idle.push(s);
+        self.freed.notify_one();
+    }
+
+    fn discard(&self, s: Session) {
+        drop(s);
+        self.inner.lock().open -= 1;
+        self.freed.notify_one();
+    }
+}
+
+/// One token (slot) as this process uses it.
+struct TokenState {
+    slot: Slot,
+    label: String,
+    serial: String,
+    /// Kept open so that the login lasts (PKCS#11 ends the login when the
+    /// last session on the slot closes). Never used for operations.
+    _anchor: Mutex<Session>,
+    pool: Pool,
+}
+
+/// A process's PKCS#11 state. See the module docs.
+pub struct Hsm {
+    ctx: Pkcs11,
+    binding: Arc<Binding>,
+    pid: u32,
+    /// Whether we called C_Initialize (and so must call C_Finalize).
+    owns_init: bool,
+    tokens: Mutex<HashMap<u64, Arc<TokenState>>>,
+    handles: Mutex<HashMap<(String, Vec<u8>, Option<String>), (Arc<TokenState>, ObjectHandle)>>,
+}
+
+impl fmt::Debug for Hsm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hsm({}, pid {})", self.binding.library.display(), self.pid)
+    }
+}
+
+impl Hsm {
+    /// Loads the library and calls C_Initialize with OS locking.
+    pub fn open(binding: Arc<Binding>) -> Result<Hsm, String> {
+        let lib = &binding.library;
+        let shown = lib.display();
+        match std::fs::metadata(lib) {
+            Err(e) => {
+                return Err(format!(
+                    "HSMSSLLibrary {shown}: {e}; install the vendor's PKCS#11 library or fix the path"
+                ))
+            }
+            Ok(m) if !m.is_file() => return Err(format!("HSMSSLLibrary {shown}: not a regular file")),
+            Ok(_) => {}
+        }
+        let ctx = Pkcs11::new(lib).map_err(|e| match e {
+            CkError::LibraryLoading(le) => format!(
+                "HSMSSLLibrary {shown}: cannot load it as a shared library ({le}); \
+                 point HSMSSLLibrary at the vendor's PKCS#11 .so"
+            ),
+            CkError::MissingSymbol(s) => format!(
+                "HSMSSLLibrary {shown}: the library exports no {s}, so it is not a PKCS#11 library"
+            ),
+            other => format!("HSMSSLLibrary {shown}: {}", ck_error_text(&other)),
+        })?;
+        let owns_init = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) => true,
+            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => false,
+            Err(e) => return Err(format!("HSMSSLLibrary {shown}: {}", ck_error_text(&e))),
+        };
+        log::debug!("PKCS#11 library {shown} initialized in pid {}", std::process::id());
+        Ok(Hsm {
+            ctx,
+            binding,
+            pid: std::process::id(),
+            owns_init,
+            tokens: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn binding(&self) -> &Arc<Binding> {
+        &self.binding
+    }
+
+    /// The process this state belongs to.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Logs out, closes every session and calls C_Finalize.
+    pub fn close(self) {
+        let Hsm { ctx, owns_init, tokens, handles, .. } = self;
+        handles.lock().clear();
+        tokens.lock().clear(); // closes the sessions (cryptoki closes on drop)
+        if owns_init {
+            if let Err(e) = ctx.finalize() {
+                log::debug!("C_Finalize: {}", ck_error_text(&e));
+            }
+        }
+    }
+
+    fn find_slot(&self, sel: &TokenSelector) -> Result<(Slot, cryptoki::slot::TokenInfo), String> {
+        let slots = self
+            .ctx
+            .get_slots_with_token()
+            .map_err(|e| format!("cannot list tokens: {}", ck_error_text(&e)))?;
+        let mut found = Vec::new();
+        let mut seen = Vec::new();
+        for slot in slots {
+            let info = match self.ctx.get_token_info(slot) {
+                Ok(i) => i,
+                Err(_) => continue,
+            };
+            let label = info.label().trim().to_string();
+            seen.push(format!("'{}' (serial {})", label, info.serial_number().trim()));
+            let ok = sel.label.as_deref().map_or(true, |l| l == label)
+                && sel.serial.as_deref().map_or(true, |s| s == info.serial_number().trim())
+                && sel.manufacturer.as_deref().map_or(true, |m| m == info.manufacturer_id().trim())
+                && sel.model.as_deref().map_or(true, |m| m == info.model().trim())
+                && sel.slot_id.map_or(true, |id| id == slot.id());
+            if ok {
+                found.push((slot, info));
+            }
+        }
+        match found.len() {
+            1 => Ok(found.pop().expect("one element")),
+            0 if seen.is_empty() => Err(format!(
+                "no token is present in {} (is the HSM client configured and reachable?)",
+                self.binding.library.display()
+            )),
+            0 => Err(format!(
+                "no token matches {sel}; tokens present: {}",
+                seen.join(", ")
+            )),
+            _ => Err(format!(
+                "{} tokens match {sel} ({}); say which one with token= or serial= in the key URI or with HSMSSLToken",
+                found.len(),
+                found.iter().map(|(_, i)| format!("'{}' serial {}", i.label().trim(), i.serial_number().trim())).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+
+    /// The token for `sel`, logged in. The login happens once per token and
+    /// process; a wrong or locked PIN is never retried.
+    fn token(&self, sel: &TokenSelector) -> Result<Arc<TokenState>, String> {
+        let sel = if sel.is_empty() { &self.binding.default_token } else { sel };
+        let (slot, info) = self.find_slot(sel)?;
+        let mut tokens = self.tokens.lock();
+        if let Some(t) = tokens.get(&slot.id()) {
+            return Ok(t.clone());
+        }
+        let label = info.label().trim().to_string();
+        let serial = info.serial_number().trim().to_string();
+        if info.user_pin_locked() {
+            return Err(format!(
+                "token '{label}': the user PIN is locked; not trying to log in (an administrator must unlock the crypto user)"
+            ));
+        }
+        if info.user_pin_final_try() {
+            return Err(format!(
+                "token '{label}': the next wrong PIN would lock the user; not trying to log in \
+                 (check HSMSSLPin, then log in once by hand to reset the counter)"
+            ));
+        }
+        let anchor = self
+            .ctx
+            .open_ro_session(slot)
+            .map_err(|e| format!("token '{label}': cannot open a session: {}", ck_error_text(&e)))?;
+        let pin = self.binding.pin.to_raw_auth_pin();
+        match anchor.login_with_raw(UserType::User, &pin) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(format!(
+                    "token '{label}': login failed: wrong PIN (CKR_PIN_INCORRECT); tried once and not retried, \
+                     so the crypto user is not locked out; fix what HSMSSLPin gives"
+                ))
+            }
+            Err(CkError::Pkcs11(rv @ (RvError::PinLocked | RvError::PinExpired), _)) => {
+                return Err(format!(
+                    "token '{label}': login refused ({}); an administrator must unlock or reset the user PIN",
+                    rv_name(rv)
+                ))
+            }
+            Err(e) => return Err(format!("token '{label}': login failed: {}", ck_error_text(&e))),
+        }
+        log::debug!("logged in to token '{label}' (serial {serial}) in pid {}", self.pid);
+        let t = Arc::new(TokenState {
+            slot,
+            label,
+            serial,
+            _anchor: Mutex::new(anchor),
+            pool: Pool::new(self.binding.max_sessions, self.binding.session_wait),
+        });
+        tokens.insert(slot.id(), t.clone());
+        Ok(t)
+    }
+
+    /// Finds the private key a URI names and reads its public half. Used by
+    /// the parent process while mod_ssl loads keys.
+    pub fn resolve(&self, uri_text: &str, uri: &KeyUri) -> Result<KeyRef, String> {
+        let tok = self.token(&uri.token)?;
+        let session = tok.pool.take(&self.ctx, tok.slot).map_err(|e| e.to_string())?;
+        let result = self.resolve_on(&tok, &session, uri_text, uri);
+        tok.pool.give_back(session);
+        result
+    }
+
+    fn resolve_on(&self, tok: &TokenState, s: &Session, uri_text: &str, uri: &KeyUri) -> Result<KeyRef, String> {
+        let mut tmpl = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
+        if let Some(l) = &uri.object {
+            tmpl.push(Attribute::Label(l.as_bytes().to_vec()));
+        }
+        if let Some(id) = &uri.id {
+            tmpl.push(Attribute::Id(id.clone()));
+        }
+        let found = s
+            .find_objects(&tmpl)
+            .map_err(|e| format!("searching token '{}': {}", tok.label, ck_error_text(&e)))?;
+        let what = match (&uri.object, &uri.id) {
+            (Some(l), Some(id)) => format!("label '{l}' and id {}", hex(id)),
+            (Some(l), None) => format!("label '{l}'"),
+            (None, Some(id)) => format!("id {}", hex(id)),
+            (None, None) => "that name".to_string(),
+        };
+        let handle = match found.len() {
+            1 => found[0],
+            0 => {
+                let others = self.describe_objects(s, ObjectClass::PRIVATE_KEY);
+                let other_kinds = self.other_classes(s, uri);
+                return Err(format!(
+                    "token '{}' has no private key with {what}{other_kinds}; private keys on the token: {}",
+                    tok.label,
+                    if others.is_empty() { "none".to_string() } else { others.join(", ") }
+                ));
+            }
+            n => {
+                let ids: Vec<String> = found
+                    .iter()
+                    .filter_map(|h| s.get_attributes(*h, &[AttributeType::Id]).ok())
+                    .map(|a| match a.first() {
+                        Some(Attribute::Id(id)) => hex(id),
+                        _ => "?".into(),
+                    })
+                    .collect();
+                return Err(format!(
+                    "token '{}' has {n} private keys with {what} (ids {}); add id=%.. to the URI to pick one",
+                    tok.label,
+                    ids.join(", ")
+                ));
+            }
+        };
+        let attrs = s
+            .get_attributes(
+                handle,
+                &[AttributeType::KeyType, AttributeType::Id, AttributeType::Label],
+            )
+            .map_err(|e| format!("reading key attributes: {}", ck_error_text(&e)))?;
+        let mut key_type = None;
+        let mut id = Vec::new();
+        let mut label = None;
+        for a in attrs {
+            match a {
+                Attribute::KeyType(k) => key_type = Some(k),
+                Attribute::Id(v) => id = v,
+                Attribute::Label(v) => label = Some(String::from_utf8_lossy(&v).into_owned()),
+                _ => {}
+            }
+        }
+        let public = match key_type {
+            Some(KeyType::RSA) => {
+                let a = s
+                    .get_attributes(handle, &[AttributeType::Modulus, AttributeType::PublicExponent])
+                    .map_err(|e| format!("reading the RSA public key: {}", ck_error_text(&e)))?;
+                let (mut n, mut e) = (Vec::new(), Vec::new());
+                for x in a {
+                    match x {
+                        Attribute::Modulus(v) => n = v,
+                        Attribute::PublicExponent(v) => e = v,
+                        _ => {}
+                    }
+                }
+                if n.is_empty() || e.is_empty() {
+                    return Err("the token does not reveal the RSA key's modulus and exponent".into());
+                }
+                PublicKey::Rsa { n, e }
+            }
+            Some(KeyType::EC) => {
+                let params = match s.get_attributes(handle, &[AttributeType::EcParams]) {
+                    Ok(v) => v.into_iter().find_map(|a| match a {
+                        Attribute::EcParams(p) => Some(p),
+                        _ => None,
+                    }),
+                    Err(e) => return Err(format!("reading the EC key's curve: {}", ck_error_text(&e))),
+                }
+                .ok_or("the token does not reveal the EC key's curve (CKA_EC_PARAMS)")?;
+                let point = self.ec_point(s, handle, &id, label.as_deref()).ok_or_else(|| {
+                    format!(
+                        "no public key object with the same CKA_ID ({}) as the EC private key; \
+                         store the public key on the token beside the private key",
+                        hex(&id)
+                    )
+                })?;
+                PublicKey::Ec { params, point }
+            }
+            Some(other) => {
+                return Err(format!(
+                    "the key is of type {other}, which mod_hsm_ssl does not serve; supported: RSA (2048 bits and up), EC P-256, P-384, P-521"
+                ))
+            }
+            None => return Err("the token does not say what type the key is".into()),
+        };
+        Ok(KeyRef {
+            uri_text: uri_text.to_string(),
+            token_serial: tok.serial.clone(),
+            token_label: tok.label.clone(),
+            id,
+            label,
+            public,
+            binding: self.binding.clone(),
+        })
+    }
+
+    fn ec_point(&self, s: &Session, priv_handle: ObjectHandle, id: &[u8], label: Option<&str>) -> Option<Vec<u8>> {
+        // Some tokens keep CKA_EC_POINT on the private key too.
+        let from_attrs = |h: ObjectHandle| -> Option<Vec<u8>> {
+            s.get_attributes(h, &[AttributeType::EcPoint]).ok()?.into_iter().find_map(|a| match a {
+                Attribute::EcPoint(p) => unwrap_octet_string(&p),
+                _ => None,
+            })
+        };
+        if let Some(p) = from_attrs(priv_handle) {
+            return Some(p);
+        }
+        let mut tmpl = vec![Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::KeyType(KeyType::EC)];
+        if !id.is_empty() {
+            tmpl.push(Attribute::Id(id.to_vec()));
+        } else {
+            tmpl.push(Attribute::Label(label?.as_bytes().to_vec()));
+        }
+        let found = s.find_objects(&tmpl).ok()?;
+        match found.as_slice() {
+            [h] => from_attrs(*h),
+            _ => None,
+        }
+    }
+
+    fn describe_objects(&self, s: &Session, class: ObjectClass) -> Vec<String> {
+        s.find_objects(&[Attribute::Class(class)])
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|h| s.get_attributes(h, &[AttributeType::Label, AttributeType::Id]).ok())
+            .map(|attrs| {
+                let mut l = String::new();
+                let mut i = String::new();
+                for a in attrs {
+                    match a {
+                        Attribute::Label(v) => l = String::from_utf8_lossy(&v).into_owned(),
+                        Attribute::Id(v) => i = hex(&v),
+                        _ => {}
+                    }
+                }
+                format!("'{l}' (id {i})")
+            })
+            .collect()
+    }
+
+    /// " (but a public key / certificate with that name exists)" when the
+    /// URI names an object of another class.
+    fn other_classes(&self, s: &Session, uri: &KeyUri) -> String {
+        let mut kinds = Vec::new();
+        for (class, name) in [(ObjectClass::PUBLIC_KEY, "a public key"), (ObjectClass::CERTIFICATE, "a certificate")] {
+            let mut tmpl = vec![Attribute::Class(class)];
+            if let Some(l) = &uri.object {
+                tmpl.push(Attribute::Label(l.as_bytes().to_vec()));
+            }
+            if let Some(id) = &uri.id {
+                tmpl.push(Attribute::Id(id.clone()));
+            }
+            if s.find_objects(&tmpl).map(|v| !v.is_empty()).unwrap_or(false) {
+                kinds.push(name);
+            }
+        }
+        if kinds.is_empty() {
+            String::new()
+        } else {
+            format!(" (only {} with that name: the private key is missing)", kinds.join(" and "))
+        }
+    }
+
+    /// The handle of `key` in this process, found once and cached.
+    fn key_handle(&self, key: &KeyRef) -> Result<(Arc<TokenState>, ObjectHandle), OpError> {
+        let ident = key.ident();
+        if let Some(v) = self.handles.lock().get(&ident) {
+            return Ok(v.clone());
+        }
+        let sel = TokenSelector { serial: Some(key.token_serial.clone()), ..Default::default() };
+        let tok = self.token(&sel).map_err(OpError::Setup)?;
+        let session = tok.pool.take(&self.ctx, tok.slot)?;
+        let mut tmpl = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
+        if !key.id.is_empty() {
+            tmpl.push(Attribute::Id(key.id.clone()));
+        }
+        if let Some(l) = &key.label {
+            tmpl.push(Attribute::Label(l.as_bytes().to_vec()));
+        }
+        let found = session.find_objects(&tmpl);
+        tok.pool.give_back(session);
+        let found = found.map_err(OpError::Token)?;
+        match found.as_slice() {
+            [h] => {
+                let v = (tok, *h);
+                self.handles.lock().insert(ident, v.clone());
+                Ok(v)
+            }
+            other => Err(OpError::Setup(format!(
+                "key {} is no longer on token '{}' ({} objects match)",
+                key.uri_text,
+                tok.label,
+                other.len()
+            ))),
+        }
+    }
+
+    /// Makes sure the token of `key` is logged in and the key is found, so
+    /// that the first handshake does not pay for it.
+    pub fn prepare(&self, key: &KeyRef) -> Result<(), OpError> {
+        self.key_handle(key).map(|_| ())
+    }
+
+    fn run<T>(&self, key: &KeyRef, op: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>) -> Result<T, OpError> {
+        let (tok, handle) = self.key_handle(key)?;
+        let mut retried = false;
+        loop {
+            let session = tok.pool.take(&self.ctx, tok.slot)?;
+            match op(&session, handle) {
+                Ok(v) => {
+                    tok.pool.give_back(session);
+                    return Ok(v);
+                }
+                Err(e) if is_session_error(&e) && !retried => {
+                    log::info!("token '{}': {}; retrying on a new session", tok.label, ck_error_text(&e));
+                    tok.pool.discard(session);
+                    retried = true;
+                }
+                Err(e) => {
+                    if is_session_error(&e) {
+                        tok.pool.discard(session);
+                    } else {
+                        tok.pool.give_back(session);
+                    }
+                    return Err(OpError::Token(e));
+                }
+            }
+        }
+    }
+
+    /// C_Sign with `mech` over `data` (a digest or DigestInfo: hashing is
+    /// done by the caller).
+    pub fn sign(&self, key: &KeyRef, mech: &Mechanism, data: &[u8]) -> Result<Vec<u8>, OpError> {
+        self.run(key, |s, h| s.sign(mech, h, data))
+    }
+
+    /// C_Decrypt with `mech`.
+    pub fn decrypt(&self, key: &KeyRef, mech: &Mechanism, data: &[u8]) -> Result<Vec<u8>, OpError> {
+        self.run(key, |s, h| s.decrypt(mech, h, data))
+    }
+}
+
+/// CKA_EC_POINT is a DER OCTET STRING holding the point; some tokens store
+/// the raw point. Returns the raw uncompressed point.
+fn unwrap_octet_string(v: &[u8]) -> Option<Vec<u8>> {
+    if v.first() == Some(&0x04) && v.len() > 2 {
+        // Either a raw point (04 X Y, odd length) or an OCTET STRING tag.
+        let (len, hdr) = match v[1] {
+            l if l < 0x80 => (l as usize, 2),
+            0x81 if v.len() > 3 => (v[2] as usize, 3),
+            0x82 if v.len() > 4 => (((v[2] as usize) << 8) | v[3] as usize, 4),
+            _ => (0, 0),
+        };
+        if hdr > 0 && hdr + len == v.len() && v.get(hdr) == Some(&0x04) {
+            return Some(v[hdr..].to_vec());
+        }
+        if v.len() % 2 == 1 {
+            return Some(v.to_vec());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec_point_is_unwrapped_from_der_or_taken_raw() {
+        let raw: Vec<u8> = std::iter::once(4u8).chain(1..=64).collect();
+        let mut der = vec![0x04, 65];
+        der.extend_from_slice(&raw);
+        assert_eq!(unwrap_octet_string(&der).unwrap(), raw);
+        assert_eq!(unwrap_octet_string(&raw).unwrap(), raw);
+        assert!(unwrap_octet_string(&[0x30, 0x01, 0x00]).is_none());
+    }
+
+    #[test]
+    fn error_names_are_ckr_constants() {
+        assert_eq!(rv_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+        assert_eq!(rv_name(RvError::SessionHandleInvalid), "CKR_SESSION_HANDLE_INVALID");
+    }
+}
