@@ -1,0 +1,101 @@
+//! The call log and fault knob of the `hsm_test_p11wrap` PKCS#11 wrapper.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::dirs::p11wrap_path;
+use super::util::chmod;
+
+/// Log + control files for one test. Point the module at [`P11Log::module`]
+/// (the wrapper) instead of SoftHSM2 and pass [`P11Log::env`] to apache2.
+pub struct P11Log {
+    pub log: PathBuf,
+    pub control: PathBuf,
+    /// What the wrapper forwards to (HSM_P11WRAP_TARGET).
+    pub target: PathBuf,
+}
+
+impl P11Log {
+    /// Files `p11wrap.log` (created empty, mode 0666 so apache2 children
+    /// running as www-data can append) and `p11wrap.control` (absent = no
+    /// faults) in `dir`. Forwards to SoftHSM2.
+    pub fn new(dir: &Path) -> P11Log {
+        let p = P11Log {
+            log: dir.join("p11wrap.log"),
+            control: dir.join("p11wrap.control"),
+            target: PathBuf::from(super::dirs::SOFTHSM_LIB),
+        };
+        std::fs::write(&p.log, "").expect("create p11wrap log");
+        chmod(&p.log, 0o666);
+        p
+    }
+
+    /// Path of the wrapper library (built on demand).
+    pub fn module(&self) -> PathBuf {
+        p11wrap_path()
+    }
+
+    /// HSM_P11WRAP_LOG / _CONTROL / _TARGET for the process using the wrapper.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("HSM_P11WRAP_LOG".into(), self.log.display().to_string()),
+            ("HSM_P11WRAP_CONTROL".into(), self.control.display().to_string()),
+            ("HSM_P11WRAP_TARGET".into(), self.target.display().to_string()),
+        ]
+    }
+
+    /// All logged calls, in order.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// How many times `function` (e.g. "C_Sign") was called. Size queries
+    /// (NULL output buffer) and fault-injected calls count too.
+    pub fn count(&self, function: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| *l == function)
+            .count()
+    }
+
+    /// Calls per function name.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for c in self.calls() {
+            *m.entry(c).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Empty the log (writers use O_APPEND, so truncating is safe).
+    pub fn reset(&self) {
+        std::fs::write(&self.log, "").expect("truncate p11wrap log");
+    }
+
+    /// Make `function` return `rv` ("CKR_DEVICE_ERROR" or hex) from now on,
+    /// in every process using the wrapper (the file is re-read per call).
+    /// Adds to faults set earlier.
+    pub fn fail(&self, function: &str, rv: &str) {
+        let mut text = std::fs::read_to_string(&self.control).unwrap_or_default();
+        text.push_str(&format!("fail {function} {rv}\n"));
+        self.write_control(&text);
+    }
+
+    /// Remove all injected faults.
+    pub fn clear_faults(&self) {
+        let _ = std::fs::remove_file(&self.control);
+    }
+
+    fn write_control(&self, text: &str) {
+        // Write + rename so readers never see a half-written file.
+        let tmp = self.control.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write p11wrap control");
+        chmod(&tmp, 0o644);
+        std::fs::rename(&tmp, &self.control).expect("rename p11wrap control");
+    }
+}
