@@ -8,7 +8,11 @@ use common::*;
 /// A plain mod_ssl vhost with a file key of `spec` and a cert from the test
 /// CA, both in the apache test dir. Returns the apache and the CA cert.
 fn file_key_apache(name: &str, mpm: Mpm, spec: &str) -> (Apache, std::path::PathBuf) {
-    let mut apache = ApacheConfig::new(name).mpm(mpm).build();
+    file_key_apache_with(ApacheConfig::new(name).mpm(mpm), spec)
+}
+
+fn file_key_apache_with(cfg: ApacheConfig, spec: &str) -> (Apache, std::path::PathBuf) {
+    let mut apache = cfg.build();
     let pki = apache.dir().join("pki");
     std::fs::create_dir_all(&pki).unwrap();
     let (key, pubkey) = file_key(&pki, "server", spec);
@@ -138,9 +142,11 @@ fn event_mpm_survives_graceful_and_full_restart() {
 }
 
 #[test]
-fn worker_mpm_serves() {
-    let (apache, ca) = file_key_apache("worker", Mpm::Worker, "rsa:2048");
+fn worker_mpm_serves_and_readiness_works_at_loglevel_warn() {
+    let cfg = ApacheConfig::new("worker").mpm(Mpm::Worker).log_level("warn");
+    let (apache, ca) = file_key_apache_with(cfg, "rsa:2048");
     assert_eq!(tls_get(apache.port, &opts(&ca)).http_status, Some(200));
+    assert!(!apache.error_log().contains("[ssl:info]"));
 }
 
 #[test]
@@ -257,4 +263,33 @@ fn graceful_with_broken_config_is_refused_and_server_keeps_serving() {
     assert!(!apache.is_running());
     // stop() still cleans up although `apache2 -k stop` cannot parse the config.
     assert!(apache.stop());
+}
+
+#[test]
+fn token_and_p11wrap_log_are_usable_by_the_apache_run_user() {
+    if !is_root() {
+        eprintln!("skipped: needs root to switch to {RUN_USER}");
+        return;
+    }
+    let token = Token::new("runuser");
+    token.gen_ec("k", "prime256v1");
+    let p11 = P11Log::new(token.dir());
+    let data = token.dir().join("data");
+    // SoftHSM2 2.6 has CKM_ECDSA (raw digest in) but no CKM_ECDSA_SHA256.
+    std::fs::write(&data, [0x5a; 32]).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // Sign as www-data, the user apache2 children run as.
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid", RUN_USER, "--regid", RUN_USER, "--init-groups", "pkcs11-tool", "--module"])
+        .arg(p11.module())
+        .args(["--token-label", "runuser", "--login", "--pin", &token.pin])
+        .args(["--sign", "-m", "ECDSA", "--label", "k", "-i"])
+        .arg(&data)
+        .args(["-o", "/dev/null"]);
+    for (k, v) in token.env().into_iter().chain(p11.env()) {
+        c.env(k, v);
+    }
+    let (code, out) = run_status(&mut c);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(p11.count("C_Sign"), 1, "{:?}", p11.counts());
 }

@@ -11,7 +11,9 @@ use super::util::{chmod, free_port, kill, pid_alive, pids_with_arg, ppid_of, run
 pub const APACHE_BIN: &str = "/usr/sbin/apache2";
 pub const MODULES_DIR: &str = "/usr/lib/apache2/modules";
 
-/// Logged by the master each time it (re)starts serving.
+/// Logged by the master each time it (re)starts serving (AH00489 event,
+/// AH00163 prefork, AH00292 worker). NOTICE level: httpd 2.4 logs notices
+/// whatever the LogLevel, so this works with `LogLevel warn` too.
 const READY_MARK: &str = "resuming normal operations";
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,6 +114,14 @@ impl ApacheConfig {
     pub fn envs(mut self, vars: &[(String, String)]) -> Self {
         self.env.extend(vars.iter().cloned());
         self
+    }
+    /// `SOFTHSM2_CONF` of `token` for apache2.
+    pub fn token(self, token: &super::token::Token) -> Self {
+        self.envs(&token.env())
+    }
+    /// `HSM_P11WRAP_*` of `p11` for apache2.
+    pub fn p11wrap(self, p11: &super::p11log::P11Log) -> Self {
+        self.envs(&p11.env())
     }
     pub fn user(mut self, user: &str) -> Self {
         self.user = user.to_string();
