@@ -63,6 +63,18 @@ impl P11Log {
             .count()
     }
 
+    /// Signature operations started (C_SignInit calls). Prefer this to
+    /// `count("C_Sign")` for "how many signatures": cryptoki's
+    /// `Session::sign` calls C_Sign twice (size query, then the real call).
+    pub fn sign_ops(&self) -> usize {
+        self.count("C_SignInit")
+    }
+
+    /// Decrypt operations started (C_DecryptInit calls); see [`P11Log::sign_ops`].
+    pub fn decrypt_ops(&self) -> usize {
+        self.count("C_DecryptInit")
+    }
+
     /// Calls per function name.
     pub fn counts(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
