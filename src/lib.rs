@@ -1,2 +1,4 @@
 mod ffi;
 pub mod pkcs11;
+pub mod tls;
+mod httpd;

@@ -3,6 +3,7 @@
 #include <http_config.h>
 #include <http_log.h>
 #include <http_main.h>
+#include <http_core.h>
 #include <ap_mpm.h>
 #include <apr_optional_hooks.h>
 #include <apr_strings.h>

@@ -6,6 +6,8 @@
 #include <openssl/core_names.h>
 #include <openssl/provider.h>
 #include <openssl/params.h>
+#include <openssl/param_build.h>
 #include <openssl/engine.h>
 #include <openssl/store.h>
 #include <openssl/evp.h>
+#include <openssl/err.h>

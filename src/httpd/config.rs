@@ -1,0 +1,119 @@
+//! The HSMSSL* directives. All are global (main server only): one PKCS#11
+//! library and one PIN per Apache instance, as CloudHSM wants one login per
+//! application. Filled while httpd reads its configuration, reset by
+//! pre_config at every (re)start, read-only from post_config on.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::PathBuf;
+
+use parking_lot::Mutex;
+
+use crate::ffi::httpd::{self, cmd_parms};
+use crate::pkcs11::pin::PinSource;
+use crate::pkcs11::uri::TokenSelector;
+
+/// Where a directive was written, for error messages.
+#[derive(Clone, Debug, Default)]
+pub struct Origin(pub String);
+
+#[derive(Clone, Debug, Default)]
+pub struct GlobalConfig {
+    pub library: Option<(PathBuf, Origin)>,
+    pub pin: Option<(PinSource, Origin)>,
+    pub token: Option<(TokenSelector, Origin)>,
+    pub max_sessions: Option<usize>,
+}
+
+static CONFIG: Mutex<GlobalConfig> = Mutex::new(GlobalConfig { library: None, pin: None, token: None, max_sessions: None });
+
+pub fn reset() {
+    *CONFIG.lock() = GlobalConfig::default();
+}
+
+pub fn snapshot() -> GlobalConfig {
+    CONFIG.lock().clone()
+}
+
+/// Runs a directive handler: context check, argument decoding, and the
+/// error string Apache prints (allocated from the config pool).
+unsafe fn directive(cmd: *mut cmd_parms, arg: *const c_char, f: impl FnOnce(&str, Origin) -> Result<(), String>) -> *const c_char {
+    crate::ffi::guard("directive", c"mod_hsm_ssl: internal error".as_ptr(), || {
+        // SAFETY: Apache passes a valid cmd_parms and a NUL-terminated arg.
+        unsafe {
+            let err = httpd::ap_check_cmd_context(cmd, httpd::GLOBAL_ONLY);
+            if !err.is_null() {
+                return err;
+            }
+            let arg = CStr::from_ptr(arg).to_string_lossy().into_owned();
+            let d = (*cmd).directive;
+            let origin = if d.is_null() || (*d).filename.is_null() {
+                Origin("(unknown)".into())
+            } else {
+                Origin(format!("{}:{}", CStr::from_ptr((*d).filename).to_string_lossy(), (*d).line_num))
+            };
+            match f(&arg, origin) {
+                Ok(()) => std::ptr::null(),
+                Err(msg) => {
+                    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+                    httpd::apr_pstrdup((*cmd).pool, c.as_ptr())
+                }
+            }
+        }
+    })
+}
+
+pub unsafe extern "C" fn set_library(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, origin| {
+            let p = PathBuf::from(a);
+            let p = if p.is_absolute() {
+                p
+            } else {
+                let c = CString::new(a).map_err(|_| "HSMSSLLibrary: bad path".to_string())?;
+                let r = httpd::ap_server_root_relative((*cmd).pool, c.as_ptr());
+                if r.is_null() {
+                    return Err(format!("HSMSSLLibrary {a}: bad path"));
+                }
+                PathBuf::from(CStr::from_ptr(r).to_string_lossy().into_owned())
+            };
+            CONFIG.lock().library = Some((p, origin));
+            Ok(())
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_pin(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, origin| {
+            CONFIG.lock().pin = Some((PinSource::parse(a)?, origin));
+            Ok(())
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_token(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, origin| {
+            CONFIG.lock().token = Some((TokenSelector::parse_directive(a)?, origin));
+            Ok(())
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_max_sessions(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, _| {
+            let n: usize = a
+                .parse()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| format!("HSMSSLMaxSessions {a}: give a number from 1 to 1024"))?;
+            CONFIG.lock().max_sessions = Some(n);
+            Ok(())
+        })
+    }
+}

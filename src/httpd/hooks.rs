@@ -1,0 +1,325 @@
+//! The hooks: how a configuration generation's keys get from the Apache
+//! configuration into mod_ssl's SSL_CTXs, and how each child gets its own
+//! token connection.
+//!
+//! 1. `pre_config`: forget the previous generation's directives.
+//! 2. `post_config_first` (before mod_ssl): register the provider, ENGINE
+//!    and STORE loader (once per process) and install the resolver that
+//!    turns a key URI into a token key for this generation.
+//! 3. mod_ssl's post_config: for each vhost, `add_cert_files` tells us which
+//!    vhost is loading; mod_ssl then loads each `pkcs11:` key through our
+//!    ENGINE/STORE, which calls the resolver (PIN read, one login, key found,
+//!    public half read) and returns an HSM-backed EVP_PKEY.
+//! 4. `init_server` (per SSL_CTX): checks that every `pkcs11:` key of the
+//!    vhost really is ours, so no other engine or provider serves it.
+//! 5. `post_config_last`: the parent logs out and finalizes PKCS#11 before
+//!    any child is forked.
+//! 6. `child_init`: each child opens the library, logs in with the PIN it
+//!    inherited and finds its keys, before serving.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, CStr};
+use std::ptr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::ffi::httpd::{self, apr_array_header_t, apr_pool_t, apr_status_t, server_rec};
+use crate::ffi::guard;
+use crate::pkcs11::pin::PinSource;
+use crate::pkcs11::runtime;
+use crate::pkcs11::secret::Secret;
+use crate::pkcs11::token::{Binding, KeyRef};
+use crate::pkcs11::uri::KeyUri;
+use crate::tls::{loader, provider};
+
+use super::config::{self, GlobalConfig};
+
+const OK: c_int = httpd::OK as c_int;
+const FAIL: c_int = 500; // HTTP_INTERNAL_SERVER_ERROR: aborts startup
+
+/// What one configuration generation knows about its token keys.
+struct Generation {
+    config: GlobalConfig,
+    binding: OnceLock<Result<Arc<Binding>, String>>,
+    keys: Mutex<Vec<Arc<KeyRef>>>,
+    /// server_rec address -> (vhost description, pkcs11 key URIs)
+    vhosts: Mutex<HashMap<usize, Vhost>>,
+    current: Mutex<Option<Vhost>>,
+}
+
+#[derive(Clone, Debug)]
+struct Vhost {
+    name: String,
+    uris: Vec<String>,
+}
+
+static GENERATION: Mutex<Option<Arc<Generation>>> = Mutex::new(None);
+
+/// PIN read in the first startup pass, handed to the second pass (the
+/// daemonized process) so that `exec:` programs run once per start.
+static STARTUP_PIN: Mutex<Option<(PinSource, Arc<Secret>)>> = Mutex::new(None);
+
+fn is_first_pass() -> bool {
+    // SAFETY: a plain query of httpd's state.
+    unsafe { httpd::ap_state_query(httpd::AP_SQ_MAIN_STATE as c_int) == httpd::AP_SQ_MS_CREATE_PRE_CONFIG as c_int }
+}
+
+fn threads_per_child() -> usize {
+    let mut n: c_int = 0;
+    // SAFETY: ap_mpm_query writes one int.
+    unsafe { httpd::ap_mpm_query(httpd::AP_MPMQ_MAX_THREADS as c_int, &mut n) };
+    n.max(1) as usize
+}
+
+impl Generation {
+    fn binding(&self) -> Result<Arc<Binding>, String> {
+        self.binding
+            .get_or_init(|| {
+                let (library, _) = self.config.library.clone().ok_or(
+                    "no HSMSSLLibrary is configured: add 'HSMSSLLibrary /path/to/vendor-pkcs11.so' to the main server configuration",
+                )?;
+                let (source, origin) = self.config.pin.clone().ok_or(
+                    "no HSMSSLPin is configured: add 'HSMSSLPin env:VAR' (or file:/path, exec:/program) to the main server configuration",
+                )?;
+                let cached = {
+                    let mut c = STARTUP_PIN.lock();
+                    match c.take() {
+                        Some((s, pin)) if !is_first_pass() && s == source => Some(pin),
+                        _ => None,
+                    }
+                };
+                let pin = match cached {
+                    Some(p) => p,
+                    None => {
+                        let p = Arc::new(source.read().map_err(|e| format!("{e} (HSMSSLPin at {})", origin.0))?);
+                        if is_first_pass() {
+                            *STARTUP_PIN.lock() = Some((source.clone(), p.clone()));
+                        }
+                        p
+                    }
+                };
+                Ok(Arc::new(Binding {
+                    library,
+                    pin,
+                    default_token: self.config.token.clone().map(|t| t.0).unwrap_or_default(),
+                    max_sessions: self.config.max_sessions.unwrap_or_else(threads_per_child),
+                    session_wait: Duration::from_secs(5),
+                }))
+            })
+            .clone()
+    }
+
+    /// The resolver mod_ssl's key loading ends in. Every failure is logged
+    /// as one line naming the vhost, the key URI and what to do.
+    fn resolve(&self, uri_text: &str) -> Option<Arc<KeyRef>> {
+        let vhost = self.current.lock().as_ref().map(|v| v.name.clone()).unwrap_or_else(|| "(unknown vhost)".into());
+        let fail = |msg: String| {
+            log::error!("{vhost}: SSLCertificateKeyFile \"{uri_text}\": {msg}");
+            None
+        };
+        let uri = match KeyUri::parse(uri_text) {
+            Ok(u) => u,
+            Err(e) => return fail(format!("malformed key URI: {e}")),
+        };
+        let binding = match self.binding() {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        let hsm = match runtime::hsm_for(&binding) {
+            Ok(h) => h,
+            Err(e) => return fail(e.to_string()),
+        };
+        match hsm.resolve(uri_text, &uri) {
+            Ok(k) => {
+                let k = Arc::new(k);
+                log::info!(
+                    "{vhost}: key {uri_text} is on token '{}' (id {}); private-key operations will run in the token",
+                    k.token_label,
+                    crate::pkcs11::uri::hex(&k.id)
+                );
+                self.keys.lock().push(k.clone());
+                Some(k)
+            }
+            Err(e) => fail(e),
+        }
+    }
+}
+
+fn describe(s: *mut server_rec) -> String {
+    // SAFETY: s is a live server_rec from httpd; strings are NUL-terminated.
+    unsafe {
+        let s = &*s;
+        let host = if s.server_hostname.is_null() { "(no ServerName)".into() } else { CStr::from_ptr(s.server_hostname).to_string_lossy().into_owned() };
+        let port = if s.addrs.is_null() { s.port } else { (*s.addrs).host_port };
+        let defn = if s.defn_name.is_null() {
+            String::new()
+        } else {
+            format!(" ({}:{})", CStr::from_ptr(s.defn_name).to_string_lossy(), s.defn_line_number)
+        };
+        format!("vhost {host}:{port}{defn}")
+    }
+}
+
+pub unsafe extern "C" fn pre_config(_pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t) -> c_int {
+    guard("pre_config", OK, || {
+        config::reset();
+        OK
+    })
+}
+
+unsafe extern "C" fn generation_cleanup(_data: *mut std::ffi::c_void) -> apr_status_t {
+    guard("cleanup", 0, || {
+        loader::set_resolver(None);
+        runtime::shutdown();
+        if let Some(g) = GENERATION.lock().take() {
+            if let Some(Ok(b)) = g.binding.get() {
+                // Wipe this generation's PIN unless the second startup pass
+                // is about to take it over.
+                let handed_over = STARTUP_PIN.lock().as_ref().is_some_and(|(_, p)| Arc::ptr_eq(p, &b.pin));
+                if !handed_over {
+                    b.pin.wipe();
+                }
+            }
+        }
+        0
+    })
+}
+
+pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, s: *mut server_rec) -> c_int {
+    guard("post_config", FAIL, || {
+        super::log::set_main_server(s);
+        if let Err(e) = super::module::pin_self().and_then(|_| loader::ensure_registered()) {
+            log::error!("mod_hsm_ssl cannot start: {e}");
+            return FAIL;
+        }
+        let g = Arc::new(Generation {
+            config: config::snapshot(),
+            binding: OnceLock::new(),
+            keys: Mutex::new(Vec::new()),
+            vhosts: Mutex::new(HashMap::new()),
+            current: Mutex::new(None),
+        });
+        *GENERATION.lock() = Some(g.clone());
+        let r = g.clone();
+        loader::set_resolver(Some(Box::new(move |uri| r.resolve(uri))));
+        // SAFETY: registering a cleanup on the configuration pool, which
+        // httpd clears at every restart and at exit.
+        unsafe {
+            httpd::apr_pool_cleanup_register(pconf, ptr::null(), Some(generation_cleanup), Some(httpd::apr_pool_cleanup_null));
+        }
+        OK
+    })
+}
+
+pub unsafe extern "C" fn post_config_last(_pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, _s: *mut server_rec) -> c_int {
+    guard("post_config", FAIL, || {
+        loader::set_resolver(None);
+        // The parent never signs; children must not inherit its sessions.
+        runtime::shutdown();
+        if let Some(g) = GENERATION.lock().as_ref() {
+            let n = g.keys.lock().len();
+            if n > 0 {
+                log::debug!("{n} token key(s) configured; PKCS#11 closed in the parent (pid {})", std::process::id());
+            }
+        }
+        OK
+    })
+}
+
+pub unsafe extern "C" fn add_cert_files(s: *mut server_rec, _p: *mut apr_pool_t, _certs: *mut apr_array_header_t, keys: *mut apr_array_header_t) -> c_int {
+    guard("add_cert_files", OK, || {
+        let Some(g) = GENERATION.lock().clone() else { return OK };
+        let mut uris = Vec::new();
+        // SAFETY: mod_ssl's array of `const char *`.
+        unsafe {
+            if !keys.is_null() {
+                let a = &*keys;
+                let elts = a.elts as *const *const c_char;
+                for i in 0..a.nelts.max(0) as usize {
+                    let p = *elts.add(i);
+                    if !p.is_null() {
+                        let k = CStr::from_ptr(p).to_string_lossy();
+                        if k.starts_with("pkcs11:") {
+                            uris.push(k.into_owned());
+                        }
+                    }
+                }
+            }
+        }
+        let v = Vhost { name: describe(s), uris };
+        *g.current.lock() = Some(v.clone());
+        g.vhosts.lock().insert(s as usize, v);
+        OK
+    })
+}
+
+pub unsafe extern "C" fn init_server(s: *mut server_rec, _p: *mut apr_pool_t, is_proxy: c_int, ctx: *mut openssl_sys::SSL_CTX) -> c_int {
+    guard("init_server", FAIL, || {
+        if is_proxy != 0 || ctx.is_null() {
+            return OK;
+        }
+        let Some(g) = GENERATION.lock().clone() else { return OK };
+        let Some(v) = g.vhosts.lock().get(&(s as usize)).cloned() else { return OK };
+        if v.uris.is_empty() {
+            return OK;
+        }
+        const SET_CURRENT_CERT: c_int = 117;
+        let mut ours = Vec::new();
+        // SAFETY: walking the SSL_CTX's certificate slots with the public
+        // SSL_CTX_set_current_cert control; keys are borrowed, not freed.
+        unsafe {
+            let mut op = 1; // SSL_CERT_SET_FIRST
+            while openssl_sys::SSL_CTX_ctrl(ctx, SET_CURRENT_CERT, op, ptr::null_mut()) == 1 {
+                if let Some(u) = provider::hsm_uri_of(openssl_sys::SSL_CTX_get0_privatekey(ctx)) {
+                    ours.push(u);
+                }
+                op = 2; // SSL_CERT_SET_NEXT
+            }
+            openssl_sys::ERR_clear_error();
+        }
+        for u in &v.uris {
+            if !ours.contains(u) {
+                log::error!(
+                    "{}: SSLCertificateKeyFile \"{u}\" was not loaded by mod_hsm_ssl (another OpenSSL engine or provider answered for pkcs11: URIs); refusing to serve it",
+                    v.name
+                );
+                return FAIL;
+            }
+        }
+        OK
+    })
+}
+
+unsafe extern "C" fn child_cleanup(_data: *mut std::ffi::c_void) -> apr_status_t {
+    guard("child cleanup", 0, || {
+        runtime::shutdown();
+        if let Some(g) = GENERATION.lock().as_ref() {
+            if let Some(Ok(b)) = g.binding.get() {
+                b.pin.wipe();
+            }
+        }
+        0
+    })
+}
+
+pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec) {
+    guard("child_init", (), || {
+        let Some(g) = GENERATION.lock().clone() else { return };
+        let keys = g.keys.lock().clone();
+        if keys.is_empty() {
+            return;
+        }
+        // SAFETY: cleanup on the child's pool, run when the child exits.
+        unsafe {
+            httpd::apr_pool_cleanup_register(pchild, ptr::null(), Some(child_cleanup), Some(httpd::apr_pool_cleanup_null));
+        }
+        for k in keys {
+            let r = runtime::hsm_for(&k.binding).and_then(|h| h.prepare(&k));
+            if let Err(e) = r {
+                log::error!("child {}: key {} is not usable yet: {e}; handshakes with it fail until the token is back", std::process::id(), k.uri_text);
+            }
+        }
+    })
+}

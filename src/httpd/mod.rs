@@ -1,0 +1,7 @@
+//! Everything that touches Apache: the module struct, directives, hooks,
+//! and logging into error_log.
+
+pub mod config;
+mod hooks;
+pub mod log;
+pub mod module;

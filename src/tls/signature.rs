@@ -1,0 +1,442 @@
+//! SIGNATURE operations for HSM keys: RSA (PKCS#1 v1.5 and PSS) and ECDSA.
+//! The message is hashed here; the token gets the digest (RSA PKCS#1: the
+//! DigestInfo) through CKM_RSA_PKCS, CKM_RSA_PKCS_PSS or CKM_ECDSA.
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ptr;
+use std::sync::Arc;
+
+use cryptoki::mechanism::rsa::PkcsPssParams;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::types::Ulong;
+
+use crate::dispatch;
+use crate::ffi::ossl::{self, OSSL_PARAM};
+use crate::ffi::{guard, DISPATCH_END};
+use crate::pkcs11::runtime;
+use crate::pkcs11::token::KeyRef;
+use crate::tls::digest::{Digest, Hasher};
+use crate::tls::key::{keydata, Kind, Public};
+use crate::tls::params::{self, def, end, ParamList};
+
+const PAD_PKCS1: c_int = 1; // RSA_PKCS1_PADDING
+const PAD_PSS: c_int = 6; // RSA_PKCS1_PSS_PADDING
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SaltLen {
+    Digest,
+    Max,
+    Len(usize),
+}
+
+struct SigCtx {
+    kind: Kind,
+    key: Option<(Arc<KeyRef>, Public)>,
+    digest: Option<Digest>,
+    hasher: Option<Hasher>,
+    pad: c_int,
+    salt: SaltLen,
+    mgf1: Option<Digest>,
+}
+
+impl SigCtx {
+    fn new(kind: Kind) -> SigCtx {
+        SigCtx { kind, key: None, digest: None, hasher: None, pad: PAD_PKCS1, salt: SaltLen::Digest, mgf1: None }
+    }
+
+    fn max_size(&self) -> usize {
+        self.key.as_ref().map_or(0, |(_, p)| p.max_sig_size())
+    }
+
+    /// Signs a digest in the token; logs why if it cannot.
+    fn sign_digest(&self, digest: &[u8]) -> Option<Vec<u8>> {
+        let (key, public) = self.key.as_ref()?;
+        let md = self.digest;
+        let result = (|| -> Result<Vec<u8>, String> {
+            let hsm = runtime::hsm_for(&key.binding).map_err(|e| e.to_string())?;
+            match (self.kind, public) {
+                (Kind::Rsa, Public::Rsa { .. }) if self.pad == PAD_PSS => {
+                    let md = md.ok_or("RSA-PSS without a digest")?;
+                    let bits = public.bits() as usize;
+                    let em_len = (bits - 1).div_ceil(8);
+                    let s_len = match self.salt {
+                        SaltLen::Digest => md.size(),
+                        SaltLen::Max => em_len.checked_sub(md.size() + 2).ok_or("key too small for PSS")?,
+                        SaltLen::Len(n) => n,
+                    };
+                    let mgf = self.mgf1.unwrap_or(md);
+                    let mech = Mechanism::RsaPkcsPss(PkcsPssParams {
+                        hash_alg: md.mechanism(),
+                        mgf: mgf.mgf1(),
+                        s_len: Ulong::try_from(s_len).map_err(|_| "bad salt length")?,
+                    });
+                    hsm.sign(key, &mech, digest).map_err(|e| e.to_string())
+                }
+                (Kind::Rsa, Public::Rsa { .. }) => {
+                    let mut tbs = Vec::with_capacity(19 + digest.len());
+                    if let Some(md) = md {
+                        tbs.extend_from_slice(md.digest_info_prefix());
+                    }
+                    tbs.extend_from_slice(digest);
+                    hsm.sign(key, &Mechanism::RsaPkcs, &tbs).map_err(|e| e.to_string())
+                }
+                (Kind::Ec, Public::Ec { curve, .. }) => {
+                    let rs = hsm.sign(key, &Mechanism::Ecdsa, digest).map_err(|e| e.to_string())?;
+                    ecdsa_der(&rs, curve.field_bytes).ok_or_else(|| "the token returned a malformed ECDSA signature".into())
+                }
+                _ => Err("key type mismatch".into()),
+            }
+        })();
+        match result {
+            Ok(sig) => Some(sig),
+            Err(e) => {
+                log::error!("TLS handshake refused: signing with {} in the token failed: {e}", key.uri_text);
+                None
+            }
+        }
+    }
+
+    fn apply_params(&mut self, params: *const OSSL_PARAM) -> bool {
+        if params.is_null() {
+            return true;
+        }
+        // SAFETY (block): params is OpenSSL's valid END-terminated array.
+        unsafe {
+            if let Some(p) = params::locate_const(params, ossl::OSSL_SIGNATURE_PARAM_DIGEST) {
+                match params::get_utf8(p).and_then(|n| Digest::by_name(&n)) {
+                    Some(d) => {
+                        self.digest = Some(d);
+                        self.hasher = None;
+                    }
+                    None => return false,
+                }
+            }
+            if let Some(p) = params::locate_const(params, ossl::OSSL_SIGNATURE_PARAM_PAD_MODE) {
+                let mode = match params::get_utf8(p) {
+                    Some(s) => match s.as_str() {
+                        "pkcs1" => PAD_PKCS1,
+                        "pss" => PAD_PSS,
+                        _ => return false,
+                    },
+                    None => match params::get_int(p) {
+                        Some(m) => m,
+                        None => return false,
+                    },
+                };
+                if self.kind != Kind::Rsa || (mode != PAD_PKCS1 && mode != PAD_PSS) {
+                    return false;
+                }
+                self.pad = mode;
+            }
+            if let Some(p) = params::locate_const(params, ossl::OSSL_SIGNATURE_PARAM_PSS_SALTLEN) {
+                self.salt = match params::get_utf8(p) {
+                    Some(s) => match s.as_str() {
+                        "digest" => SaltLen::Digest,
+                        "max" | "auto" => SaltLen::Max,
+                        n => match n.parse::<usize>() {
+                            Ok(n) => SaltLen::Len(n),
+                            Err(_) => return false,
+                        },
+                    },
+                    None => match params::get_int(p) {
+                        Some(-1) => SaltLen::Digest,
+                        Some(-2) | Some(-3) => SaltLen::Max,
+                        Some(n) if n >= 0 => SaltLen::Len(n as usize),
+                        _ => return false,
+                    },
+                };
+            }
+            if let Some(p) = params::locate_const(params, ossl::OSSL_SIGNATURE_PARAM_MGF1_DIGEST) {
+                match params::get_utf8(p).and_then(|n| Digest::by_name(&n)) {
+                    Some(d) => self.mgf1 = Some(d),
+                    None => return false,
+                }
+            }
+        }
+        true
+    }
+}
+
+/// r || s (each `n` bytes) to a DER ECDSA-Sig-Value.
+fn ecdsa_der(rs: &[u8], n: usize) -> Option<Vec<u8>> {
+    if rs.len() != 2 * n {
+        return None;
+    }
+    fn int(v: &[u8], out: &mut Vec<u8>) {
+        let first = v.iter().position(|&b| b != 0).unwrap_or(v.len() - 1);
+        let v = &v[first..];
+        let pad = v[0] & 0x80 != 0;
+        out.push(0x02);
+        out.push((v.len() + pad as usize) as u8);
+        if pad {
+            out.push(0);
+        }
+        out.extend_from_slice(v);
+    }
+    let mut body = Vec::with_capacity(2 * n + 8);
+    int(&rs[..n], &mut body);
+    int(&rs[n..], &mut body);
+    let mut out = vec![0x30];
+    if body.len() >= 0x80 {
+        out.push(0x81);
+    }
+    out.push(body.len() as u8);
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+unsafe fn ctx<'a>(p: *mut c_void) -> Option<&'a mut SigCtx> {
+    // SAFETY: OpenSSL passes back the context our newctx returned.
+    unsafe { (p as *mut SigCtx).as_mut() }
+}
+
+unsafe extern "C" fn rsa_newctx(_provctx: *mut c_void, _propq: *const c_char) -> *mut c_void {
+    guard("signature newctx", ptr::null_mut(), || Box::into_raw(Box::new(SigCtx::new(Kind::Rsa))).cast())
+}
+
+unsafe extern "C" fn ec_newctx(_provctx: *mut c_void, _propq: *const c_char) -> *mut c_void {
+    guard("signature newctx", ptr::null_mut(), || Box::into_raw(Box::new(SigCtx::new(Kind::Ec))).cast())
+}
+
+unsafe extern "C" fn freectx(c: *mut c_void) {
+    guard("signature freectx", (), || {
+        if !c.is_null() {
+            // SAFETY: c came from Box::into_raw in newctx/dupctx.
+            drop(unsafe { Box::from_raw(c as *mut SigCtx) });
+        }
+    })
+}
+
+unsafe extern "C" fn dupctx(c: *mut c_void) -> *mut c_void {
+    guard("signature dupctx", ptr::null_mut(), || {
+        // SAFETY: see ctx().
+        let Some(c) = (unsafe { ctx(c) }) else { return ptr::null_mut() };
+        let hasher = match &c.hasher {
+            Some(h) => match h.try_clone() {
+                Some(h) => Some(h),
+                None => return ptr::null_mut(),
+            },
+            None => None,
+        };
+        let d = SigCtx { kind: c.kind, key: c.key.clone(), digest: c.digest, hasher, pad: c.pad, salt: c.salt, mgf1: c.mgf1 };
+        Box::into_raw(Box::new(d)).cast()
+    })
+}
+
+fn init(c: &mut SigCtx, provkey: *mut c_void, params: *const OSSL_PARAM) -> c_int {
+    // SAFETY: provkey is keydata of our KEYMGMT (same provider).
+    let Some(k) = (unsafe { keydata(provkey) }) else { return 0 };
+    match (&k.hsm, &k.public) {
+        (Some(h), Some(p)) if k.kind == c.kind => c.key = Some((h.clone(), p.clone())),
+        _ => {
+            log::debug!("signature init with a key that is not in the token");
+            return 0;
+        }
+    }
+    c.pad = PAD_PKCS1;
+    c.salt = SaltLen::Digest;
+    c.mgf1 = None;
+    c.apply_params(params) as c_int
+}
+
+unsafe extern "C" fn sign_init(c: *mut c_void, provkey: *mut c_void, params: *const OSSL_PARAM) -> c_int {
+    guard("sign_init", 0, || {
+        // SAFETY: see ctx().
+        let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        c.digest = None;
+        c.hasher = None;
+        init(c, provkey, params)
+    })
+}
+
+/// Writes `sig` to OpenSSL's buffer, or the size when the buffer is null.
+unsafe fn emit(c: &SigCtx, out: *mut u8, outlen: *mut usize, outsize: usize, sig: impl FnOnce() -> Option<Vec<u8>>) -> c_int {
+    if outlen.is_null() {
+        return 0;
+    }
+    if out.is_null() {
+        // SAFETY: outlen is a valid pointer from OpenSSL.
+        unsafe { *outlen = c.max_size() };
+        return 1;
+    }
+    let Some(sig) = sig() else { return 0 };
+    if sig.len() > outsize {
+        return 0;
+    }
+    // SAFETY: out has outsize >= sig.len() bytes; outlen is valid.
+    unsafe {
+        ptr::copy_nonoverlapping(sig.as_ptr(), out, sig.len());
+        *outlen = sig.len();
+    }
+    1
+}
+
+unsafe extern "C" fn sign(c: *mut c_void, sig: *mut u8, siglen: *mut usize, sigsize: usize, tbs: *const u8, tbslen: usize) -> c_int {
+    guard("sign", 0, || {
+        // SAFETY: see ctx(); tbs is valid for tbslen bytes (OpenSSL).
+        let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        let data = if tbs.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(tbs, tbslen) } };
+        unsafe { emit(c, sig, siglen, sigsize, || c.sign_digest(data)) }
+    })
+}
+
+unsafe extern "C" fn digest_sign_init(c: *mut c_void, mdname: *const c_char, provkey: *mut c_void, params: *const OSSL_PARAM) -> c_int {
+    guard("digest_sign_init", 0, || {
+        // SAFETY: see ctx(); mdname is null or NUL-terminated.
+        let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        let name = if mdname.is_null() { "SHA256".to_string() } else { unsafe { CStr::from_ptr(mdname) }.to_string_lossy().into_owned() };
+        let Some(d) = Digest::by_name(&name) else {
+            log::error!("TLS handshake refused: digest {name} is not supported with HSM keys");
+            return 0;
+        };
+        c.digest = Some(d);
+        c.hasher = None;
+        init(c, provkey, params)
+    })
+}
+
+unsafe extern "C" fn digest_sign_update(c: *mut c_void, data: *const u8, len: usize) -> c_int {
+    guard("digest_sign_update", 0, || {
+        // SAFETY: see ctx(); data valid for len bytes.
+        let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        let Some(d) = c.digest else { return 0 };
+        if c.hasher.is_none() {
+            c.hasher = Hasher::new(d);
+        }
+        let slice = if data.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(data, len) } };
+        c.hasher.as_mut().is_some_and(|h| h.update(slice)) as c_int
+    })
+}
+
+unsafe extern "C" fn digest_sign_final(c: *mut c_void, sig: *mut u8, siglen: *mut usize, sigsize: usize) -> c_int {
+    guard("digest_sign_final", 0, || {
+        // SAFETY: see ctx().
+        let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        if sig.is_null() {
+            return unsafe { emit(c, sig, siglen, sigsize, || None) };
+        }
+        let digest = match c.hasher.take() {
+            Some(mut h) => h.finish(),
+            None => c.digest.and_then(|d| Hasher::oneshot(d, &[])),
+        };
+        let Some(digest) = digest else { return 0 };
+        unsafe { emit(c, sig, siglen, sigsize, || c.sign_digest(&digest)) }
+    })
+}
+
+unsafe extern "C" fn digest_sign(c: *mut c_void, sig: *mut u8, siglen: *mut usize, sigsize: usize, tbs: *const u8, tbslen: usize) -> c_int {
+    guard("digest_sign", 0, || {
+        // SAFETY: see ctx(); tbs valid for tbslen bytes.
+        let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        if sig.is_null() {
+            return unsafe { emit(c, sig, siglen, sigsize, || None) };
+        }
+        let Some(d) = c.digest else { return 0 };
+        let data = if tbs.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(tbs, tbslen) } };
+        let Some(digest) = Hasher::oneshot(d, data) else { return 0 };
+        unsafe { emit(c, sig, siglen, sigsize, || c.sign_digest(&digest)) }
+    })
+}
+
+unsafe extern "C" fn set_ctx_params(c: *mut c_void, params: *const OSSL_PARAM) -> c_int {
+    guard("signature set_ctx_params", 0, || {
+        // SAFETY: see ctx().
+        let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        c.apply_params(params) as c_int
+    })
+}
+
+static SETTABLE: ParamList<6> = ParamList([
+    def(ossl::OSSL_SIGNATURE_PARAM_DIGEST, ossl::OSSL_PARAM_UTF8_STRING),
+    def(ossl::OSSL_SIGNATURE_PARAM_PAD_MODE, ossl::OSSL_PARAM_UTF8_STRING),
+    def(ossl::OSSL_SIGNATURE_PARAM_PSS_SALTLEN, ossl::OSSL_PARAM_UTF8_STRING),
+    def(ossl::OSSL_SIGNATURE_PARAM_MGF1_DIGEST, ossl::OSSL_PARAM_UTF8_STRING),
+    def(ossl::OSSL_SIGNATURE_PARAM_PROPERTIES, ossl::OSSL_PARAM_UTF8_STRING),
+    end(),
+]);
+
+unsafe extern "C" fn settable_ctx_params(_c: *mut c_void, _provctx: *mut c_void) -> *const OSSL_PARAM {
+    SETTABLE.as_ptr()
+}
+
+unsafe extern "C" fn get_ctx_params(c: *mut c_void, params: *mut OSSL_PARAM) -> c_int {
+    guard("signature get_ctx_params", 0, || {
+        // SAFETY: see ctx(); params is OpenSSL's valid array.
+        let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        unsafe {
+            let name = match c.digest {
+                Some(Digest::Sha1) => c"SHA1",
+                Some(Digest::Sha224) => c"SHA2-224",
+                Some(Digest::Sha256) => c"SHA2-256",
+                Some(Digest::Sha384) => c"SHA2-384",
+                Some(Digest::Sha512) => c"SHA2-512",
+                None => c"",
+            };
+            (params::set_utf8(params, ossl::OSSL_SIGNATURE_PARAM_DIGEST, name)
+                && params::set_int(params, ossl::OSSL_SIGNATURE_PARAM_PAD_MODE, c.pad)) as c_int
+        }
+    })
+}
+
+static GETTABLE: ParamList<3> = ParamList([
+    def(ossl::OSSL_SIGNATURE_PARAM_DIGEST, ossl::OSSL_PARAM_UTF8_STRING),
+    def(ossl::OSSL_SIGNATURE_PARAM_PAD_MODE, ossl::OSSL_PARAM_INTEGER),
+    end(),
+]);
+
+unsafe extern "C" fn gettable_ctx_params(_c: *mut c_void, _provctx: *mut c_void) -> *const OSSL_PARAM {
+    GETTABLE.as_ptr()
+}
+
+type NewCtx = unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void;
+type FreeCtx = unsafe extern "C" fn(*mut c_void);
+type DupCtx = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
+type Init = unsafe extern "C" fn(*mut c_void, *mut c_void, *const OSSL_PARAM) -> c_int;
+type SignFn = unsafe extern "C" fn(*mut c_void, *mut u8, *mut usize, usize, *const u8, usize) -> c_int;
+type DInit = unsafe extern "C" fn(*mut c_void, *const c_char, *mut c_void, *const OSSL_PARAM) -> c_int;
+type DUpdate = unsafe extern "C" fn(*mut c_void, *const u8, usize) -> c_int;
+type DFinal = unsafe extern "C" fn(*mut c_void, *mut u8, *mut usize, usize) -> c_int;
+type SetP = unsafe extern "C" fn(*mut c_void, *const OSSL_PARAM) -> c_int;
+type GetP = unsafe extern "C" fn(*mut c_void, *mut OSSL_PARAM) -> c_int;
+type Table = unsafe extern "C" fn(*mut c_void, *mut c_void) -> *const OSSL_PARAM;
+
+macro_rules! signature_table {
+    ($newctx:expr) => {
+        [
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_NEWCTX, $newctx, NewCtx),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_FREECTX, freectx, FreeCtx),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DUPCTX, dupctx, DupCtx),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SIGN_INIT, sign_init, Init),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SIGN, sign, SignFn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_INIT, digest_sign_init, DInit),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_UPDATE, digest_sign_update, DUpdate),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, digest_sign_final, DFinal),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN, digest_sign, SignFn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, set_ctx_params, SetP),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, settable_ctx_params, Table),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_GET_CTX_PARAMS, get_ctx_params, GetP),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, gettable_ctx_params, Table),
+            DISPATCH_END,
+        ]
+    };
+}
+
+pub static RSA_SIGNATURE: [ossl::OSSL_DISPATCH; 14] = signature_table!(rsa_newctx);
+pub static ECDSA_SIGNATURE: [ossl::OSSL_DISPATCH; 14] = signature_table!(ec_newctx);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecdsa_der_encodes_with_sign_padding_and_minimal_ints() {
+        let mut rs = vec![0u8; 64];
+        rs[0] = 0x80; // r high bit: needs a 00 pad
+        rs[63] = 0x05; // s = 5
+        let der = ecdsa_der(&rs, 32).unwrap();
+        assert_eq!(&der[..4], &[0x30, 38, 0x02, 33]);
+        assert_eq!(der[4], 0x00);
+        assert_eq!(&der[der.len() - 3..], &[0x02, 0x01, 0x05]);
+        assert!(ecdsa_der(&rs, 31).is_none());
+    }
+}
