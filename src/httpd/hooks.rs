@@ -316,7 +316,19 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
             httpd::apr_pool_cleanup_register(pchild, ptr::null(), Some(child_cleanup), Some(httpd::apr_pool_cleanup_null));
         }
         for k in keys {
-            let r = runtime::hsm_for(&k.binding).and_then(|h| h.prepare(&k));
+            // A few quick attempts: sibling children start together, and a
+            // token being read by another process can answer with a
+            // transient error.
+            let mut r = runtime::with_hsm(&k.binding, |h| h.prepare(&k));
+            for wait in [50, 200] {
+                match &r {
+                    Err(e) if e.needs_reinit() => {
+                        std::thread::sleep(Duration::from_millis(wait));
+                        r = runtime::with_hsm(&k.binding, |h| h.prepare(&k));
+                    }
+                    _ => break,
+                }
+            }
             if let Err(e) = r {
                 log::error!("child {}: key {} is not usable yet: {e}; handshakes with it fail until the token is back", std::process::id(), k.uri_text);
             }

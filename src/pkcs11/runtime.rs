@@ -16,9 +16,12 @@ struct Slot {
     hsm: Option<Arc<Hsm>>,
     /// Last failure to open, to fail fast instead of hammering a dead HSM.
     failed: Option<(Instant, String)>,
+    /// Set once the token refused the PIN in this process: no further
+    /// login is attempted (a locked CloudHSM crypto user needs an admin).
+    denied: Option<String>,
 }
 
-static CURRENT: Mutex<Slot> = Mutex::new(Slot { hsm: None, failed: None });
+static CURRENT: Mutex<Slot> = Mutex::new(Slot { hsm: None, failed: None, denied: None });
 
 /// How long a failure to open the library or log in is remembered before
 /// the next attempt.
@@ -27,6 +30,9 @@ const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
 /// This process's `Hsm` for `binding`, opening it if needed.
 pub fn hsm_for(binding: &Arc<Binding>) -> Result<Arc<Hsm>, OpError> {
     let mut cur = CURRENT.lock();
+    if let Some(msg) = &cur.denied {
+        return Err(OpError::Denied(msg.clone()));
+    }
     let pid = std::process::id();
     if let Some(h) = &cur.hsm {
         if h.pid() != pid {
@@ -57,11 +63,56 @@ pub fn hsm_for(binding: &Arc<Binding>) -> Result<Arc<Hsm>, OpError> {
     }
 }
 
+/// Runs `op` on this process's `Hsm`. When it fails in a way a fresh
+/// PKCS#11 state may cure (token replaced, login lost, handles gone), the
+/// state is dropped and, if it was not brand new, `op` runs once more on a
+/// fresh one. A refused PIN stops all further attempts in this process.
+pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Hsm) -> Result<T, OpError>) -> Result<T, OpError> {
+    let mut fresh_tried = false;
+    loop {
+        let before = CURRENT.lock().hsm.clone();
+        let hsm = hsm_for(binding)?;
+        let was_fresh = before.as_ref().map_or(true, |b| !Arc::ptr_eq(b, &hsm));
+        match op(&hsm) {
+            Ok(v) => return Ok(v),
+            Err(OpError::Denied(msg)) => {
+                CURRENT.lock().denied = Some(msg.clone());
+                log::error!("{msg}; this process will not try to log in again");
+                return Err(OpError::Denied(msg));
+            }
+            Err(e) if e.needs_reinit() => {
+                invalidate(&hsm);
+                if was_fresh || fresh_tried {
+                    return Err(e);
+                }
+                log::warn!("{e}; re-initializing PKCS#11 and retrying once");
+                fresh_tried = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Drops `hsm` as this process's state if it still is; the next use opens
+/// a new one. Its sessions close and C_Finalize runs when the last
+/// operation using it returns.
+pub fn invalidate(hsm: &Arc<Hsm>) {
+    // Closed while holding the lock, so that no new state is initialized
+    // before the old one is finalized.
+    let mut cur = CURRENT.lock();
+    if matches!(&cur.hsm, Some(h) if Arc::ptr_eq(h, hsm)) {
+        if let Some(h) = cur.hsm.take() {
+            close(h);
+        }
+    }
+}
+
 /// Closes this process's state (sessions, login, C_Finalize).
 pub fn shutdown() {
     let taken = {
         let mut cur = CURRENT.lock();
         cur.failed = None;
+        cur.denied = None;
         cur.hsm.take()
     };
     if let Some(h) = taken {
@@ -73,11 +124,26 @@ pub fn shutdown() {
     }
 }
 
+/// How long closing waits for operations still running on the old state.
+const DRAIN: Duration = Duration::from_secs(5);
+
 fn close(h: Arc<Hsm>) {
-    match Arc::try_unwrap(h) {
-        Ok(h) => h.close(),
-        // An operation still holds it: it finalizes nothing then, the
-        // process is going away or the holder drops it soon.
-        Err(h) => drop(h),
+    let start = Instant::now();
+    let mut h = h;
+    loop {
+        match Arc::try_unwrap(h) {
+            Ok(h) => return h.close(),
+            Err(shared) if start.elapsed() < DRAIN => {
+                h = shared;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(shared) => {
+                // Still in use after the drain time: leave it to its last
+                // user (its Drop finalizes then).
+                log::warn!("PKCS#11 state still in use after {} s; finalizing when its operations return", DRAIN.as_secs());
+                drop(shared);
+                return;
+            }
+        }
     }
 }

@@ -74,6 +74,35 @@ pub enum OpError {
     Busy(Duration),
     /// The token or key could not be reached (login, lookup, library).
     Setup(String),
+    /// The token refused the PIN (wrong, locked, expired, or one more
+    /// failure would lock it). Never retried.
+    Denied(String),
+}
+
+impl OpError {
+    /// Whether a fresh PKCS#11 state (C_Finalize, C_Initialize, login,
+    /// key lookup) may cure this error: the token went away, was replaced,
+    /// lost our login or our handles.
+    pub fn needs_reinit(&self) -> bool {
+        match self {
+            OpError::Setup(_) => true,
+            OpError::Token(CkError::Pkcs11(rv, _)) => matches!(
+                rv,
+                RvError::DeviceError
+                    | RvError::DeviceRemoved
+                    | RvError::TokenNotPresent
+                    | RvError::TokenNotRecognized
+                    | RvError::UserNotLoggedIn
+                    | RvError::CryptokiNotInitialized
+                    | RvError::ObjectHandleInvalid
+                    | RvError::KeyHandleInvalid
+                    | RvError::GeneralError
+                    | RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+            ),
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for OpError {
@@ -85,7 +114,7 @@ impl fmt::Display for OpError {
                 "no PKCS#11 session became free within {} ms (all sessions busy; raise HSMSSLMaxSessions or add HSM capacity)",
                 d.as_millis()
             ),
-            OpError::Setup(s) => f.write_str(s),
+            OpError::Setup(s) | OpError::Denied(s) => f.write_str(s),
         }
     }
 }
@@ -206,6 +235,20 @@ pub struct Hsm {
     handles: Mutex<HashMap<(String, Vec<u8>, Option<String>), (Arc<TokenState>, ObjectHandle)>>,
 }
 
+impl Drop for Hsm {
+    /// Sessions first (they log out when the last one closes), then
+    /// C_Finalize, in the process that initialized the library only.
+    fn drop(&mut self) {
+        self.handles.lock().clear();
+        self.tokens.lock().clear();
+        if self.owns_init && self.pid == std::process::id() {
+            if let Err(e) = self.ctx.clone().finalize() {
+                log::debug!("C_Finalize: {}", ck_error_text(&e));
+            }
+        }
+    }
+}
+
 impl fmt::Debug for Hsm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Hsm({}, pid {})", self.binding.library.display(), self.pid)
@@ -261,16 +304,27 @@ impl Hsm {
         self.pid
     }
 
-    /// Logs out, closes every session and calls C_Finalize.
+    /// Logs out, closes every session and calls C_Finalize (see `Drop`).
     pub fn close(self) {
-        let Hsm { ctx, owns_init, tokens, handles, .. } = self;
-        handles.lock().clear();
-        tokens.lock().clear(); // closes the sessions (cryptoki closes on drop)
-        if owns_init {
-            if let Err(e) = ctx.finalize() {
-                log::debug!("C_Finalize: {}", ck_error_text(&e));
+        drop(self)
+    }
+
+    /// C_GetTokenInfo, retried briefly: a token that another process is
+    /// reading at the same moment can answer with a transient error
+    /// (SoftHSM2 does, when sibling children start together).
+    fn token_info(&self, slot: Slot) -> Result<cryptoki::slot::TokenInfo, CkError> {
+        let mut last = None;
+        for attempt in 0..5 {
+            match self.ctx.get_token_info(slot) {
+                Ok(i) => return Ok(i),
+                Err(e) => {
+                    log::debug!("C_GetTokenInfo on slot {} (attempt {}): {}", slot.id(), attempt + 1, ck_error_text(&e));
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(20 << attempt));
+                }
             }
         }
+        Err(last.expect("at least one attempt"))
     }
 
     fn find_slot(&self, sel: &TokenSelector) -> Result<(Slot, cryptoki::slot::TokenInfo), String> {
@@ -281,9 +335,12 @@ impl Hsm {
         let mut found = Vec::new();
         let mut seen = Vec::new();
         for slot in slots {
-            let info = match self.ctx.get_token_info(slot) {
+            let info = match self.token_info(slot) {
                 Ok(i) => i,
-                Err(_) => continue,
+                Err(e) => {
+                    seen.push(format!("slot {} (token info unreadable: {})", slot.id(), ck_error_text(&e)));
+                    continue;
+                }
             };
             let label = info.label().trim().to_string();
             seen.push(format!("'{}' (serial {})", label, info.serial_number().trim()));
@@ -316,9 +373,9 @@ impl Hsm {
 
     /// The token for `sel`, logged in. The login happens once per token and
     /// process; a wrong or locked PIN is never retried.
-    fn token(&self, sel: &TokenSelector) -> Result<Arc<TokenState>, String> {
+    fn token(&self, sel: &TokenSelector) -> Result<Arc<TokenState>, OpError> {
         let sel = if sel.is_empty() { &self.binding.default_token } else { sel };
-        let (slot, info) = self.find_slot(sel)?;
+        let (slot, info) = self.find_slot(sel).map_err(OpError::Setup)?;
         let mut tokens = self.tokens.lock();
         if let Some(t) = tokens.get(&slot.id()) {
             return Ok(t.clone());
@@ -326,36 +383,36 @@ impl Hsm {
         let label = info.label().trim().to_string();
         let serial = info.serial_number().trim().to_string();
         if info.user_pin_locked() {
-            return Err(format!(
+            return Err(OpError::Denied(format!(
                 "token '{label}': the user PIN is locked; not trying to log in (an administrator must unlock the crypto user)"
-            ));
+            )));
         }
         if info.user_pin_final_try() {
-            return Err(format!(
+            return Err(OpError::Denied(format!(
                 "token '{label}': the next wrong PIN would lock the user; not trying to log in \
                  (check HSMSSLPin, then log in once by hand to reset the counter)"
-            ));
+            )));
         }
         let anchor = self
             .ctx
             .open_ro_session(slot)
-            .map_err(|e| format!("token '{label}': cannot open a session: {}", ck_error_text(&e)))?;
+            .map_err(|e| OpError::Setup(format!("token '{label}': cannot open a session: {}", ck_error_text(&e))))?;
         let pin = self.binding.pin.to_raw_auth_pin();
         match anchor.login_with_raw(UserType::User, &pin) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                return Err(format!(
+                return Err(OpError::Denied(format!(
                     "token '{label}': login failed: wrong PIN (CKR_PIN_INCORRECT); tried once and not retried, \
                      so the crypto user is not locked out; fix what HSMSSLPin gives"
-                ))
+                )))
             }
             Err(CkError::Pkcs11(rv @ (RvError::PinLocked | RvError::PinExpired), _)) => {
-                return Err(format!(
+                return Err(OpError::Denied(format!(
                     "token '{label}': login refused ({}); an administrator must unlock or reset the user PIN",
                     rv_name(rv)
-                ))
+                )))
             }
-            Err(e) => return Err(format!("token '{label}': login failed: {}", ck_error_text(&e))),
+            Err(e) => return Err(OpError::Setup(format!("token '{label}': login failed: {}", ck_error_text(&e)))),
         }
         log::debug!("logged in to token '{label}' (serial {serial}) in pid {}", self.pid);
         let t = Arc::new(TokenState {
@@ -372,7 +429,7 @@ impl Hsm {
     /// Finds the private key a URI names and reads its public half. Used by
     /// the parent process while mod_ssl loads keys.
     pub fn resolve(&self, uri_text: &str, uri: &KeyUri) -> Result<KeyRef, String> {
-        let tok = self.token(&uri.token)?;
+        let tok = self.token(&uri.token).map_err(|e| e.to_string())?;
         let session = tok.pool.take(&self.ctx, tok.slot).map_err(|e| e.to_string())?;
         let result = self.resolve_on(&tok, &session, uri_text, uri);
         tok.pool.give_back(session);
@@ -568,7 +625,7 @@ impl Hsm {
             return Ok(v.clone());
         }
         let sel = TokenSelector { serial: Some(key.token_serial.clone()), ..Default::default() };
-        let tok = self.token(&sel).map_err(OpError::Setup)?;
+        let tok = self.token(&sel)?;
         let session = tok.pool.take(&self.ctx, tok.slot)?;
         let mut tmpl = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
         if !key.id.is_empty() {

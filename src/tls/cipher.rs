@@ -37,7 +37,7 @@ struct CipherCtx {
 /// ciphertext is bad".
 fn is_infrastructure(e: &OpError) -> bool {
     match e {
-        OpError::Busy(_) | OpError::Setup(_) => true,
+        OpError::Busy(_) | OpError::Setup(_) | OpError::Denied(_) => true,
         OpError::Token(CkError::Pkcs11(rv, _)) => matches!(
             rv,
             RvError::DeviceError
@@ -60,15 +60,9 @@ fn is_infrastructure(e: &OpError) -> bool {
 impl CipherCtx {
     fn decrypt(&self, input: &[u8]) -> Option<Vec<u8>> {
         let (key, _) = self.key.as_ref()?;
-        let hsm = match runtime::hsm_for(&key.binding) {
-            Ok(h) => h,
-            Err(e) => {
-                log::error!("TLS handshake refused: decrypting with {} failed: {e}", key.uri_text);
-                return None;
-            }
-        };
+        let decrypt = |data: &[u8]| runtime::with_hsm(&key.binding, |hsm| hsm.decrypt(key, &Mechanism::RsaPkcs, data));
         if self.pad != PAD_TLS {
-            return match hsm.decrypt(key, &Mechanism::RsaPkcs, input) {
+            return match decrypt(input) {
                 Ok(v) => Some(v),
                 Err(e) => {
                     log::error!("RSA decrypt with {} failed: {e}", key.uri_text);
@@ -82,7 +76,7 @@ impl CipherCtx {
         if unsafe { openssl_sys::RAND_priv_bytes(random.as_mut_ptr(), PREMASTER as c_int) } != 1 {
             return None;
         }
-        let decrypted = match hsm.decrypt(key, &Mechanism::RsaPkcs, input) {
+        let decrypted = match decrypt(input) {
             Ok(v) => v,
             Err(e) if is_infrastructure(&e) => {
                 log::error!("TLS handshake refused: premaster decrypt with {} failed: {e}", key.uri_text);

@@ -53,7 +53,9 @@ impl SigCtx {
         let (key, public) = self.key.as_ref()?;
         let md = self.digest;
         let result = (|| -> Result<Vec<u8>, String> {
-            let hsm = runtime::hsm_for(&key.binding).map_err(|e| e.to_string())?;
+            let sign = |mech: &Mechanism, data: &[u8]| {
+                runtime::with_hsm(&key.binding, |hsm| hsm.sign(key, mech, data)).map_err(|e| e.to_string())
+            };
             match (self.kind, public) {
                 (Kind::Rsa, Public::Rsa { .. }) if self.pad == PAD_PSS => {
                     let md = md.ok_or("RSA-PSS without a digest")?;
@@ -70,7 +72,7 @@ impl SigCtx {
                         mgf: mgf.mgf1(),
                         s_len: Ulong::try_from(s_len).map_err(|_| "bad salt length")?,
                     });
-                    hsm.sign(key, &mech, digest).map_err(|e| e.to_string())
+                    sign(&mech, digest)
                 }
                 (Kind::Rsa, Public::Rsa { .. }) => {
                     let mut tbs = Vec::with_capacity(19 + digest.len());
@@ -78,10 +80,10 @@ impl SigCtx {
                         tbs.extend_from_slice(md.digest_info_prefix());
                     }
                     tbs.extend_from_slice(digest);
-                    hsm.sign(key, &Mechanism::RsaPkcs, &tbs).map_err(|e| e.to_string())
+                    sign(&Mechanism::RsaPkcs, &tbs)
                 }
                 (Kind::Ec, Public::Ec { curve, .. }) => {
-                    let rs = hsm.sign(key, &Mechanism::Ecdsa, digest).map_err(|e| e.to_string())?;
+                    let rs = sign(&Mechanism::Ecdsa, digest)?;
                     ecdsa_der(&rs, curve.field_bytes).ok_or_else(|| "the token returned a malformed ECDSA signature".into())
                 }
                 _ => Err("key type mismatch".into()),

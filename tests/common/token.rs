@@ -235,6 +235,8 @@ impl Token {
                 .arg(&pem),
         );
         chmod(&pem, 0o644);
+        // pkcs11-tool ran as root and may have created lock files.
+        self.share();
         pem
     }
 
