@@ -3,64 +3,21 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
 
-/// An Apache with mod_hsm_ssl whose vhost serves `labels` (one cert/key
-/// pair each) from `token`, through the call-counting wrapper.
-struct Setup {
-    apache: Apache,
-    ca: PathBuf,
-    p11: P11Log,
-    _token: Token,
-}
-
-fn setup(name: &str, mpm: Mpm, keys: &[(&str, &str)]) -> Setup {
-    let token = Token::new("web");
+fn setup(name: &str, mpm: Mpm, keys: &[(&str, &str)]) -> Site {
+    let mut s = Site::new(name, mpm);
     for (label, spec) in keys {
-        match *spec {
-            "rsa:2048" => token.gen_rsa(label, 2048),
-            "rsa:3072" => token.gen_rsa(label, 3072),
-            "ec:P-256" => token.gen_ec(label, "prime256v1"),
-            "ec:P-384" => token.gen_ec(label, "secp384r1"),
-            other => panic!("unknown key spec {other}"),
-        };
+        s.key(label, spec);
     }
-    let mut apache = ApacheConfig::new(name).mpm(mpm).hsm_module().token(&token).build();
-    let p11dir = apache.dir().join("p11");
-    std::fs::create_dir_all(&p11dir).unwrap();
-    let p11 = P11Log::new(&p11dir);
-    let pki = apache.dir().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    let mut lines = String::new();
-    for (label, _) in keys {
-        let cert = make_cert(&pki, &token.public_key_pem(label), label, &["localhost"]);
-        lines += &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"{}\"\n", cert.display(), token.key_uri(label));
-    }
-    let wrap = p11.module();
-    let pin = token.pin.clone();
-    apache.reconfigure(|c| {
-        c.global.push_str(&format!("HSMSSLLibrary {}\nHSMSSLPin env:HSM_TEST_PIN\n", wrap.display()));
-        c.env.push(("HSM_TEST_PIN".into(), pin));
-        c.env.extend(p11.env());
-        c.vhosts.push(ssl_vhost("localhost", &lines));
-    });
-    token.share();
-    if let Err(e) = apache.start() {
-        panic!("apache2 with mod_hsm_ssl did not start: {e:?}");
-    }
-    Setup { ca: ca_cert(&pki), apache, p11, _token: token }
+    let labels: Vec<&str> = keys.iter().map(|(l, _)| *l).collect();
+    s.vhost("localhost", &labels);
+    s.start();
+    s
 }
 
-fn get(s: &Setup, o: ClientOpts) -> TlsResult {
-    let r = tls_get(s.apache.port, &ClientOpts { cafile: Some(s.ca.clone()), ..o });
-    if !(r.ok && r.verified) {
-        let ls = std::process::Command::new("ls").arg("-laRn").arg(&s._token.tokendir).output().unwrap();
-        panic!("handshake failed:\n{}\n--- error_log ---\n{}\n--- token dir ---\n{}", r.raw, s.apache.error_log(), String::from_utf8_lossy(&ls.stdout));
-    }
-    assert_eq!(r.http_status, Some(200), "{}", r.raw);
-    r
+fn get(s: &Site, o: ClientOpts) -> TlsResult {
+    s.get(o)
 }
 
 #[test]
@@ -130,4 +87,85 @@ fn one_vhost_with_rsa_and_ec_keys_serves_what_the_client_asks_for() {
     assert_eq!(r.peer_sig_type.as_deref(), Some("RSA-PSS"));
     let r = get(&s, ClientOpts { tls: Some("1.2"), cipher: Some("ECDHE-ECDSA-AES128-GCM-SHA256".into()), ..Default::default() });
     assert_eq!(r.peer_sig_type.as_deref(), Some("ECDSA"));
+}
+
+#[test]
+fn two_name_based_vhosts_on_one_port_pick_their_token_key_by_sni() {
+    let mut s = Site::new("sni", Mpm::Event);
+    s.key("site-a", "rsa:2048");
+    s.key("site-b", "ec:P-256");
+    s.vhost("a.example", &["site-a"]);
+    s.vhost("b.example", &["site-b"]);
+    s.start();
+    let a = s.get(ClientOpts { servername: Some("a.example".into()), ..tls("1.3") });
+    assert_eq!(a.server_key.as_deref(), Some("RSA 2048"));
+    assert_eq!(a.peer_sig_type.as_deref(), Some("RSA-PSS"));
+    let b = s.get(ClientOpts { servername: Some("b.example".into()), ..tls("1.3") });
+    assert_eq!(b.peer_sig_type.as_deref(), Some("ECDSA"));
+    assert!(b.server_key.as_deref().unwrap_or("").starts_with("EC"), "{:?}", b.server_key);
+}
+
+/// The TLS modes every MPM must serve from the token.
+fn mode_matrix(s: &Site) {
+    let r = s.get(ClientOpts { sigalgs: Some("rsa_pss_rsae_sha256".into()), ..tls("1.3") });
+    assert_eq!(r.peer_sig_type.as_deref(), Some("RSA-PSS"));
+    let r = s.get(ClientOpts { sigalgs: Some("RSA+SHA256".into()), ..tls("1.2") });
+    assert_eq!(r.peer_sig_type.as_deref(), Some("RSA"));
+    let r = s.get(ClientOpts { sigalgs: Some("RSA-PSS+SHA256".into()), ..tls("1.2") });
+    assert_eq!(r.peer_sig_type.as_deref(), Some("RSA-PSS"));
+    let r = s.get(ClientOpts { cipher: Some("AES128-GCM-SHA256".into()), ..tls("1.2") });
+    assert_eq!(r.cipher.as_deref(), Some("AES128-GCM-SHA256"));
+    let r = s.get(ClientOpts { sigalgs: Some("ECDSA+SHA256".into()), ..tls("1.3") });
+    assert_eq!(r.peer_sig_type.as_deref(), Some("ECDSA"));
+    let r = s.get(ClientOpts { cipher: Some("ECDHE-ECDSA-AES128-GCM-SHA256".into()), ..tls("1.2") });
+    assert_eq!(r.peer_sig_type.as_deref(), Some("ECDSA"));
+}
+
+fn dual_site(name: &str, mpm: Mpm) -> Site {
+    setup(name, mpm, &[("www-rsa", "rsa:2048"), ("www-ec", "ec:P-256")])
+}
+
+#[test]
+fn prefork_mpm_serves_every_mode_from_the_token() {
+    let s = dual_site("prefork", Mpm::Prefork);
+    mode_matrix(&s);
+}
+
+#[test]
+fn worker_mpm_serves_every_mode_from_the_token() {
+    let s = dual_site("worker", Mpm::Worker);
+    mode_matrix(&s);
+}
+
+#[test]
+fn every_full_handshake_costs_one_token_operation_and_the_server_root_holds_no_private_key() {
+    let s = dual_site("count", Mpm::Event);
+    let (signs, decrypts) = (s.p11.sign_ops(), s.p11.decrypt_ops());
+    for _ in 0..3 {
+        s.get(tls("1.3"));
+        s.get(ClientOpts { cipher: Some("AES256-GCM-SHA384".into()), ..tls("1.2") });
+    }
+    assert_eq!(s.p11.sign_ops() - signs, 3);
+    assert_eq!(s.p11.decrypt_ops() - decrypts, 3);
+    for entry in walk(s.apache.dir()) {
+        let text = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&text).contains("PRIVATE KEY"),
+            "private key material on disk in the server root: {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -98,6 +98,21 @@ impl P11Log {
         self.write_control(&text);
     }
 
+    /// Add `ms` of latency to every call of `function` (before it reaches
+    /// SoftHSM); overlapping delayed calls log `inflight <function> <n>`.
+    pub fn delay(&self, function: &str, ms: u64) {
+        let mut text = std::fs::read_to_string(&self.control).unwrap_or_default();
+        text.push_str(&format!("delay {function} {ms}\n"));
+        self.write_control(&text);
+    }
+
+    /// The largest number of delayed `function` calls one process had under
+    /// way at the same time.
+    pub fn max_in_flight(&self, function: &str) -> usize {
+        let prefix = format!("inflight {function} ");
+        self.calls().iter().filter_map(|l| l.strip_prefix(&prefix)?.parse().ok()).max().unwrap_or(0)
+    }
+
     /// Remove all injected faults.
     pub fn clear_faults(&self) {
         let _ = std::fs::remove_file(&self.control);

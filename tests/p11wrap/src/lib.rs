@@ -199,10 +199,36 @@ fn ckr_by_name(s: &str) -> Option<CK_RV> {
     })
 }
 
-/// Common prologue of every wrapper: log, then maybe return an injected fault.
+/// If the control file has `delay <name> <ms>`, the added latency.
+fn delay_for(name: &str) -> Option<u64> {
+    let path = std::env::var_os(ENV_CONTROL)?;
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let mut w = line.split_whitespace();
+        (w.next() == Some("delay") && w.next() == Some(name)).then(|| w.next()?.parse().ok()).flatten()
+    })
+}
+
+/// Calls of delayed functions under way in this process right now.
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Common prologue of every wrapper: log, then maybe return an injected
+/// fault, or wait the configured latency. While delayed calls overlap, each
+/// logs `inflight <name> <n>` (n: delayed calls under way in this process),
+/// which shows whether the caller issues calls in parallel.
 fn prologue(name: &str) -> Option<CK_RV> {
     log_call(name);
-    fault_for(name)
+    if let Some(rv) = fault_for(name) {
+        return Some(rv);
+    }
+    if let Some(ms) = delay_for(name) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = IN_FLIGHT.fetch_add(1, SeqCst) + 1;
+        log_call(&format!("inflight {name} {n}"));
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+    }
+    None
 }
 
 // ---------------------------------------------------------------------------
