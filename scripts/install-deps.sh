@@ -2,8 +2,10 @@
 # Install everything the build and the tests of mod_hsm_ssl need on a fresh
 # Debian 12 machine. Idempotent; run as root (CI and the dev machines are root).
 #
-# Deliberately NOT installed: libengine-pkcs11-openssl. Tests that care about
-# the libp11 OpenSSL engine being present/absent control that themselves.
+# libengine-pkcs11-openssl (libp11's OpenSSL engine) is installed on purpose:
+# mod_ssl auto-loads it for pkcs11: URIs when it is on disk, and the tests
+# prove mod_hsm_ssl keeps the keys both with it and without it (they hide it
+# with OPENSSL_ENGINES=<empty dir>).
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -16,6 +18,7 @@ PACKAGES=(
     apache2-dev      # httpd/APR headers for bindgen, apxs
     softhsm2         # PKCS#11 token used by the tests (/usr/lib/softhsm/libsofthsm2.so)
     opensc           # pkcs11-tool (key generation, object listing)
+    libengine-pkcs11-openssl  # libp11 engine: the "with engine" test case
     libssl-dev       # openssl-sys
     pkg-config
     clang            # bindgen

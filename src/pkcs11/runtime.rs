@@ -81,7 +81,7 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Hsm) -> Result<T, OpErro
                 return Err(OpError::Denied(msg));
             }
             Err(e) if e.needs_reinit() => {
-                invalidate(&hsm);
+                invalidate(hsm);
                 if was_fresh || fresh_tried {
                     return Err(e);
                 }
@@ -96,12 +96,13 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Hsm) -> Result<T, OpErro
 /// Drops `hsm` as this process's state if it still is; the next use opens
 /// a new one. Its sessions close and C_Finalize runs when the last
 /// operation using it returns.
-pub fn invalidate(hsm: &Arc<Hsm>) {
+pub fn invalidate(hsm: Arc<Hsm>) {
     // Closed while holding the lock, so that no new state is initialized
     // before the old one is finalized.
     let mut cur = CURRENT.lock();
-    if matches!(&cur.hsm, Some(h) if Arc::ptr_eq(h, hsm)) {
+    if matches!(&cur.hsm, Some(h) if Arc::ptr_eq(h, &hsm)) {
         if let Some(h) = cur.hsm.take() {
+            drop(hsm);
             close(h);
         }
     }
