@@ -51,6 +51,8 @@ impl Site {
             "ec:P-384" => self.token.gen_ec(label, "secp384r1"),
             other => panic!("unknown key spec {other}"),
         };
+        // Generated inside the token as sensitive and non-extractable.
+        self.token.assert_private_key_protected(label);
     }
 
     /// A certificate from the test CA for the token key `label`.
