@@ -17,12 +17,16 @@ pub use guard::guard;
 #[macro_export]
 macro_rules! dispatch {
     ($id:expr, $f:expr, $ty:ty) => {
-        $crate::ffi::ossl::OSSL_DISPATCH {
-            function_id: $id as ::std::ffi::c_int,
-            // SAFETY: OpenSSL calls this pointer only through the signature
-            // that `$id` documents in core_dispatch.h, which `$ty` spells out;
-            // transmuting between function pointer types keeps the address.
-            function: Some(unsafe { ::std::mem::transmute::<$ty, unsafe extern "C" fn()>($f) }),
+        {
+            let f: $ty = $f;
+            $crate::ffi::ossl::OSSL_DISPATCH {
+                function_id: $id as ::std::ffi::c_int,
+                // SAFETY: OpenSSL calls this pointer only through the
+                // signature that the function id documents in
+                // core_dispatch.h, which the given type spells out;
+                // transmuting between function pointer types keeps the address.
+                function: Some(unsafe { ::std::mem::transmute::<$ty, unsafe extern "C" fn()>(f) }),
+            }
         }
     };
 }

@@ -58,8 +58,11 @@ pub struct KeyRef {
     pub binding: Arc<Binding>,
 }
 
+/// How a child finds a key again: token serial, CKA_ID, CKA_LABEL.
+type KeyIdent = (String, Vec<u8>, Option<String>);
+
 impl KeyRef {
-    fn ident(&self) -> (String, Vec<u8>, Option<String>) {
+    fn ident(&self) -> KeyIdent {
         (self.token_serial.clone(), self.id.clone(), self.label.clone())
     }
 }
@@ -232,7 +235,7 @@ pub struct Hsm {
     /// Whether we called C_Initialize (and so must call C_Finalize).
     owns_init: bool,
     tokens: Mutex<HashMap<u64, Arc<TokenState>>>,
-    handles: Mutex<HashMap<(String, Vec<u8>, Option<String>), (Arc<TokenState>, ObjectHandle)>>,
+    handles: Mutex<HashMap<KeyIdent, (Arc<TokenState>, ObjectHandle)>>,
 }
 
 impl Drop for Hsm {

@@ -159,19 +159,17 @@ impl KeyUri {
                 _ => {}
             }
         }
-        if let Some(q) = query {
-            for attr in q.split('&').filter(|a| !a.is_empty()) {
-                let name = attr.split_once('=').map(|(n, _)| n).unwrap_or(attr);
-                match name {
-                    "pin-value" | "pin-source" => return Err(pin_refusal(name)),
-                    "module-name" | "module-path" => {
-                        return Err(format!(
-                            "{name} is not accepted in the key URI: HSMSSLLibrary names the PKCS#11 library"
-                        ))
-                    }
-                    _ => return Err(format!("unknown query attribute '{name}'")),
+        // Every query attribute is refused: PINs come from HSMSSLPin and the
+        // library from HSMSSLLibrary.
+        if let Some(attr) = query.and_then(|q| q.split('&').find(|a| !a.is_empty())) {
+            let name = attr.split_once('=').map(|(n, _)| n).unwrap_or(attr);
+            return Err(match name {
+                "pin-value" | "pin-source" => pin_refusal(name),
+                "module-name" | "module-path" => {
+                    format!("{name} is not accepted in the key URI: HSMSSLLibrary names the PKCS#11 library")
                 }
-            }
+                _ => format!("unknown query attribute '{name}'"),
+            });
         }
         Ok(uri)
     }

@@ -194,17 +194,20 @@ unsafe extern "C" fn decrypt(c: *mut c_void, out: *mut u8, outlen: *mut usize, o
             None => return 0,
         };
         if out.is_null() {
+            // SAFETY: outlen is non-null (checked above) and writable.
             unsafe { *outlen = if c.pad == PAD_TLS { PREMASTER } else { max } };
             return 1;
         }
         if c.pad == PAD_TLS && (outsize < PREMASTER || c.client_version == 0) {
             return 0;
         }
+        // SAFETY: OpenSSL passes input valid for inlen bytes.
         let data = if input.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(input, inlen) } };
         let Some(plain) = c.decrypt(data) else { return 0 };
         if plain.len() > outsize {
             return 0;
         }
+        // SAFETY: out has outsize >= plain.len() bytes; outlen is valid.
         unsafe {
             ptr::copy_nonoverlapping(plain.as_ptr(), out, plain.len());
             *outlen = plain.len();

@@ -305,6 +305,7 @@ unsafe extern "C" fn digest_sign_update(c: *mut c_void, data: *const u8, len: us
         if c.hasher.is_none() {
             c.hasher = Hasher::new(d);
         }
+        // SAFETY: OpenSSL passes data valid for len bytes.
         let slice = if data.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(data, len) } };
         c.hasher.as_mut().is_some_and(|h| h.update(slice)) as c_int
     })
@@ -322,6 +323,7 @@ unsafe extern "C" fn digest_sign_final(c: *mut c_void, sig: *mut u8, siglen: *mu
             None => c.digest.and_then(|d| Hasher::oneshot(d, &[])),
         };
         let Some(digest) = digest else { return 0 };
+        // SAFETY: sig/siglen/sigsize are OpenSSL's output buffer contract.
         unsafe { emit(c, sig, siglen, sigsize, || c.sign_digest(&digest)) }
     })
 }
@@ -334,8 +336,10 @@ unsafe extern "C" fn digest_sign(c: *mut c_void, sig: *mut u8, siglen: *mut usiz
             return unsafe { emit(c, sig, siglen, sigsize, || None) };
         }
         let Some(d) = c.digest else { return 0 };
+        // SAFETY: OpenSSL passes tbs valid for tbslen bytes.
         let data = if tbs.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(tbs, tbslen) } };
         let Some(digest) = Hasher::oneshot(d, data) else { return 0 };
+        // SAFETY: sig/siglen/sigsize are OpenSSL's output buffer contract.
         unsafe { emit(c, sig, siglen, sigsize, || c.sign_digest(&digest)) }
     })
 }
