@@ -126,3 +126,62 @@ fn hsmssl_directives_inside_a_virtualhost_are_a_configuration_error() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("HSMSSLPin cannot occur within <VirtualHost> section"), "{out}");
 }
+
+#[test]
+fn hsmssltoken_picks_the_token_when_the_uri_names_none() {
+    let mut s = Site::new("tokendirective", Mpm::Event);
+    s.key("www-rsa", "rsa:2048");
+    let cert = s.cert("www-rsa", "localhost");
+    s.apache.reconfigure(|c| {
+        c.global.push_str("HSMSSLToken web\n");
+        c.vhosts.push(ssl_vhost("localhost", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:object=www-rsa\"", cert.display())));
+    });
+    s.start();
+    s.get(tls("1.3"));
+}
+
+#[test]
+fn hsmssltoken_naming_an_absent_token_stops_startup_and_lists_the_tokens() {
+    let (s, e) = broken("notoken", |s| {
+        let cert = s.cert("www-rsa", "localhost");
+        s.apache.reconfigure(|c| {
+            c.global.push_str("HSMSSLToken pkcs11:token=backup\n");
+            c.vhosts.clear();
+            c.vhosts.push(ssl_vhost("localhost", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:object=www-rsa\"", cert.display())));
+        });
+    });
+    let log = format!("{}\n{}", e.error_log, s.apache.error_log());
+    let l = log.lines().find(|l| l.contains("[hsm_ssl:error]")).unwrap_or_else(|| panic!("{log}"));
+    assert!(l.contains("no token matches token=backup") && l.contains("'web'"), "{l}");
+}
+
+#[test]
+fn pin_from_a_private_file_works_and_a_group_readable_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    for (mode, ok) in [(0o600, true), (0o640, false)] {
+        let mut s = Site::new(&format!("pinfile{mode:o}"), Mpm::Event);
+        s.key("www-rsa", "rsa:2048");
+        s.vhost("localhost", &["www-rsa"]);
+        let pin = s.pki.path().join("pin");
+        std::fs::write(&pin, format!("{}\n", s.token.pin)).unwrap();
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(mode)).unwrap();
+        s.global(&format!("HSMSSLPin file:{}", pin.display()));
+        match (s.try_start(), ok) {
+            (Ok(()), true) => {
+                s.get(tls("1.3"));
+            }
+            (Err(e), false) => {
+                let log = format!("{}\n{}", e.error_log, s.apache.error_log());
+                assert!(log.contains("accessible by group or others") && log.contains("chmod 600"), "{log}");
+            }
+            (r, _) => panic!("mode {mode:o}: unexpected start result {:?}\n{}", r.err(), s.apache.error_log()),
+        }
+    }
+}
+
+#[test]
+fn the_built_module_exports_hsm_ssl_module() {
+    let out = std::process::Command::new("nm").args(["-D", "--defined-only"]).arg(module_path()).output().unwrap();
+    let syms = String::from_utf8_lossy(&out.stdout);
+    assert!(syms.lines().any(|l| l.ends_with(" hsm_ssl_module")), "{syms}");
+}
