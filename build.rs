@@ -51,8 +51,12 @@ fn main() {
         }
     }
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    // Generate code for the oldest toolchain we support (Cargo.toml's
+    // rust-version), so the crate builds with Amazon Linux's packaged Rust.
+    let Ok(target) = bindgen::RustTarget::stable(77, 0) else { panic!("bindgen does not know Rust 1.77") };
 
     let mut httpd = bindgen::Builder::default()
+        .rust_target(target)
         .header("src/ffi/httpd_wrapper.h")
         .clang_arg("-D_GNU_SOURCE")
         .clang_arg("-DLINUX")
@@ -74,6 +78,7 @@ fn main() {
         .expect("write httpd.rs");
 
     bindgen::Builder::default()
+        .rust_target(target)
         .header("src/ffi/ossl_wrapper.h")
         .allowlist_function("OSSL_PROVIDER_(add_builtin|load|unload|get0_name)")
         .allowlist_function("OSSL_PARAM_.*")

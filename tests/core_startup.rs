@@ -97,6 +97,8 @@ fn pin_value_in_the_key_uri_is_refused_and_points_to_hsmsslpin() {
     let log = format!("{}\n{}", e.error_log, s.apache.error_log());
     let l = log.lines().find(|l| l.contains("[hsm_ssl:error]")).unwrap_or_else(|| panic!("{log}"));
     assert!(l.contains("HSMSSLPin") && l.contains("pin-value"), "{l}");
+    let ours: Vec<&str> = log.lines().filter(|l| l.contains("[hsm_ssl:")).collect();
+    assert!(ours.iter().all(|l| !l.contains("1234")), "PIN from the URI echoed by mod_hsm_ssl:\n{}", ours.join("\n"));
     assert_eq!(s.p11.count("C_Login"), 0, "no login with a refused URI");
 }
 

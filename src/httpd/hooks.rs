@@ -31,7 +31,7 @@ use crate::pkcs11::pin::PinSource;
 use crate::pkcs11::runtime;
 use crate::pkcs11::secret::Secret;
 use crate::pkcs11::token::{Binding, KeyRef};
-use crate::pkcs11::uri::KeyUri;
+use crate::pkcs11::uri::{redacted, KeyUri};
 use crate::tls::{loader, provider};
 
 use super::config::{self, GlobalConfig};
@@ -116,7 +116,7 @@ impl Generation {
     fn resolve(&self, uri_text: &str) -> Option<Arc<KeyRef>> {
         let vhost = self.current.lock().as_ref().map(|v| v.name.clone()).unwrap_or_else(|| "(unknown vhost)".into());
         let fail = |msg: String| {
-            log::error!("{vhost}: SSLCertificateKeyFile \"{uri_text}\": {msg}");
+            log::error!("{vhost}: SSLCertificateKeyFile \"{}\": {msg}", redacted(uri_text));
             None
         };
         let uri = match KeyUri::parse(uri_text) {
@@ -282,8 +282,9 @@ pub unsafe extern "C" fn init_server(s: *mut server_rec, _p: *mut apr_pool_t, is
         for u in &v.uris {
             if !ours.contains(u) {
                 log::error!(
-                    "{}: SSLCertificateKeyFile \"{u}\" was not loaded by mod_hsm_ssl (another OpenSSL engine or provider answered for pkcs11: URIs); refusing to serve it",
-                    v.name
+                    "{}: SSLCertificateKeyFile \"{}\" was not loaded by mod_hsm_ssl (another OpenSSL engine or provider answered for pkcs11: URIs); refusing to serve it",
+                    v.name,
+                    redacted(u)
                 );
                 return FAIL;
             }

@@ -212,6 +212,22 @@ fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// The URI as it may appear in a log line: the values of `pin-value` and
+/// `pin-source`, wherever they are written, replaced by `***`.
+pub fn redacted(uri: &str) -> String {
+    let mut out = String::with_capacity(uri.len());
+    let mut rest = uri;
+    while let Some(pos) = ["pin-value=", "pin-source="].iter().filter_map(|k| rest.find(k).map(|p| p + k.len())).min() {
+        out.push_str(&rest[..pos]);
+        out.push_str("***");
+        rest = &rest[pos..];
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Hex form of a CKA_ID, for messages.
 pub fn hex(id: &[u8]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
@@ -248,6 +264,16 @@ mod tests {
             assert!(e.contains(needle), "{uri}: {e}");
             assert!(!e.contains("1234"), "PIN echoed: {e}");
         }
+    }
+
+    #[test]
+    fn redaction_hides_pin_values_and_keeps_the_rest() {
+        assert_eq!(redacted("pkcs11:object=k?pin-value=1234"), "pkcs11:object=k?pin-value=***");
+        assert_eq!(
+            redacted("pkcs11:pin-value=9;object=k?pin-source=file:/p&x=1"),
+            "pkcs11:pin-value=***;object=k?pin-source=***&x=1"
+        );
+        assert_eq!(redacted("pkcs11:object=k"), "pkcs11:object=k");
     }
 
     #[test]

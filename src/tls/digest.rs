@@ -84,7 +84,7 @@ impl Digest {
     /// The fetched EVP_MD, once per process (the pointer lives as long as
     /// libcrypto, which is never unloaded).
     fn md(self) -> *const sys::EVP_MD {
-        static MDS: [OnceLock<usize>; 5] = [const { OnceLock::new() }; 5];
+        static MDS: [OnceLock<usize>; 5] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
         let cell = &MDS[self as usize];
         *cell.get_or_init(|| {
             let name = CString::new(self.openssl_name()).expect("static name");

@@ -34,7 +34,7 @@ fn load(uri: &str) -> *mut EVP_PKEY {
     let key = match RESOLVER.read().as_ref() {
         Some(resolve) => resolve(uri),
         None => {
-            log::error!("key {uri}: mod_hsm_ssl is not configured in this process");
+            log::error!("key {}: mod_hsm_ssl is not configured in this process", crate::pkcs11::uri::redacted(uri));
             None
         }
     };
