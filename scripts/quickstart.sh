@@ -54,7 +54,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     done
 fi
 command -v cargo >/dev/null 2>&1 \
-    || die "cargo not found: install a Rust toolchain (rustup, Rust 1.84 or newer) for root, then re-run"
+    || die "cargo not found: install a Rust toolchain (rustup, Rust 1.77 or newer) for root, then re-run"
 
 say "building the module (cargo build --release)"
 (cd "$REPO" && cargo build --release)

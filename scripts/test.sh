@@ -46,7 +46,7 @@ if ! command -v cargo >/dev/null 2>&1; then
     done
 fi
 command -v cargo >/dev/null 2>&1 \
-    || die "cargo not found: install a Rust toolchain (rustup, Rust 1.84 or newer) for root, then re-run"
+    || die "cargo not found: install a Rust toolchain (rustup, Rust 1.77 or newer) for root, then re-run"
 
 # The apache2 children run as www-data and load the PKCS#11 test wrapper
 # from the cargo target directory; a clone under /root (mode 0700) is not
