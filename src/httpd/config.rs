@@ -22,9 +22,11 @@ pub struct GlobalConfig {
     pub pin: Option<(PinSource, Origin)>,
     pub token: Option<(TokenSelector, Origin)>,
     pub max_sessions: Option<usize>,
+    pub operation_timeout: Option<std::time::Duration>,
 }
 
-static CONFIG: Mutex<GlobalConfig> = Mutex::new(GlobalConfig { library: None, pin: None, token: None, max_sessions: None });
+static CONFIG: Mutex<GlobalConfig> =
+    Mutex::new(GlobalConfig { library: None, pin: None, token: None, max_sessions: None, operation_timeout: None });
 
 pub fn reset() {
     *CONFIG.lock() = GlobalConfig::default();
@@ -113,6 +115,21 @@ pub unsafe extern "C" fn set_max_sessions(cmd: *mut cmd_parms, _m: *mut c_void, 
                 .filter(|n| (1..=1024).contains(n))
                 .ok_or_else(|| format!("HSMSSLMaxSessions {a}: give a number from 1 to 1024"))?;
             CONFIG.lock().max_sessions = Some(n);
+            Ok(())
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_operation_timeout(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, _| {
+            let secs: f64 = a
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.1 && *s <= 600.0)
+                .ok_or_else(|| format!("HSMSSLOperationTimeout {a}: give seconds, from 0.1 to 600"))?;
+            CONFIG.lock().operation_timeout = Some(std::time::Duration::from_secs_f64(secs));
             Ok(())
         })
     }

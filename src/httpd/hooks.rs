@@ -37,6 +37,8 @@ use crate::tls::{loader, provider};
 use super::config::{self, GlobalConfig};
 
 const OK: c_int = httpd::OK as c_int;
+/// Default bound of one PKCS#11 step at startup and configtest.
+const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(5);
 const FAIL: c_int = 500; // HTTP_INTERNAL_SERVER_ERROR: aborts startup
 
 /// What one configuration generation knows about its token keys.
@@ -52,7 +54,39 @@ struct Generation {
 #[derive(Clone, Debug)]
 struct Vhost {
     name: String,
+    /// The `pkcs11:` key URIs of this vhost.
     uris: Vec<String>,
+    /// mod_ssl's certificate and key lists, in their order (key i pairs
+    /// with certificate i).
+    certs: Vec<String>,
+    keys: Vec<String>,
+}
+
+impl Vhost {
+    fn cert_for(&self, uri: &str) -> Option<String> {
+        let i = self.keys.iter().position(|k| k == uri)?;
+        self.certs.get(i).cloned()
+    }
+}
+
+/// Resolves and checks one configured key, each PKCS#11 step bounded by
+/// HSMSSLOperationTimeout: URI, library, token, the one login, the key,
+/// its public half against the certificate, the mechanisms TLS needs.
+/// Returns the key and warnings about TLS modes that will not work.
+fn check_key(binding: &Arc<Binding>, uri_text: &str, cert: Option<&str>) -> Result<(Arc<KeyRef>, Vec<String>), String> {
+    let uri = KeyUri::parse(uri_text).map_err(|e| format!("malformed key URI: {e}"))?;
+    let limit = binding.op_timeout;
+    let b = binding.clone();
+    let hsm = runtime::bounded(limit, "loading and initializing the PKCS#11 library", move || runtime::hsm_for(&b))?
+        .map_err(|e| e.to_string())?;
+    let (h, t) = (hsm.clone(), uri_text.to_string());
+    let key = Arc::new(runtime::bounded(limit, "logging in and finding the key", move || h.resolve(&t, &uri))??);
+    if let Some(cert) = cert {
+        crate::tls::certcheck::check(cert, &key.public)?;
+    }
+    let (h, k) = (hsm, key.clone());
+    let warnings = runtime::bounded(limit, "listing the token's mechanisms", move || h.check_mechanisms(&k))??;
+    Ok((key, warnings))
 }
 
 static GENERATION: Mutex<Option<Arc<Generation>>> = Mutex::new(None);
@@ -106,6 +140,7 @@ impl Generation {
                     default_token: self.config.token.clone().map(|t| t.0).unwrap_or_default(),
                     max_sessions: self.config.max_sessions.unwrap_or_else(threads_per_child),
                     session_wait: Duration::from_secs(5),
+                    op_timeout: self.config.operation_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
                 }))
             })
             .clone()
@@ -119,21 +154,16 @@ impl Generation {
             log::error!("{vhost}: SSLCertificateKeyFile \"{}\": {msg}", redacted(uri_text));
             None
         };
-        let uri = match KeyUri::parse(uri_text) {
-            Ok(u) => u,
-            Err(e) => return fail(format!("malformed key URI: {e}")),
-        };
+        let cert = self.current.lock().as_ref().and_then(|v| v.cert_for(uri_text));
         let binding = match self.binding() {
             Ok(b) => b,
             Err(e) => return fail(e),
         };
-        let hsm = match runtime::hsm_for(&binding) {
-            Ok(h) => h,
-            Err(e) => return fail(e.to_string()),
-        };
-        match hsm.resolve(uri_text, &uri) {
-            Ok(k) => {
-                let k = Arc::new(k);
+        match check_key(&binding, uri_text, cert.as_deref()) {
+            Ok((k, warnings)) => {
+                for w in warnings {
+                    log::warn!("{vhost}: SSLCertificateKeyFile \"{}\": {w}", redacted(uri_text));
+                }
                 log::info!(
                     "{vhost}: key {uri_text} is on token '{}' (id {}); private-key operations will run in the token",
                     k.token_label,
@@ -228,27 +258,36 @@ pub unsafe extern "C" fn post_config_last(_pconf: *mut apr_pool_t, _plog: *mut a
     })
 }
 
-pub unsafe extern "C" fn add_cert_files(s: *mut server_rec, _p: *mut apr_pool_t, _certs: *mut apr_array_header_t, keys: *mut apr_array_header_t) -> c_int {
-    guard("add_cert_files", OK, || {
-        let Some(g) = GENERATION.lock().clone() else { return OK };
-        let mut uris = Vec::new();
-        // SAFETY: mod_ssl's array of `const char *`.
-        unsafe {
-            if !keys.is_null() {
-                let a = &*keys;
-                let elts = a.elts as *const *const c_char;
-                for i in 0..a.nelts.max(0) as usize {
-                    let p = *elts.add(i);
-                    if !p.is_null() {
-                        let k = CStr::from_ptr(p).to_string_lossy();
-                        if k.starts_with("pkcs11:") {
-                            uris.push(k.into_owned());
-                        }
-                    }
-                }
+/// The strings of an APR array of `const char *`.
+///
+/// # Safety
+/// `a` is null or a valid APR array whose elements are C strings.
+unsafe fn strings(a: *mut apr_array_header_t) -> Vec<String> {
+    let mut out = Vec::new();
+    if a.is_null() {
+        return out;
+    }
+    // SAFETY: per this function's contract.
+    unsafe {
+        let a = &*a;
+        let elts = a.elts as *const *const c_char;
+        for i in 0..a.nelts.max(0) as usize {
+            let p = *elts.add(i);
+            if !p.is_null() {
+                out.push(CStr::from_ptr(p).to_string_lossy().into_owned());
             }
         }
-        let v = Vhost { name: describe(s), uris };
+    }
+    out
+}
+
+pub unsafe extern "C" fn add_cert_files(s: *mut server_rec, _p: *mut apr_pool_t, certs: *mut apr_array_header_t, keys: *mut apr_array_header_t) -> c_int {
+    guard("add_cert_files", OK, || {
+        let Some(g) = GENERATION.lock().clone() else { return OK };
+        // SAFETY: mod_ssl's arrays of `const char *`.
+        let (certs, keys) = unsafe { (strings(certs), strings(keys)) };
+        let uris = keys.iter().filter(|k| k.starts_with("pkcs11:")).cloned().collect();
+        let v = Vhost { name: describe(s), uris, certs, keys };
         *g.current.lock() = Some(v.clone());
         g.vhosts.lock().insert(s as usize, v);
         OK
@@ -290,6 +329,57 @@ pub unsafe extern "C" fn init_server(s: *mut server_rec, _p: *mut apr_pool_t, is
             }
         }
         OK
+    })
+}
+
+/// `httpd -t` (apachectl configtest, and Debian's apachectl graceful): run
+/// every check startup would run, before the operator restarts. httpd -t
+/// runs no post_config, so mod_ssl loads no key there; the keys come from
+/// the configuration tree instead. Failing here makes configtest exit 1.
+pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, ptemp: *mut apr_pool_t, s: *mut server_rec) -> c_int {
+    guard("check_config", FAIL, || {
+        // SAFETY: a plain query of httpd's state.
+        let mode = unsafe { httpd::ap_state_query(httpd::AP_SQ_RUN_MODE as c_int) };
+        if mode != httpd::AP_SQ_RM_CONFIG_TEST as c_int {
+            return OK;
+        }
+        super::log::set_main_server(s);
+        let vhosts = super::conftree::pkcs11_vhosts(ptemp);
+        if vhosts.is_empty() {
+            return OK;
+        }
+        let g = Generation {
+            config: config::snapshot(),
+            binding: OnceLock::new(),
+            keys: Mutex::new(Vec::new()),
+            vhosts: Mutex::new(HashMap::new()),
+            current: Mutex::new(None),
+        };
+        let result = (|| {
+            for v in &vhosts {
+                for k in &v.keys {
+                    let at = format!("{}: SSLCertificateKeyFile \"{}\" ({})", v.name, redacted(&k.uri), k.origin);
+                    let binding = g.binding().map_err(|e| format!("{at}: {e}"))?;
+                    let (_, warnings) = check_key(&binding, &k.uri, k.cert.as_deref()).map_err(|e| format!("{at}: {e}"))?;
+                    for w in warnings {
+                        log::warn!("{at}: {w}");
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        })();
+        runtime::shutdown();
+        match result {
+            Ok(()) => {
+                let n: usize = vhosts.iter().map(|v| v.keys.len()).sum();
+                log::info!("configtest: {n} token key(s) found, matching their certificates");
+                OK
+            }
+            Err(e) => {
+                log::error!("{e}");
+                FAIL
+            }
+        }
     })
 }
 

@@ -2,6 +2,7 @@
 //! and logging into error_log.
 
 pub mod config;
+mod conftree;
 mod hooks;
 pub mod log;
 pub mod module;

@@ -24,7 +24,7 @@ const fn take1(
     }
 }
 
-struct Commands([command_rec; 5]);
+struct Commands([command_rec; 6]);
 // SAFETY: a read-only table of pointers to 'static strings and functions.
 unsafe impl Sync for Commands {}
 
@@ -32,6 +32,7 @@ static COMMANDS: Commands = Commands([
     take1(c"HSMSSLLibrary", config::set_library, c"path of the HSM vendor's PKCS#11 library"),
     take1(c"HSMSSLPin", config::set_pin, c"where the token user PIN comes from: env:VAR, file:/path or exec:/program"),
     take1(c"HSMSSLToken", config::set_token, c"token used when a key URI names none: a token label or pkcs11:token=...;serial=..."),
+    take1(c"HSMSSLOperationTimeout", config::set_operation_timeout, c"seconds a PKCS#11 step may take at startup and configtest before it counts as failed (default 5)"),
     take1(c"HSMSSLMaxSessions", config::set_max_sessions, c"maximum PKCS#11 sessions per child process and token (default: the MPM's threads per child)"),
     command_rec {
         name: ptr::null(),
@@ -116,6 +117,7 @@ unsafe extern "C" fn register_hooks(_p: *mut apr_pool_t) {
             httpd::ap_hook_post_config(Some(hooks::post_config_first), ptr::null(), BEFORE_SSL.0.as_ptr(), httpd::APR_HOOK_REALLY_FIRST);
             httpd::ap_hook_post_config(Some(hooks::post_config_last), ptr::null(), ptr::null(), httpd::APR_HOOK_REALLY_LAST as c_int);
             httpd::ap_hook_child_init(Some(hooks::child_init), ptr::null(), ptr::null(), httpd::APR_HOOK_MIDDLE as c_int);
+            httpd::ap_hook_check_config(Some(hooks::check_config), ptr::null(), ptr::null(), httpd::APR_HOOK_MIDDLE as c_int);
             type AddCert = unsafe extern "C" fn(*mut httpd::server_rec, *mut apr_pool_t, *mut httpd::apr_array_header_t, *mut httpd::apr_array_header_t) -> c_int;
             type InitServer = unsafe extern "C" fn(*mut httpd::server_rec, *mut apr_pool_t, c_int, *mut openssl_sys::SSL_CTX) -> c_int;
             // mod_ssl's optional hooks, by name (APR_OPTIONAL_HOOK).

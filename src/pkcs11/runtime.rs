@@ -148,3 +148,22 @@ fn close(h: Arc<Hsm>) {
         }
     }
 }
+
+/// Runs `f` on a helper thread and waits at most `limit` for it: a PKCS#11
+/// library that never returns must not hang httpd's start or configtest.
+/// On timeout the thread is left behind (the caller fails and exits).
+pub fn bounded<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new().name("hsm_ssl-bounded".into()).spawn(move || {
+        let _ = tx.send(f());
+    });
+    if let Err(e) = spawned {
+        return Err(format!("{what}: cannot start a thread: {e}"));
+    }
+    rx.recv_timeout(limit).map_err(|_| {
+        format!(
+            "{what} did not return within {} s (HSMSSLOperationTimeout); is the HSM reachable?",
+            limit.as_secs_f32()
+        )
+    })
+}

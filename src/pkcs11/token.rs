@@ -35,6 +35,8 @@ pub struct Binding {
     pub max_sessions: usize,
     /// How long a caller waits for a free session before giving up.
     pub session_wait: Duration,
+    /// Bound of one PKCS#11 step at startup and configtest.
+    pub op_timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +57,9 @@ pub struct KeyRef {
     pub id: Vec<u8>,
     pub label: Option<String>,
     pub public: PublicKey,
+    /// CKA_SIGN and CKA_DECRYPT of the private key.
+    pub can_sign: bool,
+    pub can_decrypt: bool,
     pub binding: Arc<Binding>,
 }
 
@@ -486,14 +491,17 @@ impl Hsm {
         let attrs = s
             .get_attributes(
                 handle,
-                &[AttributeType::KeyType, AttributeType::Id, AttributeType::Label],
+                &[AttributeType::KeyType, AttributeType::Id, AttributeType::Label, AttributeType::Sign, AttributeType::Decrypt],
             )
             .map_err(|e| format!("reading key attributes: {}", ck_error_text(&e)))?;
         let mut key_type = None;
         let mut id = Vec::new();
         let mut label = None;
+        let (mut can_sign, mut can_decrypt) = (false, false);
         for a in attrs {
             match a {
+                Attribute::Sign(b) => can_sign = b,
+                Attribute::Decrypt(b) => can_decrypt = b,
                 Attribute::KeyType(k) => key_type = Some(k),
                 Attribute::Id(v) => id = v,
                 Attribute::Label(v) => label = Some(String::from_utf8_lossy(&v).into_owned()),
@@ -550,6 +558,8 @@ impl Hsm {
             id,
             label,
             public,
+            can_sign,
+            can_decrypt,
             binding: self.binding.clone(),
         })
     }
@@ -619,6 +629,57 @@ impl Hsm {
         } else {
             format!(" (only {} with that name: the private key is missing)", kinds.join(" and "))
         }
+    }
+
+    /// Checks that the token offers what `key` needs in TLS. Err: a need
+    /// that is not met (the key would fail handshakes); Ok: warnings about
+    /// modes that will not work.
+    pub fn check_mechanisms(&self, key: &KeyRef) -> Result<Vec<String>, String> {
+        use cryptoki::mechanism::MechanismType;
+        let sel = TokenSelector { serial: Some(key.token_serial.clone()), ..Default::default() };
+        let tok = self.token(&sel).map_err(|e| e.to_string())?;
+        let list = self
+            .ctx
+            .get_mechanism_list(tok.slot)
+            .map_err(|e| format!("cannot list the token's mechanisms: {}", ck_error_text(&e)))?;
+        let info = |m: MechanismType| -> Option<cryptoki::mechanism::MechanismInfo> {
+            if list.contains(&m) {
+                self.ctx.get_mechanism_info(tok.slot, m).ok()
+            } else {
+                None
+            }
+        };
+        let mut warnings = Vec::new();
+        if !key.can_sign {
+            return Err("the private key may not sign (CKA_SIGN is false); TLS needs it to sign handshakes".into());
+        }
+        match &key.public {
+            PublicKey::Rsa { .. } => {
+                match info(MechanismType::RSA_PKCS) {
+                    Some(i) if i.sign() && i.decrypt() => {}
+                    Some(_) => return Err("the token offers CKM_RSA_PKCS but not for both sign and decrypt; TLS needs both".into()),
+                    None => return Err("the token does not offer CKM_RSA_PKCS, which TLS needs for RSA keys".into()),
+                }
+                if !info(MechanismType::RSA_PKCS_PSS).is_some_and(|i| i.sign()) {
+                    warnings.push(
+                        "the token does not offer CKM_RSA_PKCS_PSS: TLS 1.3 with this RSA key will fail, and TLS 1.2 clients                          that ask for RSA-PSS will fail; add an EC certificate or use a token with PSS"
+                            .to_string(),
+                    );
+                }
+                if !key.can_decrypt {
+                    warnings.push(
+                        "the private key may not decrypt (CKA_DECRYPT is false): TLS 1.2 RSA key exchange                          (ciphers like AES128-GCM-SHA256) will fail; remove those from SSLCipherSuite or allow decrypt"
+                            .to_string(),
+                    );
+                }
+            }
+            PublicKey::Ec { .. } => {
+                if !info(MechanismType::ECDSA).is_some_and(|i| i.sign()) {
+                    return Err("the token does not offer CKM_ECDSA, which TLS needs for EC keys".into());
+                }
+            }
+        }
+        Ok(warnings)
     }
 
     /// The handle of `key` in this process, found once and cached.

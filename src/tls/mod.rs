@@ -3,6 +3,7 @@
 //! operation to the token, and the loaders through which mod_ssl obtains
 //! those keys. No Apache types here.
 
+pub mod certcheck;
 pub mod cipher;
 pub mod digest;
 pub mod key;
