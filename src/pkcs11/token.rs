@@ -350,6 +350,10 @@ impl Hsm {
                     continue;
                 }
             };
+            if !info.token_initialized() {
+                // An empty slot (SoftHSM2 always shows one) holds no keys.
+                continue;
+            }
             let label = info.label().trim().to_string();
             seen.push(format!("'{}' (serial {})", label, info.serial_number().trim()));
             let ok = sel.label.as_deref().map_or(true, |l| l == label)
@@ -364,7 +368,7 @@ impl Hsm {
         match found.len() {
             1 => Ok(found.pop().expect("one element")),
             0 if seen.is_empty() => Err(format!(
-                "no token is present in {} (is the HSM client configured and reachable?)",
+                "no initialized token is present in {} (is the HSM client configured and reachable?)",
                 self.binding.library.display()
             )),
             0 => Err(format!(

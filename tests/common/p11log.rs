@@ -113,6 +113,13 @@ impl P11Log {
         self.calls().iter().filter_map(|l| l.strip_prefix(&prefix)?.parse().ok()).max().unwrap_or(0)
     }
 
+    /// OR `flags` (hex, e.g. "0x40000") into the flags C_GetTokenInfo reports.
+    pub fn token_flags(&self, flags: &str) {
+        let mut text = std::fs::read_to_string(&self.control).unwrap_or_default();
+        text.push_str(&format!("tokenflags {flags}\n"));
+        self.write_control(&text);
+    }
+
     /// Remove all injected faults.
     pub fn clear_faults(&self) {
         let _ = std::fs::remove_file(&self.control);

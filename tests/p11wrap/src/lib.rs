@@ -94,6 +94,9 @@ fn load() -> Result<Lists, String> {
     patch(&mut copy, real);
     // Our own C_GetFunctionList must be the one in the list we hand out.
     copy.C_GetFunctionList = Some(C_GetFunctionList);
+    if real.C_GetTokenInfo.is_some() {
+        copy.C_GetTokenInfo = Some(get_token_info_with_flags);
+    }
     Ok(Lists { real, wrapped: Box::leak(copy) })
 }
 
@@ -350,6 +353,33 @@ wraps! {
                       pub_tmpl: *mut CK_ATTRIBUTE, pub_count: CK_ULONG,
                       priv_tmpl: *mut CK_ATTRIBUTE, priv_count: CK_ULONG,
                       pub_key: *mut CK_OBJECT_HANDLE, priv_key: *mut CK_OBJECT_HANDLE);
+}
+
+/// `tokenflags <hex>` in the control file: flags OR-ed into what
+/// C_GetTokenInfo reports (e.g. 0x40000 CKF_USER_PIN_LOCKED, 0x20000
+/// CKF_USER_PIN_FINAL_TRY), to test how the module treats a PIN at risk.
+fn extra_token_flags() -> CK_FLAGS {
+    let Some(path) = std::env::var_os(ENV_CONTROL) else { return 0 };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("tokenflags "))
+        .filter_map(|v| CK_FLAGS::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+        .fold(0, |a, b| a | b)
+}
+
+/// C_GetTokenInfo, logged, faultable, with `tokenflags` applied.
+///
+/// # Safety
+/// Same contract as C_GetTokenInfo.
+unsafe extern "C" fn get_token_info_with_flags(slot: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> CK_RV {
+    // SAFETY: forwarding the caller's arguments to the wrapped function.
+    let rv = unsafe { w::C_GetTokenInfo(slot, info) };
+    if rv == CKR_OK && !info.is_null() {
+        let extra = catch_unwind(extra_token_flags).unwrap_or(0);
+        // SAFETY: info is non-null and was just filled by the library.
+        unsafe { (*info).flags |= extra };
+    }
+    rv
 }
 
 /// The one exported symbol.
