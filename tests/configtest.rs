@@ -292,3 +292,36 @@ fn the_pin_never_appears_in_the_error_log_at_trace8() {
     assert!(!log.contains(&s.token.pin), "the PIN is in the error log");
     assert!(!log.contains("Secret-PIN1"), "part of the PIN is in the error log");
 }
+
+#[test]
+fn keys_in_included_files_are_checked_whatever_the_module_load_order() {
+    for first in [true, false] {
+        let name = if first { "ct-inc-first" } else { "ct-inc-last" };
+        let mut s = site(name);
+        s.key("other", "rsa:2048");
+        let wrong = s.cert("other", "inc.example");
+        let right = s.cert("www-rsa", "inc.example");
+        let inc = s.pki.path().join("vhost.conf");
+        let write = |cert: &std::path::Path| {
+            std::fs::write(
+                &inc,
+                ssl_vhost("inc.example", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa\"", cert.display()))
+                    .replace("@PORT@", "*"),
+            )
+            .unwrap();
+        };
+        write(&wrong);
+        s.apache.reconfigure(|c| {
+            c.module_first = first;
+            c.global.push_str(&format!("<IfModule ssl_module>\nInclude {}\n</IfModule>\n", inc.display()));
+        });
+        let (code, out) = s.apache.configtest();
+        assert_ne!(code, 0, "module first={first}: mismatch in an included vhost passed:\n{out}");
+        assert!(out.contains("vhost inc.example") && out.contains("vhost.conf:") && out.contains("does not belong to this key"), "{out}");
+        write(&right);
+        s.p11.reset();
+        let (code, out) = s.apache.configtest();
+        assert_eq!(code, 0, "module first={first}:\n{out}");
+        assert_eq!(s.p11.count("C_Login"), 1, "one login for two keys in one configtest");
+    }
+}

@@ -45,6 +45,8 @@ impl Mpm {
 pub struct ApacheConfig {
     pub mpm: Mpm,
     pub log_level: Option<String>,
+    /// Load mod_hsm_ssl before mod_ssl (default: after).
+    pub module_first: bool,
     pub global: String,
     pub vhosts: Vec<String>,
     /// `LoadModule hsm_ssl_module <path>` (after mod_ssl) when Some.
@@ -59,6 +61,7 @@ impl Default for ApacheConfig {
         ApacheConfig {
             mpm: Mpm::Event,
             log_level: None,
+            module_first: false,
             global: String::new(),
             vhosts: Vec::new(),
             module: None,
@@ -257,6 +260,9 @@ impl Apache {
         s.push_str("DefaultRuntimeDir @ROOT@/run\nPidFile @ROOT@/run/httpd.pid\nMutex file:@ROOT@/run default\n");
         s.push_str("ErrorLog @ROOT@/logs/error.log\n");
         s.push_str(&format!("LoadModule mpm_{0}_module {m}/mod_mpm_{0}.so\n", c.mpm.name()));
+        if let (Some(module), true) = (&c.module, c.module_first) {
+            s.push_str(&format!("LoadModule hsm_ssl_module {}\n", module.display()));
+        }
         // (mod_log_config is compiled into Debian's apache2.)
         for (name, file) in [
             ("authz_core", "mod_authz_core.so"),
@@ -267,7 +273,7 @@ impl Apache {
         ] {
             s.push_str(&format!("LoadModule {name}_module {m}/{file}\n"));
         }
-        if let Some(module) = &c.module {
+        if let (Some(module), false) = (&c.module, c.module_first) {
             s.push_str(&format!("LoadModule hsm_ssl_module {}\n", module.display()));
         }
         let level = c.log_level.clone().unwrap_or_else(|| {
