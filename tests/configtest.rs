@@ -325,3 +325,23 @@ fn keys_in_included_files_are_checked_whatever_the_module_load_order() {
         assert_eq!(s.p11.count("C_Login"), 1, "one login for two keys in one configtest");
     }
 }
+
+#[test]
+fn missing_mechanisms_are_errors_and_a_missing_pss_is_a_warning_that_names_tls13() {
+    let mut s = site("ct-nopss");
+    s.p11.hide_mechanism("0xd"); // CKM_RSA_PKCS_PSS
+    let (code, out) = s.apache.configtest();
+    assert_eq!(code, 0, "a missing PSS is only a warning:\n{out}");
+    let warn = out.lines().find(|l| l.contains("[hsm_ssl:warn]")).unwrap_or_else(|| panic!("no warning:\n{out}"));
+    assert!(warn.contains("CKM_RSA_PKCS_PSS") && warn.contains("TLS 1.3") && warn.contains("object=www-rsa"), "{warn}");
+
+    let mut s = site("ct-norsa");
+    s.p11.hide_mechanism("0x1"); // CKM_RSA_PKCS
+    refused(&mut s, &["does not offer CKM_RSA_PKCS"]);
+
+    let mut s = Site::new("ct-noecdsa", Mpm::Event);
+    s.key("www-ec", "ec:P-256");
+    s.vhost("localhost", &["www-ec"]);
+    s.p11.hide_mechanism("0x1041"); // CKM_ECDSA
+    refused(&mut s, &["does not offer CKM_ECDSA"]);
+}

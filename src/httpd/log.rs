@@ -22,7 +22,11 @@ impl log::Log for ApacheLogger {
     }
 
     fn log(&self, record: &log::Record) {
-        let level = match record.level() {
+        // cryptoki's own messages (e.g. "Mechanism type 4356 is not
+        // supported" for vendor mechanisms it cannot name) are details, not
+        // errors of this server: debug level.
+        let level = if record.target().starts_with("cryptoki") { log::Level::Debug } else { record.level() };
+        let level = match level {
             log::Level::Error => httpd::APLOG_ERR,
             log::Level::Warn => httpd::APLOG_WARNING,
             log::Level::Info => httpd::APLOG_INFO,

@@ -120,6 +120,13 @@ impl P11Log {
         self.write_control(&text);
     }
 
+    /// Hide mechanism `hex` (e.g. "0xd", CKM_RSA_PKCS_PSS) from C_GetMechanismList.
+    pub fn hide_mechanism(&self, hex: &str) {
+        let mut text = std::fs::read_to_string(&self.control).unwrap_or_default();
+        text.push_str(&format!("hidemech {hex}\n"));
+        self.write_control(&text);
+    }
+
     /// Remove all injected faults.
     pub fn clear_faults(&self) {
         let _ = std::fs::remove_file(&self.control);

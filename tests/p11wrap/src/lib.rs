@@ -97,6 +97,9 @@ fn load() -> Result<Lists, String> {
     if real.C_GetTokenInfo.is_some() {
         copy.C_GetTokenInfo = Some(get_token_info_with_flags);
     }
+    if real.C_GetMechanismList.is_some() {
+        copy.C_GetMechanismList = Some(get_mechanism_list_hiding);
+    }
     Ok(Lists { real, wrapped: Box::leak(copy) })
 }
 
@@ -380,6 +383,59 @@ unsafe extern "C" fn get_token_info_with_flags(slot: CK_SLOT_ID, info: *mut CK_T
         unsafe { (*info).flags |= extra };
     }
     rv
+}
+
+/// `hidemech <hex>` lines in the control file: mechanisms C_GetMechanismList
+/// leaves out, to test tokens that lack them (e.g. 0xd CKM_RSA_PKCS_PSS).
+fn hidden_mechanisms() -> Vec<CK_MECHANISM_TYPE> {
+    let Some(path) = std::env::var_os(ENV_CONTROL) else { return Vec::new() };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("hidemech "))
+        .filter_map(|v| CK_MECHANISM_TYPE::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+        .collect()
+}
+
+/// C_GetMechanismList, logged, faultable, without the `hidemech` ones.
+///
+/// # Safety
+/// Same contract as C_GetMechanismList.
+unsafe extern "C" fn get_mechanism_list_hiding(slot: CK_SLOT_ID, mechs: *mut CK_MECHANISM_TYPE, count: *mut CK_ULONG) -> CK_RV {
+    let hidden = catch_unwind(hidden_mechanisms).unwrap_or_default();
+    if hidden.is_empty() || count.is_null() {
+        // SAFETY: forwarding the caller's arguments to the wrapped function.
+        return unsafe { w::C_GetMechanismList(slot, mechs, count) };
+    }
+    // Ask for the full list into our own buffer, then filter.
+    let mut n: CK_ULONG = 0;
+    // SAFETY: size query with a valid out-pointer.
+    let rv = unsafe { w::C_GetMechanismList(slot, std::ptr::null_mut(), &mut n) };
+    if rv != CKR_OK {
+        return rv;
+    }
+    let mut all = vec![0 as CK_MECHANISM_TYPE; n as usize];
+    // SAFETY: all has room for n entries.
+    let rv = unsafe { w::C_GetMechanismList(slot, all.as_mut_ptr(), &mut n) };
+    if rv != CKR_OK {
+        return rv;
+    }
+    all.truncate(n as usize);
+    all.retain(|m| !hidden.contains(m));
+    // SAFETY: count is non-null (checked); mechs, when non-null, has room
+    // for *count entries per the PKCS#11 contract.
+    unsafe {
+        if mechs.is_null() {
+            *count = all.len() as CK_ULONG;
+            return CKR_OK;
+        }
+        if (*count as usize) < all.len() {
+            *count = all.len() as CK_ULONG;
+            return CKR_BUFFER_TOO_SMALL;
+        }
+        std::ptr::copy_nonoverlapping(all.as_ptr(), mechs, all.len());
+        *count = all.len() as CK_ULONG;
+    }
+    CKR_OK
 }
 
 /// The one exported symbol.
