@@ -238,3 +238,32 @@ mod tests {
         assert!(PinSource::Exec(d.join("absent")).read().unwrap_err().contains("cannot run"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn any_source_string_parses_or_errs_never_panics(s in "(env|file|exec|pass)?:?[a-zA-Z0-9_/.:\\- \\x00é]{0,40}") {
+            if let Err(e) = PinSource::parse(&s) {
+                prop_assert!(e.starts_with("HSMSSLPin"), "{}", e);
+            }
+        }
+
+        #[test]
+        fn arbitrary_unicode_never_panics(s in any::<String>()) {
+            let _ = PinSource::parse(&s);
+        }
+
+        #[test]
+        fn first_line_never_keeps_line_ends(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let got = first_line(&bytes).as_bytes();
+            prop_assert!(!got.contains(&b'\n'));
+            prop_assert!(bytes.starts_with(&got));
+        }
+    }
+}

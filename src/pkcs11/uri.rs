@@ -285,3 +285,47 @@ mod tests {
         assert!(TokenSelector::parse_directive("pkcs11:object=k").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Strings built from the characters that matter to the grammar, so
+    /// that random inputs reach deep into the parser.
+    fn uri_like() -> impl Strategy<Value = String> {
+        proptest::string::string_regex("(pkcs11:)?[a-z=;%?&:0-9A-Fa-f\\-_ é\\x00]{0,60}").expect("valid regex")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn any_input_parses_or_errs_never_panics(s in uri_like()) {
+            let _ = KeyUri::parse(&s);
+            let _ = TokenSelector::parse_directive(&s);
+            let _ = redacted(&s);
+        }
+
+        #[test]
+        fn arbitrary_unicode_never_panics(s in any::<String>()) {
+            let _ = KeyUri::parse(&s);
+            let _ = KeyUri::parse(&format!("pkcs11:{s}"));
+            let _ = TokenSelector::parse_directive(&format!("pkcs11:{s}"));
+        }
+
+        #[test]
+        fn percent_encoded_labels_round_trip(label in "[ -~]{1,40}") {
+            let enc: String = label.bytes().map(|b| format!("%{b:02X}")).collect();
+            let u = KeyUri::parse(&format!("pkcs11:object={enc}")).expect("valid URI");
+            prop_assert_eq!(u.object.as_deref(), Some(label.as_str()));
+        }
+
+        #[test]
+        fn redaction_removes_every_pin_value(pin in "[A-Za-z0-9:]{4,20}", pre in "[a-z=;]{0,10}") {
+            let shown = redacted(&format!("pkcs11:{pre}object=k?pin-value={pin}"));
+            let leaked = format!("pin-value={}", pin);
+            prop_assert!(!shown.contains(&leaked));
+        }
+    }
+}
