@@ -123,7 +123,9 @@ fn pin_sources_that_yield_no_pin_are_refused() {
     let open_file = dir.path().join("pin644");
     std::fs::write(&open_file, "x\n").unwrap();
     chmod(&open_file, 0o644);
-    let cases: Vec<(String, Option<(&str, &str)>, &str)> = vec![
+    /// (HSMSSLPin source, extra environment variable, expected message)
+    type Case<'a> = (String, Option<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("env:HSM_UNSET_PIN_VAR".into(), None, "is not set"),
         ("env:HSM_EMPTY_PIN".into(), Some(("HSM_EMPTY_PIN", "")), "is empty"),
         (format!("file:{}/missing", dir.path().display()), None, "cannot read the PIN file"),
@@ -328,7 +330,7 @@ fn keys_in_included_files_are_checked_whatever_the_module_load_order() {
 
 #[test]
 fn missing_mechanisms_are_errors_and_a_missing_pss_is_a_warning_that_names_tls13() {
-    let mut s = site("ct-nopss");
+    let s = site("ct-nopss");
     s.p11.hide_mechanism("0xd"); // CKM_RSA_PKCS_PSS
     let (code, out) = s.apache.configtest();
     assert_eq!(code, 0, "a missing PSS is only a warning:\n{out}");
