@@ -277,6 +277,12 @@ fn a_token_call_that_hangs_fails_configtest_within_the_bound() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("did not return within 1 s (HSMSSLOperationTimeout)"), "{out}");
     assert!(t.elapsed() < std::time::Duration::from_secs(20), "configtest took {:?}", t.elapsed());
+    // Startup gives up within the bound too, with the same reason.
+    let t = std::time::Instant::now();
+    let e = s.try_start().err().unwrap_or_else(|| panic!("started with a hanging token"));
+    let log = format!("{}\n{}", e.error_log, s.apache.error_log());
+    assert!(log.contains("did not return within 1 s"), "{log}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(30), "startup took {:?}", t.elapsed());
 }
 
 // The PIN never reaches a log line.

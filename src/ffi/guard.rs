@@ -13,3 +13,18 @@ pub fn guard<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_the_fallback_value() {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let v = guard("test", -1, || -> i32 { panic!("bug") });
+        std::panic::set_hook(prev);
+        assert_eq!(v, -1);
+        assert_eq!(guard("test", -1, || 7), 7);
+    }
+}
