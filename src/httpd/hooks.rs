@@ -385,6 +385,18 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
 
 unsafe extern "C" fn child_cleanup(_data: *mut std::ffi::c_void) -> apr_status_t {
     guard("child cleanup", 0, || {
+        for (label, st) in runtime::pool_stats() {
+            log::debug!(
+                "child {} exiting: token '{label}' sessions: {} in use, {} idle, {} opened, {} failed to open, {} dropped after errors, {} waits timed out",
+                std::process::id(),
+                st.in_use,
+                st.idle,
+                st.opened,
+                st.open_failed,
+                st.discarded,
+                st.wait_timeouts
+            );
+        }
         runtime::shutdown();
         if let Some(g) = GENERATION.lock().as_ref() {
             if let Some(Ok(b)) = g.binding.get() {

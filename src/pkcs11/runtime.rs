@@ -14,21 +14,42 @@ use super::token::{Binding, Hsm, OpError};
 
 struct Slot {
     hsm: Option<Arc<Hsm>>,
-    /// Last failure to open, to fail fast instead of hammering a dead HSM.
-    failed: Option<(Instant, String)>,
+    /// Set while the token is unusable: until then callers fail fast
+    /// instead of hammering a dead HSM; the next attempt after it
+    /// re-initializes.
+    down: Option<Down>,
     /// Set once the token refused the PIN in this process: no further
     /// login is attempted (a locked CloudHSM crypto user needs an admin).
     denied: Option<String>,
 }
 
-static CURRENT: Mutex<Slot> = Mutex::new(Slot { hsm: None, failed: None, denied: None });
+struct Down {
+    until: Instant,
+    backoff: Duration,
+    reason: String,
+}
 
-/// How long a failure to open the library or log in is remembered before
-/// the next attempt.
-const REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+static CURRENT: Mutex<Slot> = Mutex::new(Slot { hsm: None, down: None, denied: None });
 
-/// This process's `Hsm` for `binding`, opening it if needed.
-pub fn hsm_for(binding: &Arc<Binding>) -> Result<Arc<Hsm>, OpError> {
+/// First and largest wait between re-initialization attempts. The largest
+/// bounds how long service stays off after the token is back.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+impl Slot {
+    fn mark_down(&mut self, reason: String) {
+        let backoff = match &self.down {
+            Some(d) => (d.backoff * 2).min(BACKOFF_MAX),
+            None => BACKOFF_MIN,
+        };
+        log::warn!("token unavailable: {reason}; next attempt in {} ms", backoff.as_millis());
+        self.down = Some(Down { until: Instant::now() + backoff, backoff, reason });
+    }
+}
+
+/// This process's `Hsm` for `binding`, opening it if needed. The flag says
+/// whether this call opened it.
+fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
     let mut cur = CURRENT.lock();
     if let Some(msg) = &cur.denied {
         return Err(OpError::Denied(msg.clone()));
@@ -39,42 +60,57 @@ pub fn hsm_for(binding: &Arc<Binding>) -> Result<Arc<Hsm>, OpError> {
             // Inherited through fork: the parent's state, unusable here.
             std::mem::forget(cur.hsm.take());
         } else if h.binding().library == binding.library {
-            return Ok(h.clone());
+            return Ok((h.clone(), false));
         } else if let Some(old) = cur.hsm.take() {
             close(old);
         }
     }
-    if let Some((at, msg)) = &cur.failed {
-        if at.elapsed() < REOPEN_BACKOFF {
-            return Err(OpError::Setup(msg.clone()));
+    if let Some(d) = &cur.down {
+        if Instant::now() < d.until {
+            return Err(OpError::Setup(format!("{} (token marked unavailable; retrying shortly)", d.reason)));
         }
     }
     match Hsm::open(binding.clone()) {
         Ok(h) => {
             let h = Arc::new(h);
             cur.hsm = Some(h.clone());
-            cur.failed = None;
-            Ok(h)
+            Ok((h, true))
         }
         Err(msg) => {
-            cur.failed = Some((Instant::now(), msg.clone()));
+            cur.mark_down(msg.clone());
             Err(OpError::Setup(msg))
         }
     }
 }
 
-/// Runs `op` on this process's `Hsm`. When it fails in a way a fresh
-/// PKCS#11 state may cure (token replaced, login lost, handles gone), the
-/// state is dropped and, if it was not brand new, `op` runs once more on a
-/// fresh one. A refused PIN stops all further attempts in this process.
+/// This process's `Hsm` for `binding`, opening it if needed.
+pub fn hsm_for(binding: &Arc<Binding>) -> Result<Arc<Hsm>, OpError> {
+    current(binding).map(|(h, _)| h)
+}
+
+/// Runs `op` on this process's `Hsm`.
+///
+/// * A refused PIN (wrong, locked, expired) stops every further login in
+///   this process: it is never retried.
+/// * An error a fresh PKCS#11 state may cure (device error, token removed,
+///   login lost, handles gone) drops the state; `op` runs once more on a
+///   fresh one unless the failing one was brand new. If that fails too, the
+///   token is marked unavailable for a backoff (100 ms doubling to 1 s)
+///   during which callers fail at once.
 pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Hsm) -> Result<T, OpError>) -> Result<T, OpError> {
-    let mut fresh_tried = false;
+    let mut reinit_done = false;
     loop {
-        let before = CURRENT.lock().hsm.clone();
-        let hsm = hsm_for(binding)?;
-        let was_fresh = before.as_ref().map_or(true, |b| !Arc::ptr_eq(b, &hsm));
+        let (hsm, opened) = current(binding)?;
         match op(&hsm) {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                if opened || reinit_done {
+                    let mut cur = CURRENT.lock();
+                    if cur.down.take().is_some() {
+                        log::info!("token available again in pid {}", std::process::id());
+                    }
+                }
+                return Ok(v);
+            }
             Err(OpError::Denied(msg)) => {
                 CURRENT.lock().denied = Some(msg.clone());
                 log::error!("{msg}; this process will not try to log in again");
@@ -82,15 +118,21 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Hsm) -> Result<T, OpErro
             }
             Err(e) if e.needs_reinit() => {
                 invalidate(hsm);
-                if was_fresh || fresh_tried {
+                if opened || reinit_done {
+                    CURRENT.lock().mark_down(e.to_string());
                     return Err(e);
                 }
                 log::warn!("{e}; re-initializing PKCS#11 and retrying once");
-                fresh_tried = true;
+                reinit_done = true;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Pool counters of this process's token sessions (empty when closed).
+pub fn pool_stats() -> Vec<(String, super::token::PoolStats)> {
+    CURRENT.lock().hsm.as_ref().map(|h| h.pool_stats()).unwrap_or_default()
 }
 
 /// Drops `hsm` as this process's state if it still is; the next use opens
@@ -112,7 +154,7 @@ pub fn invalidate(hsm: Arc<Hsm>) {
 pub fn shutdown() {
     let taken = {
         let mut cur = CURRENT.lock();
-        cur.failed = None;
+        cur.down = None;
         cur.denied = None;
         cur.hsm.take()
     };

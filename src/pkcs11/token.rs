@@ -80,6 +80,9 @@ pub enum OpError {
     Token(CkError),
     /// No session became free in time.
     Busy(Duration),
+    /// The token did not answer within HSMSSLOperationTimeout; the call
+    /// goes on in a helper thread and its session returns when it ends.
+    Timeout(Duration),
     /// The token or key could not be reached (login, lookup, library).
     Setup(String),
     /// The token refused the PIN (wrong, locked, expired, or one more
@@ -117,6 +120,11 @@ impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpError::Token(e) => write!(f, "{}", ck_error_text(e)),
+            OpError::Timeout(d) => write!(
+                f,
+                "the token did not answer within {} ms (HSMSSLOperationTimeout); is the HSM reachable?",
+                d.as_millis()
+            ),
             OpError::Busy(d) => write!(
                 f,
                 "no PKCS#11 session became free within {} ms (all sessions busy; raise HSMSSLMaxSessions or add HSM capacity)",
@@ -162,6 +170,32 @@ fn is_session_error(e: &CkError) -> bool {
     )
 }
 
+/// The mechanisms TLS needs, in a form that can cross to a helper thread
+/// (cryptoki's `Mechanism` holds raw pointers).
+#[derive(Clone, Copy, Debug)]
+pub enum Mech {
+    /// CKM_RSA_PKCS (PKCS#1 v1.5 sign of a DigestInfo, or decrypt).
+    RsaPkcs,
+    /// CKM_RSA_PKCS_PSS over a digest.
+    RsaPss { hash: cryptoki::mechanism::MechanismType, mgf: cryptoki::mechanism::rsa::PkcsMgfType, salt: u64 },
+    /// CKM_ECDSA over a digest.
+    Ecdsa,
+}
+
+impl Mech {
+    fn to_ck(self) -> Mechanism<'static> {
+        match self {
+            Mech::RsaPkcs => Mechanism::RsaPkcs,
+            Mech::RsaPss { hash, mgf, salt } => Mechanism::RsaPkcsPss(cryptoki::mechanism::rsa::PkcsPssParams {
+                hash_alg: hash,
+                mgf,
+                s_len: cryptoki::types::Ulong::from(salt as std::ffi::c_ulong),
+            }),
+            Mech::Ecdsa => Mechanism::Ecdsa,
+        }
+    }
+}
+
 /// A bounded pool of sessions on one token. Callers take a session, run one
 /// operation on it and give it back; no lock is held while the token works.
 struct Pool {
@@ -174,12 +208,26 @@ struct Pool {
 struct PoolInner {
     idle: Vec<Session>,
     open: usize,
+    stats: PoolStats,
+}
+
+/// Counters of one token's session pool in one process (for the status
+/// view and for tests): sessions in use and idle now, sessions opened,
+/// failed opens, sessions dropped after an error, waits that timed out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub in_use: usize,
+    pub idle: usize,
+    pub opened: u64,
+    pub open_failed: u64,
+    pub discarded: u64,
+    pub wait_timeouts: u64,
 }
 
 impl Pool {
     fn new(max: usize, wait: Duration) -> Pool {
         Pool {
-            inner: Mutex::new(PoolInner { idle: Vec::new(), open: 0 }),
+            inner: Mutex::new(PoolInner { idle: Vec::new(), open: 0, stats: PoolStats::default() }),
             freed: Condvar::new(),
             max: max.max(1),
             wait,
@@ -196,14 +244,23 @@ impl Pool {
             if inner.open < self.max {
                 inner.open += 1;
                 drop(inner);
-                return ctx.open_ro_session(slot).map_err(|e| {
-                    let mut inner = self.inner.lock();
-                    inner.open -= 1;
-                    self.freed.notify_one();
-                    OpError::Token(e)
-                });
+                let r = ctx.open_ro_session(slot);
+                let mut inner = self.inner.lock();
+                return match r {
+                    Ok(s) => {
+                        inner.stats.opened += 1;
+                        Ok(s)
+                    }
+                    Err(e) => {
+                        inner.open -= 1;
+                        inner.stats.open_failed += 1;
+                        self.freed.notify_one();
+                        Err(OpError::Token(e))
+                    }
+                };
             }
             if self.freed.wait_until(&mut inner, deadline).timed_out() {
+                inner.stats.wait_timeouts += 1;
                 return Err(OpError::Busy(self.wait));
             }
         }
@@ -216,8 +273,15 @@ impl Pool {
 
     fn discard(&self, s: Session) {
         drop(s);
-        self.inner.lock().open -= 1;
+        let mut inner = self.inner.lock();
+        inner.open -= 1;
+        inner.stats.discarded += 1;
         self.freed.notify_one();
+    }
+
+    fn stats(&self) -> PoolStats {
+        let inner = self.inner.lock();
+        PoolStats { in_use: inner.open - inner.idle.len(), idle: inner.idle.len(), ..inner.stats }
     }
 }
 
@@ -726,42 +790,57 @@ impl Hsm {
         self.key_handle(key).map(|_| ())
     }
 
-    fn run<T>(&self, key: &KeyRef, op: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>) -> Result<T, OpError> {
+    /// Runs one token operation on a pooled session, on a helper thread,
+    /// waiting at most HSMSSLOperationTimeout. A session-level error drops
+    /// the session and retries once on a fresh one.
+    fn run<T, F>(&self, key: &KeyRef, op: F) -> Result<T, OpError>
+    where
+        T: Send + 'static,
+        F: Fn(&Session, ObjectHandle) -> Result<T, CkError> + Send + Sync + 'static,
+    {
         let (tok, handle) = self.key_handle(key)?;
+        let op = Arc::new(op);
+        let limit = self.binding.op_timeout;
         let mut retried = false;
         loop {
             let session = tok.pool.take(&self.ctx, tok.slot)?;
-            match op(&session, handle) {
-                Ok(v) => {
-                    tok.pool.give_back(session);
-                    return Ok(v);
+            let (t, o) = (tok.clone(), op.clone());
+            // The job returns the session to the pool itself, so that a
+            // call that outlives the wait still gives its session back.
+            let job = move || {
+                let r = o(&session, handle);
+                match &r {
+                    Err(e) if is_session_error(e) => t.pool.discard(session),
+                    _ => t.pool.give_back(session),
                 }
-                Err(e) if is_session_error(&e) && !retried => {
+                r
+            };
+            match super::executor::run(limit, job) {
+                None => return Err(OpError::Timeout(limit)),
+                Some(Ok(v)) => return Ok(v),
+                Some(Err(e)) if is_session_error(&e) && !retried => {
                     log::info!("token '{}': {}; retrying on a new session", tok.label, ck_error_text(&e));
-                    tok.pool.discard(session);
                     retried = true;
                 }
-                Err(e) => {
-                    if is_session_error(&e) {
-                        tok.pool.discard(session);
-                    } else {
-                        tok.pool.give_back(session);
-                    }
-                    return Err(OpError::Token(e));
-                }
+                Some(Err(e)) => return Err(OpError::Token(e)),
             }
         }
     }
 
     /// C_Sign with `mech` over `data` (a digest or DigestInfo: hashing is
     /// done by the caller).
-    pub fn sign(&self, key: &KeyRef, mech: &Mechanism, data: &[u8]) -> Result<Vec<u8>, OpError> {
-        self.run(key, |s, h| s.sign(mech, h, data))
+    pub fn sign(&self, key: &KeyRef, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
+        self.run(key, move |s, h| s.sign(&mech.to_ck(), h, &data))
     }
 
     /// C_Decrypt with `mech`.
-    pub fn decrypt(&self, key: &KeyRef, mech: &Mechanism, data: &[u8]) -> Result<Vec<u8>, OpError> {
-        self.run(key, |s, h| s.decrypt(mech, h, data))
+    pub fn decrypt(&self, key: &KeyRef, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
+        self.run(key, move |s, h| s.decrypt(&mech.to_ck(), h, &data))
+    }
+
+    /// Session pool counters per token label.
+    pub fn pool_stats(&self) -> Vec<(String, PoolStats)> {
+        self.tokens.lock().values().map(|t| (t.label.clone(), t.pool.stats())).collect()
     }
 }
 

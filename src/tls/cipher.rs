@@ -12,13 +12,12 @@ use std::ptr;
 use std::sync::Arc;
 
 use cryptoki::error::{Error as CkError, RvError};
-use cryptoki::mechanism::Mechanism;
 
 use crate::dispatch;
 use crate::ffi::ossl::{self, OSSL_PARAM};
 use crate::ffi::{guard, DISPATCH_END};
 use crate::pkcs11::runtime;
-use crate::pkcs11::token::{KeyRef, OpError};
+use crate::pkcs11::token::{KeyRef, Mech, OpError};
 use crate::tls::key::{keydata, Kind, Public};
 use crate::tls::params::{self, def, end, ParamList};
 
@@ -37,7 +36,7 @@ struct CipherCtx {
 /// ciphertext is bad".
 fn is_infrastructure(e: &OpError) -> bool {
     match e {
-        OpError::Busy(_) | OpError::Setup(_) | OpError::Denied(_) => true,
+        OpError::Busy(_) | OpError::Timeout(_) | OpError::Setup(_) | OpError::Denied(_) => true,
         OpError::Token(CkError::Pkcs11(rv, _)) => matches!(
             rv,
             RvError::DeviceError
@@ -60,7 +59,7 @@ fn is_infrastructure(e: &OpError) -> bool {
 impl CipherCtx {
     fn decrypt(&self, input: &[u8]) -> Option<Vec<u8>> {
         let (key, _) = self.key.as_ref()?;
-        let decrypt = |data: &[u8]| runtime::with_hsm(&key.binding, |hsm| hsm.decrypt(key, &Mechanism::RsaPkcs, data));
+        let decrypt = |data: &[u8]| runtime::with_hsm(&key.binding, |hsm| hsm.decrypt(key, Mech::RsaPkcs, data.to_vec()));
         if self.pad != PAD_TLS {
             return match decrypt(input) {
                 Ok(v) => Some(v),

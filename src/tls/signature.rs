@@ -6,15 +6,13 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::Arc;
 
-use cryptoki::mechanism::rsa::PkcsPssParams;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::types::Ulong;
 
 use crate::dispatch;
 use crate::ffi::ossl::{self, OSSL_PARAM};
 use crate::ffi::{guard, DISPATCH_END};
 use crate::pkcs11::runtime;
-use crate::pkcs11::token::KeyRef;
+use crate::pkcs11::token::{KeyRef, Mech, OpError};
+use cryptoki::error::{Error as CkError, RvError};
 use crate::tls::digest::{Digest, Hasher};
 use crate::tls::key::{keydata, Kind, Public};
 use crate::tls::params::{self, def, end, ParamList};
@@ -53,8 +51,19 @@ impl SigCtx {
         let (key, public) = self.key.as_ref()?;
         let md = self.digest;
         let result = (|| -> Result<Vec<u8>, String> {
-            let sign = |mech: &Mechanism, data: &[u8]| {
-                runtime::with_hsm(&key.binding, |hsm| hsm.sign(key, mech, data)).map_err(|e| e.to_string())
+            let sign = |mech: Mech, data: &[u8]| {
+                let once = || runtime::with_hsm(&key.binding, |hsm| hsm.sign(key, mech, data.to_vec()));
+                match once() {
+                    // AWS CloudHSM reports throttling as CKR_FUNCTION_FAILED:
+                    // one more try after a pause. (Signing has no padding
+                    // oracle to protect, unlike the premaster decrypt.)
+                    Err(OpError::Token(CkError::Pkcs11(RvError::FunctionFailed, _))) => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        once()
+                    }
+                    r => r,
+                }
+                .map_err(|e| e.to_string())
             };
             match (self.kind, public) {
                 (Kind::Rsa, Public::Rsa { .. }) if self.pad == PAD_PSS => {
@@ -67,12 +76,8 @@ impl SigCtx {
                         SaltLen::Len(n) => n,
                     };
                     let mgf = self.mgf1.unwrap_or(md);
-                    let mech = Mechanism::RsaPkcsPss(PkcsPssParams {
-                        hash_alg: md.mechanism(),
-                        mgf: mgf.mgf1(),
-                        s_len: Ulong::try_from(s_len).map_err(|_| "bad salt length")?,
-                    });
-                    sign(&mech, digest)
+                    let mech = Mech::RsaPss { hash: md.mechanism(), mgf: mgf.mgf1(), salt: s_len as u64 };
+                    sign(mech, digest)
                 }
                 (Kind::Rsa, Public::Rsa { .. }) => {
                     let mut tbs = Vec::with_capacity(19 + digest.len());
@@ -80,10 +85,10 @@ impl SigCtx {
                         tbs.extend_from_slice(md.digest_info_prefix());
                     }
                     tbs.extend_from_slice(digest);
-                    sign(&Mechanism::RsaPkcs, &tbs)
+                    sign(Mech::RsaPkcs, &tbs)
                 }
                 (Kind::Ec, Public::Ec { curve, .. }) => {
-                    let rs = sign(&Mechanism::Ecdsa, digest)?;
+                    let rs = sign(Mech::Ecdsa, digest)?;
                     ecdsa_der(&rs, curve.field_bytes).ok_or_else(|| "the token returned a malformed ECDSA signature".into())
                 }
                 _ => Err("key type mismatch".into()),
