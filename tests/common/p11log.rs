@@ -127,6 +127,36 @@ impl P11Log {
         self.write_control(&text);
     }
 
+    /// Make the next call of `function` (in any process) fail with `rv`,
+    /// once.
+    pub fn fail_once(&self, function: &str, rv: &str) {
+        let once = PathBuf::from(format!("{}.once", self.control.display()));
+        let tmp = PathBuf::from(format!("{}.once-tmp", self.control.display()));
+        std::fs::write(&tmp, format!("{function} {rv}\n")).expect("write one-shot fault");
+        chmod(&tmp, 0o666);
+        std::fs::rename(&tmp, &once).expect("install one-shot fault");
+    }
+
+    /// Whether the one-shot fault has fired.
+    pub fn fail_once_fired(&self) -> bool {
+        !PathBuf::from(format!("{}.once", self.control.display())).exists()
+    }
+
+    /// Per-process call logs: (pid, lines in call order).
+    pub fn per_process(&self) -> Vec<(u32, Vec<String>)> {
+        let name = self.log.file_name().unwrap().to_string_lossy().to_string();
+        let dir = self.log.parent().unwrap();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let f = e.file_name().to_string_lossy().to_string();
+            if let Some(pid) = f.strip_prefix(&format!("{name}.")).and_then(|p| p.parse().ok()) {
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                out.push((pid, text.lines().map(str::to_string).collect()));
+            }
+        }
+        out
+    }
+
     /// Remove all injected faults.
     pub fn clear_faults(&self) {
         let _ = std::fs::remove_file(&self.control);

@@ -27,6 +27,8 @@ impl Site {
         let mut apache = cfg.hsm_module().token(&token).build();
         let p11dir = apache.dir().join("p11");
         std::fs::create_dir_all(&p11dir).unwrap();
+        // Children (www-data) write their per-process call logs here.
+        chmod(&p11dir, 0o777);
         let p11 = P11Log::new(&p11dir);
         let pki = TestDir::new(&format!("{name}-pki"));
         let ca = ca_cert(pki.path());

@@ -97,6 +97,9 @@ fn load() -> Result<Lists, String> {
     if real.C_GetTokenInfo.is_some() {
         copy.C_GetTokenInfo = Some(get_token_info_with_flags);
     }
+    if real.C_Initialize.is_some() {
+        copy.C_Initialize = Some(initialize_logging_flags);
+    }
     if real.C_GetMechanismList.is_some() {
         copy.C_GetMechanismList = Some(get_mechanism_list_hiding);
     }
@@ -109,7 +112,15 @@ fn load() -> Result<Lists, String> {
 
 fn log_call(name: &str) {
     let Some(path) = std::env::var_os(ENV_LOG) else { return };
-    let Ok(c_path) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+    append_line(&path, name);
+    // The same line in `<log>.<pid>`, so tests can see which process did what.
+    let mut per_pid = path.clone();
+    per_pid.push(format!(".{}", std::process::id()));
+    append_line(&per_pid, name);
+}
+
+fn append_line(path: &std::ffi::OsStr, name: &str) {
+    let Ok(c_path) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path))
     else {
         return;
     };
@@ -135,8 +146,30 @@ fn log_call(name: &str) {
     }
 }
 
+/// A one-shot fault: the file `<control>.once` holding `<function> <rv>`.
+/// The first call of that function in any process renames the file away
+/// (rename is atomic, so exactly one call fails) and returns the rv.
+fn one_shot_fault(name: &str) -> Option<CK_RV> {
+    let control = std::env::var_os(ENV_CONTROL)?;
+    let mut once = control.clone();
+    once.push(".once");
+    let text = std::fs::read_to_string(&once).ok()?;
+    let mut words = text.split_whitespace();
+    if words.next() != Some(name) {
+        return None;
+    }
+    let rv = words.next().and_then(parse_rv)?;
+    let mut taken = once.clone();
+    taken.push(format!(".taken.{}", std::process::id()));
+    std::fs::rename(&once, &taken).ok()?;
+    Some(rv)
+}
+
 /// If the control file asks `name` to fail, the CK_RV to return.
 fn fault_for(name: &str) -> Option<CK_RV> {
+    if let Some(rv) = one_shot_fault(name) {
+        return Some(rv);
+    }
     let path = std::env::var_os(ENV_CONTROL)?;
     let text = std::fs::read_to_string(path).ok()?;
     for line in text.lines() {
@@ -187,6 +220,7 @@ fn ckr_by_name(s: &str) -> Option<CK_RV> {
         "CKR_OPERATION_NOT_INITIALIZED" => CKR_OPERATION_NOT_INITIALIZED,
         "CKR_PIN_INCORRECT" => CKR_PIN_INCORRECT,
         "CKR_PIN_LOCKED" => CKR_PIN_LOCKED,
+        "CKR_PIN_EXPIRED" => CKR_PIN_EXPIRED,
         "CKR_SESSION_CLOSED" => CKR_SESSION_CLOSED,
         "CKR_SESSION_COUNT" => CKR_SESSION_COUNT,
         "CKR_SESSION_HANDLE_INVALID" => CKR_SESSION_HANDLE_INVALID,
@@ -385,6 +419,23 @@ unsafe extern "C" fn get_token_info_with_flags(slot: CK_SLOT_ID, info: *mut CK_T
     rv
 }
 
+/// C_Initialize, also logging `C_Initialize flags <hex>` (0x2 is
+/// CKF_OS_LOCKING_OK) so tests can see how the caller initialized.
+///
+/// # Safety
+/// Same contract as C_Initialize.
+unsafe extern "C" fn initialize_logging_flags(args: *mut c_void) -> CK_RV {
+    let flags = if args.is_null() {
+        0
+    } else {
+        // SAFETY: a non-null argument is a CK_C_INITIALIZE_ARGS per PKCS#11.
+        unsafe { (*(args as *const CK_C_INITIALIZE_ARGS)).flags }
+    };
+    let _ = catch_unwind(|| log_call(&format!("C_Initialize flags {flags:#x}")));
+    // SAFETY: forwarding the caller's argument to the wrapped function.
+    unsafe { w::C_Initialize(args) }
+}
+
 /// `hidemech <hex>` lines in the control file: mechanisms C_GetMechanismList
 /// leaves out, to test tokens that lack them (e.g. 0xd CKM_RSA_PKCS_PSS).
 fn hidden_mechanisms() -> Vec<CK_MECHANISM_TYPE> {
@@ -475,5 +526,8 @@ mod tests {
         assert_eq!(parse_rv("0x30"), Some(0x30));
         assert_eq!(parse_rv("A0"), Some(CKR_PIN_INCORRECT));
         assert_eq!(parse_rv("CKR_NOPE"), None);
+        for name in ["CKR_PIN_EXPIRED", "CKR_SESSION_CLOSED", "CKR_TOKEN_NOT_PRESENT", "CKR_FUNCTION_FAILED"] {
+            assert!(parse_rv(name).is_some(), "{name} unknown to the fault knob");
+        }
     }
 }

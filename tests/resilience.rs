@@ -1,0 +1,158 @@
+//! Keeps serving through HSM trouble: session and token faults, hangs,
+//! refused PINs, fork safety. Real httpd + SoftHSM2 behind the
+//! fault-injecting wrapper (tests/p11wrap).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn rsa_site(name: &str, mpm: Mpm, extra: &str) -> Site {
+    let mut s = Site::new(name, mpm);
+    s.key("www-rsa", "rsa:2048");
+    s.vhost("localhost", &["www-rsa"]);
+    if !extra.is_empty() {
+        s.global(extra);
+    }
+    s.start();
+    s
+}
+
+/// Polls with full handshakes until one succeeds; fails after `limit`.
+fn back_within(s: &Site, limit: Duration) -> Duration {
+    let t = Instant::now();
+    loop {
+        let r = s.try_get(tls("1.3"));
+        if r.ok && r.http_status == Some(200) {
+            return t.elapsed();
+        }
+        assert!(t.elapsed() < limit, "service not back {limit:?} after the fault ended:\n{}", s.apache.error_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_session_error_is_retried_on_a_new_session_and_the_client_never_notices() {
+    for rv in ["CKR_SESSION_HANDLE_INVALID", "CKR_SESSION_CLOSED"] {
+        let s = rsa_site(&format!("sess-{rv}"), Mpm::Event, "");
+        s.get(tls("1.3"));
+        let opened = s.p11.count("C_OpenSession");
+        s.p11.fail_once("C_Sign", rv);
+        let r = s.get(tls("1.3"));
+        assert_eq!(r.peer_sig_type.as_deref(), Some("RSA-PSS"));
+        assert!(s.p11.fail_once_fired(), "{rv} was never injected");
+        assert!(s.p11.count("C_OpenSession") > opened, "{rv}: no new session was opened");
+        assert!(s.apache.error_log().contains("retrying on a new session"), "{}", s.apache.error_log());
+    }
+}
+
+#[test]
+fn a_one_off_token_error_reinitializes_and_the_client_never_notices() {
+    for rv in ["CKR_DEVICE_ERROR", "CKR_TOKEN_NOT_PRESENT", "CKR_USER_NOT_LOGGED_IN", "CKR_OBJECT_HANDLE_INVALID"] {
+        let s = rsa_site(&format!("tok1-{rv}"), Mpm::Event, "");
+        s.get(tls("1.3"));
+        let (inits, logins) = (s.p11.count("C_Initialize"), s.p11.count("C_Login"));
+        s.p11.fail_once("C_Sign", rv);
+        s.get(tls("1.3"));
+        assert!(s.p11.fail_once_fired(), "{rv} was never injected");
+        assert!(s.p11.count("C_Initialize") > inits, "{rv}: PKCS#11 was not re-initialized");
+        assert!(s.p11.count("C_Login") > logins, "{rv}: no new login");
+    }
+}
+
+#[test]
+fn while_the_token_is_down_handshakes_fail_fast_and_service_returns_within_2s() {
+    for rv in ["CKR_DEVICE_ERROR", "CKR_TOKEN_NOT_PRESENT", "CKR_USER_NOT_LOGGED_IN", "CKR_OBJECT_HANDLE_INVALID", "CKR_FUNCTION_FAILED"] {
+        let s = rsa_site(&format!("down-{rv}"), Mpm::Event, "HSMSSLOperationTimeout 2");
+        s.get(tls("1.3"));
+        s.p11.fail("C_Sign", rv);
+        let logins = s.p11.count("C_Login");
+        for _ in 0..6 {
+            let t = Instant::now();
+            let r = s.try_get(tls("1.3"));
+            assert!(r.http_status.is_none(), "{rv}: served while the token is down:\n{}", r.raw);
+            assert!(r.raw.contains("alert"), "{rv}: no TLS alert:\n{}", r.raw);
+            assert!(t.elapsed() < Duration::from_secs(3), "{rv}: a failing handshake took {:?}", t.elapsed());
+        }
+        // Re-initialization is paced by the backoff, not done per handshake.
+        assert!(s.p11.count("C_Login") - logins <= 6, "{rv}: {} logins for 6 handshakes", s.p11.count("C_Login") - logins);
+        s.p11.clear_faults();
+        back_within(&s, Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn a_hanging_token_call_costs_a_handshake_at_most_the_bound_and_leaks_no_session() {
+    let s = rsa_site("hang", Mpm::Event, "HSMSSLOperationTimeout 1");
+    s.get(tls("1.3"));
+    s.p11.delay("C_Sign", 4000);
+    let t = Instant::now();
+    let r = s.try_get(ClientOpts { timeout: Some(Duration::from_secs(20)), ..tls("1.3") });
+    let waited = t.elapsed();
+    assert!(r.http_status.is_none(), "served through a hanging token:\n{}", r.raw);
+    assert!(waited < Duration::from_secs(3), "the handshake waited {waited:?} with a 1 s bound");
+    assert!(s.apache.error_log().contains("did not answer within 1000 ms"), "{}", s.apache.error_log());
+    s.p11.clear_faults();
+    // The hung call ends after 4 s; its session goes back to the pool.
+    std::thread::sleep(Duration::from_secs(4));
+    for _ in 0..5 {
+        s.get(tls("1.3"));
+    }
+    let open = s.p11.count("C_OpenSession") as i64 - s.p11.count("C_CloseSession") as i64;
+    let children = s.apache.child_pids().len() as i64;
+    // Per child: sessions for the calls in flight (at most 2 here) + the login anchor.
+    assert!(open <= children * 3, "{open} sessions open for {children} children: a session leaked");
+}
+
+#[test]
+fn refused_pins_are_never_retried_by_any_child() {
+    for rv in ["CKR_PIN_INCORRECT", "CKR_PIN_LOCKED", "CKR_PIN_EXPIRED"] {
+        let s = rsa_site(&format!("pin-{rv}"), Mpm::Prefork, "");
+        s.get(tls("1.3"));
+        // The token is lost and the PIN no longer works: every child tries
+        // to log in again once, then never again.
+        s.p11.fail("C_Login", rv);
+        s.p11.fail("C_Sign", "CKR_USER_NOT_LOGGED_IN");
+        let logins = s.p11.count("C_Login");
+        for _ in 0..12 {
+            let r = s.try_get(tls("1.3"));
+            assert!(r.http_status.is_none(), "{rv}: served without a login");
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let children = s.apache.child_pids().len();
+        let tried = s.p11.count("C_Login") - logins;
+        assert!(tried <= children, "{rv}: {tried} login attempts by {children} children");
+        assert!(s.apache.error_log().contains("will not try to log in again"), "{}", s.apache.error_log());
+    }
+}
+
+#[test]
+fn children_never_use_the_parents_pkcs11_state_and_initialize_with_os_locking() {
+    for mpm in [Mpm::Event, Mpm::Worker, Mpm::Prefork] {
+        let s = rsa_site(&format!("fork-{mpm:?}"), mpm, "");
+        for _ in 0..6 {
+            s.get(tls("1.3"));
+        }
+        let master = s.apache.master_pid().unwrap() as u32;
+        let procs = s.p11.per_process();
+        let mut signers = 0;
+        for (pid, calls) in &procs {
+            if let Some(first_sign) = calls.iter().position(|c| c == "C_Sign") {
+                signers += 1;
+                assert_ne!(*pid, master, "{mpm:?}: the parent signed");
+                let init = calls.iter().position(|c| c == "C_Initialize");
+                assert!(init.is_some_and(|i| i < first_sign), "{mpm:?}: pid {pid} signed without its own C_Initialize");
+            }
+            for c in calls.iter().filter(|c| c.starts_with("C_Initialize flags")) {
+                assert!(c.ends_with("0x2"), "{mpm:?}: pid {pid} initialized without CKF_OS_LOCKING_OK: {c}");
+            }
+        }
+        assert!(signers > 0, "{mpm:?}: no process signed");
+        // The parent finalized before forking: its log ends with C_Finalize.
+        if let Some((_, calls)) = procs.iter().find(|(p, _)| *p == master) {
+            let last = calls.iter().rev().find(|c| !c.starts_with("C_Initialize flags"));
+            assert_eq!(last.map(String::as_str), Some("C_Finalize"), "{mpm:?}: the parent kept PKCS#11 open");
+        }
+    }
+}
