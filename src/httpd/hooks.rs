@@ -201,6 +201,9 @@ pub unsafe extern "C" fn pre_config(_pconf: *mut apr_pool_t, _plog: *mut apr_poo
 
 unsafe extern "C" fn generation_cleanup(_data: *mut std::ffi::c_void) -> apr_status_t {
     guard("cleanup", 0, || {
+        // The server_rec lives in the pool being cleared: log without it
+        // until the next post_config names the new one.
+        super::log::set_main_server(ptr::null_mut());
         loader::set_resolver(None);
         runtime::shutdown();
         if let Some(g) = GENERATION.lock().take() {

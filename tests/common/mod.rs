@@ -59,6 +59,7 @@
 mod apache;
 mod ca;
 mod dirs;
+mod load;
 mod p11log;
 mod site;
 mod tls;
@@ -68,6 +69,7 @@ mod util;
 pub use apache::*;
 pub use ca::*;
 pub use dirs::*;
+pub use load::*;
 pub use p11log::*;
 pub use site::*;
 pub use tls::*;
