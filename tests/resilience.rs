@@ -156,3 +156,31 @@ fn children_never_use_the_parents_pkcs11_state_and_initialize_with_os_locking() 
         }
     }
 }
+
+#[test]
+fn the_session_pool_is_bounded_by_hsmsslmaxsessions_and_waiters_are_served() {
+    let s = rsa_site(
+        "pool",
+        Mpm::Event,
+        "ServerLimit 1\nStartServers 1\nThreadLimit 16\nThreadsPerChild 16\nMaxRequestWorkers 16\n\
+         MinSpareThreads 1\nMaxSpareThreads 16\nHSMSSLMaxSessions 2",
+    );
+    s.p11.delay("C_Sign", 200);
+    let port = s.apache.port;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let ca = s.ca.clone();
+            std::thread::spawn(move || tls_get(port, &ClientOpts { cafile: Some(ca), timeout: Some(Duration::from_secs(30)), ..tls("1.3") }))
+        })
+        .collect();
+    for c in clients {
+        let r = c.join().unwrap();
+        assert!(r.ok && r.http_status == Some(200), "a waiter was not served:\n{}\n{}", r.raw, s.apache.error_log());
+    }
+    let child = s.apache.child_pids()[0] as u32;
+    let calls = s.p11.per_process().into_iter().find(|(p, _)| *p == child).map(|(_, c)| c).unwrap_or_default();
+    let opened = calls.iter().filter(|c| *c == "C_OpenSession").count();
+    // Two pooled sessions and the one that holds the login.
+    assert!(opened <= 3, "{opened} sessions opened with HSMSSLMaxSessions 2");
+    assert!(s.p11.max_in_flight("C_Sign") <= 2, "more than 2 signatures at once");
+}

@@ -139,7 +139,7 @@ impl Generation {
                     pin,
                     default_token: self.config.token.clone().map(|t| t.0).unwrap_or_default(),
                     max_sessions: self.config.max_sessions.unwrap_or_else(threads_per_child),
-                    session_wait: Duration::from_secs(5),
+                    session_wait: self.config.operation_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
                     op_timeout: self.config.operation_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
                 }))
             })
