@@ -30,7 +30,7 @@ use crate::ffi::guard;
 use crate::pkcs11::pin::PinSource;
 use crate::pkcs11::runtime;
 use crate::pkcs11::secret::Secret;
-use crate::pkcs11::token::{Binding, KeyRef};
+use crate::pkcs11::token::{Binding, KeyRef, OpError};
 use crate::pkcs11::uri::{redacted, KeyUri};
 use crate::tls::{loader, provider};
 
@@ -76,11 +76,29 @@ impl Vhost {
 fn check_key(binding: &Arc<Binding>, uri_text: &str, cert: Option<&str>) -> Result<(Arc<KeyRef>, Vec<String>), String> {
     let uri = KeyUri::parse(uri_text).map_err(|e| format!("malformed key URI: {e}"))?;
     let limit = binding.op_timeout;
-    let b = binding.clone();
-    let hsm = runtime::bounded(limit, "loading and initializing the PKCS#11 library", move || runtime::hsm_for(&b))?
-        .map_err(|e| e.to_string())?;
-    let (h, t) = (hsm.clone(), uri_text.to_string());
-    let key = Arc::new(runtime::bounded(limit, "logging in and finding the key", move || h.resolve(&t, &uri))??);
+    // Finding the key is tried up to three times: a token can be briefly
+    // unreadable while another process writes it (SoftHSM2 rewrites its
+    // token file at every login), or a network HSM can blip during a
+    // restart. A refused PIN is never tried again.
+    let mut attempt = 0;
+    let (hsm, key) = loop {
+        attempt += 1;
+        let b = binding.clone();
+        let hsm = runtime::bounded(limit, "loading and initializing the PKCS#11 library", move || runtime::hsm_for(&b))?
+            .map_err(|e| e.to_string())?;
+        let (h, t, u) = (hsm.clone(), uri_text.to_string(), uri.clone());
+        match runtime::bounded(limit, "logging in and finding the key", move || h.resolve(&t, &u))? {
+            Ok(k) => break (hsm, Arc::new(k)),
+            Err(e @ OpError::Denied(_)) => return Err(e.to_string()),
+            Err(e) if attempt < 3 => {
+                log::debug!("finding {} (attempt {attempt}): {e}; trying again", redacted(uri_text));
+                drop(hsm);
+                runtime::shutdown();
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     if let Some(cert) = cert {
         crate::tls::certcheck::check(cert, &key.public)?;
     }

@@ -504,12 +504,12 @@ impl Hsm {
 
     /// Finds the private key a URI names and reads its public half. Used by
     /// the parent process while mod_ssl loads keys.
-    pub fn resolve(&self, uri_text: &str, uri: &KeyUri) -> Result<KeyRef, String> {
-        let tok = self.token(&uri.token).map_err(|e| e.to_string())?;
-        let session = tok.pool.take(&self.ctx, tok.slot).map_err(|e| e.to_string())?;
+    pub fn resolve(&self, uri_text: &str, uri: &KeyUri) -> Result<KeyRef, OpError> {
+        let tok = self.token(&uri.token)?;
+        let session = tok.pool.take(&self.ctx, tok.slot)?;
         let result = self.resolve_on(&tok, &session, uri_text, uri);
         tok.pool.give_back(session);
-        result
+        result.map_err(OpError::Setup)
     }
 
     fn resolve_on(&self, tok: &TokenState, s: &Session, uri_text: &str, uri: &KeyUri) -> Result<KeyRef, String> {
