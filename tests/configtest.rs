@@ -353,3 +353,15 @@ fn missing_mechanisms_are_errors_and_a_missing_pss_is_a_warning_that_names_tls13
     s.p11.hide_mechanism("0x1041"); // CKM_ECDSA
     refused(&mut s, &["does not offer CKM_ECDSA"]);
 }
+
+#[test]
+fn a_library_whose_initialization_hangs_fails_configtest_within_the_bound() {
+    let mut s = site("ct-inithang");
+    s.global("HSMSSLOperationTimeout 1");
+    s.p11.delay("C_Initialize", 20_000);
+    let t = std::time::Instant::now();
+    let (code, out) = s.apache.configtest();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("loading and initializing the PKCS#11 library did not return within 1 s"), "{out}");
+    assert!(t.elapsed() < std::time::Duration::from_secs(10), "configtest took {:?}", t.elapsed());
+}

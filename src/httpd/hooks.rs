@@ -430,6 +430,7 @@ unsafe extern "C" fn child_cleanup(_data: *mut std::ffi::c_void) -> apr_status_t
 
 pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec) {
     guard("child_init", (), || {
+        runtime::set_serving();
         let Some(g) = GENERATION.lock().clone() else { return };
         let keys = g.keys.lock().clone();
         if keys.is_empty() {

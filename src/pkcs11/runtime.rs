@@ -31,6 +31,21 @@ struct Down {
 
 static CURRENT: Mutex<Slot> = Mutex::new(Slot { hsm: None, down: None, denied: None });
 
+/// Held while one thread opens the library (C_Initialize, which can hang
+/// on a network HSM), so that others wait for it without holding CURRENT:
+/// `shutdown` and fail-fast checks never block behind a hung open.
+static OPENING: Mutex<()> = Mutex::new(());
+
+/// Whether this process serves handshakes (an httpd child): only there is
+/// a token going away news for the log; in the parent the failing startup
+/// step reports it.
+static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as one that serves handshakes.
+pub fn set_serving() {
+    SERVING.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// First and largest wait between re-initialization attempts. The largest
 /// bounds how long service stays off after the token is back.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -42,7 +57,11 @@ impl Slot {
             Some(d) => (d.backoff * 2).min(BACKOFF_MAX),
             None => BACKOFF_MIN,
         };
-        log::warn!("token unavailable: {reason}; next attempt in {} ms", backoff.as_millis());
+        if SERVING.load(std::sync::atomic::Ordering::Relaxed) {
+            log::warn!("token unavailable: {reason}; next attempt in {} ms", backoff.as_millis());
+        } else {
+            log::debug!("token unavailable: {reason}");
+        }
         self.down = Some(Down { until: Instant::now() + backoff, backoff, reason });
     }
 }
@@ -50,27 +69,17 @@ impl Slot {
 /// This process's `Hsm` for `binding`, opening it if needed. The flag says
 /// whether this call opened it.
 fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
+    if let Some(h) = usable(binding)? {
+        return Ok((h, false));
+    }
+    let _opening = OPENING.lock();
+    // Another thread may have opened it while we waited.
+    if let Some(h) = usable(binding)? {
+        return Ok((h, false));
+    }
+    let opened = Hsm::open(binding.clone());
     let mut cur = CURRENT.lock();
-    if let Some(msg) = &cur.denied {
-        return Err(OpError::Denied(msg.clone()));
-    }
-    let pid = std::process::id();
-    if let Some(h) = &cur.hsm {
-        if h.pid() != pid {
-            // Inherited through fork: the parent's state, unusable here.
-            std::mem::forget(cur.hsm.take());
-        } else if h.binding().library == binding.library {
-            return Ok((h.clone(), false));
-        } else if let Some(old) = cur.hsm.take() {
-            close(old);
-        }
-    }
-    if let Some(d) = &cur.down {
-        if Instant::now() < d.until {
-            return Err(OpError::Setup(format!("{} (token marked unavailable; retrying shortly)", d.reason)));
-        }
-    }
-    match Hsm::open(binding.clone()) {
+    match opened {
         Ok(h) => {
             let h = Arc::new(h);
             cur.hsm = Some(h.clone());
@@ -81,6 +90,32 @@ fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
             Err(OpError::Setup(msg))
         }
     }
+}
+
+/// The open `Hsm` if there is one for `binding`; an error while the PIN is
+/// refused or the token is marked down; None when it must be opened.
+fn usable(binding: &Arc<Binding>) -> Result<Option<Arc<Hsm>>, OpError> {
+    let mut cur = CURRENT.lock();
+    if let Some(msg) = &cur.denied {
+        return Err(OpError::Denied(msg.clone()));
+    }
+    let pid = std::process::id();
+    if let Some(h) = &cur.hsm {
+        if h.pid() != pid {
+            // Inherited through fork: the parent's state, unusable here.
+            std::mem::forget(cur.hsm.take());
+        } else if h.binding().library == binding.library {
+            return Ok(Some(h.clone()));
+        } else if let Some(old) = cur.hsm.take() {
+            close(old);
+        }
+    }
+    if let Some(d) = &cur.down {
+        if Instant::now() < d.until {
+            return Err(OpError::Setup(format!("{} (token marked unavailable; retrying shortly)", d.reason)));
+        }
+    }
+    Ok(None)
 }
 
 /// This process's `Hsm` for `binding`, opening it if needed.

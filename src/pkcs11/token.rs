@@ -730,13 +730,13 @@ impl Hsm {
                 }
                 if !info(MechanismType::RSA_PKCS_PSS).is_some_and(|i| i.sign()) {
                     warnings.push(
-                        "the token does not offer CKM_RSA_PKCS_PSS: TLS 1.3 with this RSA key will fail, and TLS 1.2 clients                          that ask for RSA-PSS will fail; add an EC certificate or use a token with PSS"
+                        "the token does not offer CKM_RSA_PKCS_PSS: TLS 1.3 with this RSA key will fail, and TLS 1.2 clients that ask for RSA-PSS will fail; add an EC certificate or use a token with PSS"
                             .to_string(),
                     );
                 }
                 if !key.can_decrypt {
                     warnings.push(
-                        "the private key may not decrypt (CKA_DECRYPT is false): TLS 1.2 RSA key exchange                          (ciphers like AES128-GCM-SHA256) will fail; remove those from SSLCipherSuite or allow decrypt"
+                        "the private key may not decrypt (CKA_DECRYPT is false): TLS 1.2 RSA key exchange (ciphers like AES128-GCM-SHA256) will fail; remove those from SSLCipherSuite or allow decrypt"
                             .to_string(),
                     );
                 }
