@@ -126,6 +126,17 @@ fn threads_per_child() -> usize {
 }
 
 impl Generation {
+    /// A generation for the directives httpd just read.
+    fn from_directives() -> Generation {
+        Generation {
+            config: config::snapshot(),
+            binding: OnceLock::new(),
+            keys: Mutex::new(Vec::new()),
+            vhosts: Mutex::new(HashMap::new()),
+            current: Mutex::new(None),
+        }
+    }
+
     fn binding(&self) -> Result<Arc<Binding>, String> {
         self.binding
             .get_or_init(|| {
@@ -245,13 +256,7 @@ pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut a
             log::error!("mod_hsm_ssl cannot start: {e}");
             return FAIL;
         }
-        let g = Arc::new(Generation {
-            config: config::snapshot(),
-            binding: OnceLock::new(),
-            keys: Mutex::new(Vec::new()),
-            vhosts: Mutex::new(HashMap::new()),
-            current: Mutex::new(None),
-        });
+        let g = Arc::new(Generation::from_directives());
         *GENERATION.lock() = Some(g.clone());
         let r = g.clone();
         loader::set_resolver(Some(Box::new(move |uri| r.resolve(uri))));
@@ -269,6 +274,13 @@ pub unsafe extern "C" fn post_config_last(_pconf: *mut apr_pool_t, _plog: *mut a
         loader::set_resolver(None);
         // The parent never signs; children must not inherit its sessions.
         runtime::shutdown();
+        if !is_first_pass() {
+            // The second startup pass is done: a PIN kept for it and not
+            // taken (no token key in this configuration) is wiped now.
+            if let Some((_, pin)) = STARTUP_PIN.lock().take() {
+                pin.wipe();
+            }
+        }
         if let Some(g) = GENERATION.lock().as_ref() {
             let n = g.keys.lock().len();
             if n > 0 {
@@ -369,13 +381,7 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
         if vhosts.is_empty() {
             return OK;
         }
-        let g = Generation {
-            config: config::snapshot(),
-            binding: OnceLock::new(),
-            keys: Mutex::new(Vec::new()),
-            vhosts: Mutex::new(HashMap::new()),
-            current: Mutex::new(None),
-        };
+        let g = Generation::from_directives();
         let result = (|| {
             for v in &vhosts {
                 for k in &v.keys {
