@@ -2,3 +2,4 @@ mod ffi;
 pub mod pkcs11;
 pub mod tls;
 mod httpd;
+pub mod keytool;

@@ -381,70 +381,8 @@ impl Hsm {
         drop(self)
     }
 
-    /// C_GetTokenInfo, retried briefly: a token that another process is
-    /// reading at the same moment can answer with a transient error
-    /// (SoftHSM2 does, when sibling children start together).
-    fn token_info(&self, slot: Slot) -> Result<cryptoki::slot::TokenInfo, CkError> {
-        let mut last = None;
-        for attempt in 0..5 {
-            match self.ctx.get_token_info(slot) {
-                Ok(i) => return Ok(i),
-                Err(e) => {
-                    log::debug!("C_GetTokenInfo on slot {} (attempt {}): {}", slot.id(), attempt + 1, ck_error_text(&e));
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(20 << attempt));
-                }
-            }
-        }
-        Err(last.expect("at least one attempt"))
-    }
-
     fn find_slot(&self, sel: &TokenSelector) -> Result<(Slot, cryptoki::slot::TokenInfo), String> {
-        let slots = self
-            .ctx
-            .get_slots_with_token()
-            .map_err(|e| format!("cannot list tokens: {}", ck_error_text(&e)))?;
-        let mut found = Vec::new();
-        let mut seen = Vec::new();
-        for slot in slots {
-            let info = match self.token_info(slot) {
-                Ok(i) => i,
-                Err(e) => {
-                    seen.push(format!("slot {} (token info unreadable: {})", slot.id(), ck_error_text(&e)));
-                    continue;
-                }
-            };
-            if !info.token_initialized() {
-                // An empty slot (SoftHSM2 always shows one) holds no keys.
-                continue;
-            }
-            let label = info.label().trim().to_string();
-            seen.push(format!("'{}' (serial {})", label, info.serial_number().trim()));
-            let ok = sel.label.as_deref().map_or(true, |l| l == label)
-                && sel.serial.as_deref().map_or(true, |s| s == info.serial_number().trim())
-                && sel.manufacturer.as_deref().map_or(true, |m| m == info.manufacturer_id().trim())
-                && sel.model.as_deref().map_or(true, |m| m == info.model().trim())
-                && sel.slot_id.map_or(true, |id| id == slot.id());
-            if ok {
-                found.push((slot, info));
-            }
-        }
-        match found.len() {
-            1 => Ok(found.pop().expect("one element")),
-            0 if seen.is_empty() => Err(format!(
-                "no initialized token is present in {} (is the HSM client configured and reachable?)",
-                self.binding.library.display()
-            )),
-            0 => Err(format!(
-                "no token matches {sel}; tokens present: {}",
-                seen.join(", ")
-            )),
-            _ => Err(format!(
-                "{} tokens match {sel} ({}); say which one with token= or serial= in the key URI or with HSMSSLToken",
-                found.len(),
-                found.iter().map(|(_, i)| format!("'{}' serial {}", i.label().trim(), i.serial_number().trim())).collect::<Vec<_>>().join(", ")
-            )),
-        }
+        find_token(&self.ctx, sel, &self.binding.library)
     }
 
     /// The token for `sel`, logged in. The login happens once per token and
@@ -843,6 +781,74 @@ impl Hsm {
         self.tokens.lock().values().map(|t| (t.label.clone(), t.pool.stats())).collect()
     }
 }
+
+/// C_GetTokenInfo, retried briefly: a token that another process is
+/// reading at the same moment can answer with a transient error
+/// (SoftHSM2 does, when sibling children start together).
+fn token_info(ctx: &Pkcs11, slot: Slot) -> Result<cryptoki::slot::TokenInfo, CkError> {
+    let mut last = None;
+    for attempt in 0..5 {
+        match ctx.get_token_info(slot) {
+            Ok(i) => return Ok(i),
+            Err(e) => {
+                log::debug!("C_GetTokenInfo on slot {} (attempt {}): {}", slot.id(), attempt + 1, ck_error_text(&e));
+                last = Some(e);
+                std::thread::sleep(Duration::from_millis(20 << attempt));
+            }
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+/// The one initialized token `sel` names (any, if `sel` is empty), with an
+/// error that lists the tokens present when there is not exactly one.
+pub fn find_token(ctx: &Pkcs11, sel: &TokenSelector, library: &std::path::Path) -> Result<(Slot, cryptoki::slot::TokenInfo), String> {
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| format!("cannot list tokens: {}", ck_error_text(&e)))?;
+    let mut found = Vec::new();
+    let mut seen = Vec::new();
+    for slot in slots {
+        let info = match token_info(ctx, slot) {
+            Ok(i) => i,
+            Err(e) => {
+                seen.push(format!("slot {} (token info unreadable: {})", slot.id(), ck_error_text(&e)));
+                continue;
+            }
+        };
+        if !info.token_initialized() {
+            // An empty slot (SoftHSM2 always shows one) holds no keys.
+            continue;
+        }
+        let label = info.label().trim().to_string();
+        seen.push(format!("'{}' (serial {})", label, info.serial_number().trim()));
+        let ok = sel.label.as_deref().map_or(true, |l| l == label)
+            && sel.serial.as_deref().map_or(true, |s| s == info.serial_number().trim())
+            && sel.manufacturer.as_deref().map_or(true, |m| m == info.manufacturer_id().trim())
+            && sel.model.as_deref().map_or(true, |m| m == info.model().trim())
+            && sel.slot_id.map_or(true, |id| id == slot.id());
+        if ok {
+            found.push((slot, info));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.pop().expect("one element")),
+        0 if seen.is_empty() => Err(format!(
+            "no initialized token is present in {} (is the HSM client configured and reachable?)",
+            library.display()
+        )),
+        0 => Err(format!(
+            "no token matches {sel}; tokens present: {}",
+            seen.join(", ")
+        )),
+        _ => Err(format!(
+            "{} tokens match {sel} ({}); say which one with token= or serial= in the key URI or with HSMSSLToken",
+            found.len(),
+            found.iter().map(|(_, i)| format!("'{}' serial {}", i.label().trim(), i.serial_number().trim())).collect::<Vec<_>>().join(", ")
+        )),
+    }
+}
+
 
 /// CKA_EC_POINT is a DER OCTET STRING holding the point; some tokens store
 /// the raw point. Returns the raw uncompressed point.

@@ -1,0 +1,1 @@
+//! Importing an existing PEM private key into the token (in progress).

@@ -1,0 +1,6 @@
+//! hsm-ssl-keytool: generate, import and certify web-server keys that
+//! never leave the token. The binary (src/bin/hsm-ssl-keytool.rs) is a thin
+//! shell around this module.
+
+pub mod import;
+pub mod x509;

@@ -1,0 +1,1 @@
+//! Certificate requests and self-signed certificates signed by a token key (in progress).
