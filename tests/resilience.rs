@@ -184,3 +184,37 @@ fn the_session_pool_is_bounded_by_hsmsslmaxsessions_and_waiters_are_served() {
     assert!(opened <= 3, "{opened} sessions opened with HSMSSLMaxSessions 2");
     assert!(s.p11.max_in_flight("C_Sign") <= 2, "more than 2 signatures at once");
 }
+
+#[test]
+fn concurrent_handshakes_hitting_a_token_failure_do_not_stall() {
+    let s = rsa_site(
+        "concurrent-fail",
+        Mpm::Event,
+        "ServerLimit 1\nStartServers 1\nThreadLimit 16\nThreadsPerChild 16\nMaxRequestWorkers 16\n\
+         MinSpareThreads 1\nMaxSpareThreads 16\nHSMSSLOperationTimeout 3",
+    );
+    s.get(tls("1.3"));
+    s.p11.delay("C_SignInit", 300);
+    s.p11.fail("C_Sign", "CKR_DEVICE_ERROR");
+    let port = s.apache.port;
+    let t = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let ca = s.ca.clone();
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = tls_get(port, &ClientOpts { cafile: Some(ca), timeout: Some(Duration::from_secs(30)), ..tls("1.3") });
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    for c in clients {
+        let (r, took) = c.join().unwrap();
+        assert!(r.http_status.is_none(), "served with a failing token");
+        assert!(took < Duration::from_secs(5), "a failing handshake took {took:?}:\n{}", s.apache.error_log());
+    }
+    assert!(t.elapsed() < Duration::from_secs(8));
+    assert!(!s.apache.error_log().contains("still in use after"), "{}", s.apache.error_log());
+    s.p11.clear_faults();
+    back_within(&s, Duration::from_secs(2));
+}

@@ -9,12 +9,17 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+// std's futex-based primitives, not parking_lot's: httpd's parent keeps
+// idle helpers parked here when it forks its children, and parking_lot
+// records parked threads in a process-wide table that a forked child would
+// inherit with entries for threads that do not exist there (seen: corrupt
+// wake-ups and a misaligned-pointer panic inside parking_lot_core). A futex
+// has no such user-space record.
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 type Job = Box<dyn FnOnce() + Send>;
 
 struct Inner {
-    pid: u32,
     jobs: VecDeque<Job>,
     idle: usize,
     threads: usize,
@@ -25,25 +30,49 @@ struct Pool {
     wake: Condvar,
 }
 
-static POOL: Pool = Pool {
-    inner: Mutex::new(Inner { pid: 0, jobs: VecDeque::new(), idle: 0, threads: 0 }),
-    wake: Condvar::new(),
-};
+/// The helper pool of this process; a fresh one after fork (the parent's
+/// helpers do not exist in the child).
+static POOL: Mutex<Option<(u32, Arc<Pool>)>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A helper never panics while holding a lock (jobs run unlocked), so a
+    // poisoned lock still holds consistent data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn pool() -> Arc<Pool> {
+    let pid = std::process::id();
+    let mut g = lock(&POOL);
+    if let Some((p, pool)) = &*g {
+        if *p == pid {
+            return pool.clone();
+        }
+    }
+    let pool = Arc::new(Pool { inner: Mutex::new(Inner { jobs: VecDeque::new(), idle: 0, threads: 0 }), wake: Condvar::new() });
+    // The parent's pool is forgotten, not dropped: its memory may be in
+    // a state only the parent's threads could make sense of.
+    if let Some(old) = g.replace((pid, pool.clone())) {
+        std::mem::forget(old);
+    }
+    pool
+}
 
 /// Upper bound on helper threads per process (stuck ones included).
 const MAX_THREADS: usize = 512;
 
-fn worker() {
-    let mut inner = POOL.inner.lock();
+fn worker(pool: Arc<Pool>) {
+    let mut inner = lock(&pool.inner);
     loop {
         if let Some(job) = inner.jobs.pop_front() {
             drop(inner);
-            job();
-            inner = POOL.inner.lock();
+            // A panicking job (a bug) must not take the helper down with
+            // it; its caller times out and reports the failure.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            inner = lock(&pool.inner);
             continue;
         }
         inner.idle += 1;
-        POOL.wake.wait(&mut inner);
+        inner = pool.wake.wait(inner).unwrap_or_else(|p| p.into_inner());
         inner.idle -= 1;
     }
 }
@@ -55,24 +84,21 @@ pub fn run<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
     let d = done.clone();
     let job: Job = Box::new(move || {
         let v = f();
-        *d.0.lock() = Some(v);
+        *lock(&d.0) = Some(v);
         d.1.notify_one();
     });
+    let pool = pool();
     {
-        let mut inner = POOL.inner.lock();
-        let pid = std::process::id();
-        if inner.pid != pid {
-            // Forked: the parent's helpers do not exist here.
-            *inner = Inner { pid, jobs: VecDeque::new(), idle: 0, threads: 0 };
-        }
+        let mut inner = lock(&pool.inner);
         inner.jobs.push_back(job);
         if inner.idle == 0 && inner.threads < MAX_THREADS {
-            let spawned = std::thread::Builder::new().name("hsm_ssl-token".into()).spawn(worker);
+            let p = pool.clone();
+            let spawned = std::thread::Builder::new().name("hsm_ssl-token".into()).spawn(move || worker(p));
             if spawned.is_ok() {
                 inner.threads += 1;
             }
         } else {
-            POOL.wake.notify_one();
+            pool.wake.notify_one();
         }
         if inner.threads == 0 {
             inner.jobs.clear();
@@ -80,11 +106,13 @@ pub fn run<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
         }
     }
     let deadline = Instant::now() + limit;
-    let mut slot = done.0.lock();
+    let mut slot = lock(&done.0);
     while slot.is_none() {
-        if done.1.wait_until(&mut slot, deadline).timed_out() {
-            return slot.take();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
         }
+        slot = done.1.wait_timeout(slot, left).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
     }
     slot.take()
 }
@@ -102,5 +130,32 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(1));
         // Other work still runs while one helper is stuck.
         assert_eq!(run(Duration::from_secs(1), || "ok"), Some("ok"));
+    }
+}
+
+#[cfg(test)]
+mod fork_tests {
+    use super::*;
+
+    #[test]
+    fn a_forked_child_gets_fresh_helpers() {
+        assert_eq!(run(Duration::from_secs(1), || 1), Some(1));
+        // SAFETY: fork in a test; the child only runs our code and _exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // Several calls: the later ones reuse an idle helper (the
+            // wake-up path that must not reach the parent's threads).
+            let ok = (0..5).all(|i| {
+                let r = run(Duration::from_secs(2), move || i) == Some(i);
+                std::thread::sleep(Duration::from_millis(20));
+                r
+            });
+            // SAFETY: leave the child without running the parent's atexit work.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child we forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
     }
 }

@@ -77,7 +77,14 @@ fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
     if let Some(h) = usable(binding)? {
         return Ok((h, false));
     }
-    let opened = Hsm::open(binding.clone());
+    let b = binding.clone();
+    let limit = binding.op_timeout;
+    let opened = super::executor::run(limit, move || Hsm::open(b)).unwrap_or_else(|| {
+        Err(format!(
+            "loading and initializing the PKCS#11 library did not return within {} ms (HSMSSLOperationTimeout); is the HSM reachable?",
+            limit.as_millis()
+        ))
+    });
     let mut cur = CURRENT.lock();
     match opened {
         Ok(h) => {
@@ -99,6 +106,11 @@ fn usable(binding: &Arc<Binding>) -> Result<Option<Arc<Hsm>>, OpError> {
     if let Some(msg) = &cur.denied {
         return Err(OpError::Denied(msg.clone()));
     }
+    if let Some(d) = &cur.down {
+        if Instant::now() < d.until {
+            return Err(OpError::Setup(format!("{} (token marked unavailable; retrying shortly)", d.reason)));
+        }
+    }
     let pid = std::process::id();
     if let Some(h) = &cur.hsm {
         if h.pid() != pid {
@@ -107,12 +119,9 @@ fn usable(binding: &Arc<Binding>) -> Result<Option<Arc<Hsm>>, OpError> {
         } else if h.binding().library == binding.library {
             return Ok(Some(h.clone()));
         } else if let Some(old) = cur.hsm.take() {
+            drop(cur);
+            let _opening = OPENING.lock();
             close(old);
-        }
-    }
-    if let Some(d) = &cur.down {
-        if Instant::now() < d.until {
-            return Err(OpError::Setup(format!("{} (token marked unavailable; retrying shortly)", d.reason)));
         }
     }
     Ok(None)
@@ -132,7 +141,7 @@ pub fn hsm_for(binding: &Arc<Binding>) -> Result<Arc<Hsm>, OpError> {
 ///   fresh one unless the failing one was brand new. If that fails too, the
 ///   token is marked unavailable for a backoff (100 ms doubling to 1 s)
 ///   during which callers fail at once.
-pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Hsm) -> Result<T, OpError>) -> Result<T, OpError> {
+pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Arc<Hsm>) -> Result<T, OpError>) -> Result<T, OpError> {
     let mut reinit_done = false;
     loop {
         let (hsm, opened) = current(binding)?;
@@ -150,6 +159,11 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Hsm) -> Result<T, OpErro
                 CURRENT.lock().denied = Some(msg.clone());
                 log::error!("{msg}; this process will not try to log in again");
                 return Err(OpError::Denied(msg));
+            }
+            Err(e @ OpError::Timeout(_)) => {
+                drop(hsm);
+                mark_slow(e.to_string());
+                return Err(e);
             }
             Err(e) if e.needs_reinit() => {
                 invalidate(hsm);
@@ -174,15 +188,28 @@ pub fn pool_stats() -> Vec<(String, super::token::PoolStats)> {
 /// a new one. Its sessions close and C_Finalize runs when the last
 /// operation using it returns.
 pub fn invalidate(hsm: Arc<Hsm>) {
-    // Closed while holding the lock, so that no new state is initialized
-    // before the old one is finalized.
-    let mut cur = CURRENT.lock();
-    if matches!(&cur.hsm, Some(h) if Arc::ptr_eq(h, &hsm)) {
-        if let Some(h) = cur.hsm.take() {
-            drop(hsm);
-            close(h);
+    // Taken out under CURRENT (briefly: other threads holding the same
+    // state must be able to find it gone and drop their references), then
+    // closed under OPENING, so that no new state is initialized before the
+    // old one is finalized.
+    let taken = {
+        let mut cur = CURRENT.lock();
+        match &cur.hsm {
+            Some(h) if Arc::ptr_eq(h, &hsm) => cur.hsm.take(),
+            _ => None,
         }
+    };
+    drop(hsm);
+    if let Some(h) = taken {
+        let _opening = OPENING.lock();
+        close(h);
     }
+}
+
+/// Marks the token unavailable (backoff) without dropping the state: for
+/// calls that hang, whose state cannot be finalized under them.
+pub fn mark_slow(reason: String) {
+    CURRENT.lock().mark_down(reason);
 }
 
 /// Closes this process's state (sessions, login, C_Finalize).
@@ -195,6 +222,9 @@ pub fn shutdown() {
     };
     if let Some(h) = taken {
         if h.pid() == std::process::id() {
+            // try_lock: a hung C_Initialize holding OPENING must not stop
+            // a shutdown (the process is going away or restarting anyway).
+            let _opening = OPENING.try_lock_for(Duration::from_millis(100));
             close(h);
         } else {
             std::mem::forget(h);

@@ -107,7 +107,6 @@ impl OpError {
                     | RvError::CryptokiNotInitialized
                     | RvError::ObjectHandleInvalid
                     | RvError::KeyHandleInvalid
-                    | RvError::GeneralError
                     | RvError::SessionHandleInvalid
                     | RvError::SessionClosed
             ),
@@ -723,56 +722,60 @@ impl Hsm {
     }
 
     /// Makes sure the token of `key` is logged in and the key is found, so
-    /// that the first handshake does not pay for it.
-    pub fn prepare(&self, key: &KeyRef) -> Result<(), OpError> {
-        self.key_handle(key).map(|_| ())
+    /// that the first handshake does not pay for it; bounded like `run`.
+    pub fn prepare(self: &Arc<Self>, key: &Arc<KeyRef>) -> Result<(), OpError> {
+        let limit = self.binding.op_timeout;
+        let (me, key) = (self.clone(), key.clone());
+        super::executor::run(limit, move || me.key_handle(&key).map(|_| ())).unwrap_or(Err(OpError::Timeout(limit)))
     }
 
-    /// Runs one token operation on a pooled session, on a helper thread,
-    /// waiting at most HSMSSLOperationTimeout. A session-level error drops
-    /// the session and retries once on a fresh one.
-    fn run<T, F>(&self, key: &KeyRef, op: F) -> Result<T, OpError>
+    /// Runs one token operation on a helper thread and waits at most
+    /// HSMSSLOperationTimeout for all of it: finding the key (a login after
+    /// a re-initialization), waiting for a pooled session, the call itself.
+    /// A session-level error drops the session and retries once on a fresh
+    /// one. A call that outlives the wait gives its session back when it
+    /// ends.
+    fn run<T, F>(self: &Arc<Self>, key: &Arc<KeyRef>, op: F) -> Result<T, OpError>
     where
         T: Send + 'static,
-        F: Fn(&Session, ObjectHandle) -> Result<T, CkError> + Send + Sync + 'static,
+        F: Fn(&Session, ObjectHandle) -> Result<T, CkError> + Send + 'static,
     {
-        let (tok, handle) = self.key_handle(key)?;
-        let op = Arc::new(op);
         let limit = self.binding.op_timeout;
+        let (me, key) = (self.clone(), key.clone());
+        super::executor::run(limit, move || me.run_here(&key, op)).unwrap_or(Err(OpError::Timeout(limit)))
+    }
+
+    fn run_here<T>(&self, key: &KeyRef, op: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>) -> Result<T, OpError> {
+        let (tok, handle) = self.key_handle(key)?;
         let mut retried = false;
         loop {
             let session = tok.pool.take(&self.ctx, tok.slot)?;
-            let (t, o) = (tok.clone(), op.clone());
-            // The job returns the session to the pool itself, so that a
-            // call that outlives the wait still gives its session back.
-            let job = move || {
-                let r = o(&session, handle);
-                match &r {
-                    Err(e) if is_session_error(e) => t.pool.discard(session),
-                    _ => t.pool.give_back(session),
-                }
-                r
-            };
-            match super::executor::run(limit, job) {
-                None => return Err(OpError::Timeout(limit)),
-                Some(Ok(v)) => return Ok(v),
-                Some(Err(e)) if is_session_error(&e) && !retried => {
+            let r = op(&session, handle);
+            match r {
+                Err(e) if is_session_error(&e) => {
+                    tok.pool.discard(session);
+                    if retried {
+                        return Err(OpError::Token(e));
+                    }
                     log::info!("token '{}': {}; retrying on a new session", tok.label, ck_error_text(&e));
                     retried = true;
                 }
-                Some(Err(e)) => return Err(OpError::Token(e)),
+                r => {
+                    tok.pool.give_back(session);
+                    return r.map_err(OpError::Token);
+                }
             }
         }
     }
 
     /// C_Sign with `mech` over `data` (a digest or DigestInfo: hashing is
     /// done by the caller).
-    pub fn sign(&self, key: &KeyRef, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
+    pub fn sign(self: &Arc<Self>, key: &Arc<KeyRef>, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
         self.run(key, move |s, h| s.sign(&mech.to_ck(), h, &data))
     }
 
     /// C_Decrypt with `mech`.
-    pub fn decrypt(&self, key: &KeyRef, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
+    pub fn decrypt(self: &Arc<Self>, key: &Arc<KeyRef>, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
         self.run(key, move |s, h| s.decrypt(&mech.to_ck(), h, &data))
     }
 

@@ -37,22 +37,11 @@ struct CipherCtx {
 fn is_infrastructure(e: &OpError) -> bool {
     match e {
         OpError::Busy(_) | OpError::Timeout(_) | OpError::Setup(_) | OpError::Denied(_) => true,
-        OpError::Token(CkError::Pkcs11(rv, _)) => matches!(
-            rv,
-            RvError::DeviceError
-                | RvError::DeviceRemoved
-                | RvError::DeviceMemory
-                | RvError::TokenNotPresent
-                | RvError::TokenNotRecognized
-                | RvError::SessionHandleInvalid
-                | RvError::SessionClosed
-                | RvError::UserNotLoggedIn
-                | RvError::KeyHandleInvalid
-                | RvError::ObjectHandleInvalid
-                | RvError::CryptokiNotInitialized
-                | RvError::MechanismInvalid
-        ),
-        OpError::Token(_) => false,
+        // The same list that makes the runtime re-initialize, plus a token
+        // that cannot do the mechanism at all: none depends on the
+        // ciphertext. Anything else is treated as a bad ciphertext.
+        OpError::Token(CkError::Pkcs11(RvError::MechanismInvalid, _)) => true,
+        OpError::Token(_) => e.needs_reinit(),
     }
 }
 
