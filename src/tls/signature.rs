@@ -370,6 +370,41 @@ unsafe extern "C" fn settable_ctx_params(_c: *mut c_void, _provctx: *mut c_void)
     SETTABLE.as_ptr()
 }
 
+/// DER AlgorithmIdentifier of the signature this context makes, for
+/// `OSSL_SIGNATURE_PARAM_ALGORITHM_ID` (ASN1_item_sign_ctx, i.e. X509_sign
+/// and X509_REQ_sign, asks provider keys for it). RSA PKCS#1 v1.5:
+/// shaNWithRSAEncryption with NULL parameters; ECDSA: ecdsa-with-SHAn
+/// without parameters (RFC 4055, RFC 5758). None for RSA-PSS (certificates
+/// are signed with PKCS#1 v1.5 only) and without a digest.
+fn algorithm_id(kind: Kind, pad: c_int, digest: Option<Digest>) -> Option<&'static [u8]> {
+    const RSA: [&[u8]; 5] = [
+        &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05, 0x05, 0x00],
+        &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0e, 0x05, 0x00],
+        &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00],
+        &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c, 0x05, 0x00],
+        &[0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d, 0x05, 0x00],
+    ];
+    const ECDSA: [&[u8]; 5] = [
+        &[0x30, 0x09, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01],
+        &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x01],
+        &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02],
+        &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],
+        &[0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],
+    ];
+    let i = match digest? {
+        Digest::Sha1 => 0,
+        Digest::Sha224 => 1,
+        Digest::Sha256 => 2,
+        Digest::Sha384 => 3,
+        Digest::Sha512 => 4,
+    };
+    match kind {
+        Kind::Rsa if pad == PAD_PKCS1 => Some(RSA[i]),
+        Kind::Rsa => None,
+        Kind::Ec => Some(ECDSA[i]),
+    }
+}
+
 unsafe extern "C" fn get_ctx_params(c: *mut c_void, params: *mut OSSL_PARAM) -> c_int {
     guard("signature get_ctx_params", 0, || {
         // SAFETY: see ctx(); params is OpenSSL's valid array.
@@ -383,15 +418,22 @@ unsafe extern "C" fn get_ctx_params(c: *mut c_void, params: *mut OSSL_PARAM) -> 
                 Some(Digest::Sha512) => c"SHA2-512",
                 None => c"",
             };
+            // Without an AlgorithmIdentifier (RSA-PSS, no digest) the answer
+            // is empty (return_size 0), which ASN1_item_sign_ctx reports as
+            // "digest and key type not supported"; left unmodified, it would
+            // try to parse its uninitialised buffer.
+            let aid = algorithm_id(c.kind, c.pad, c.digest).unwrap_or(&[]);
             (params::set_utf8(params, ossl::OSSL_SIGNATURE_PARAM_DIGEST, name)
-                && params::set_int(params, ossl::OSSL_SIGNATURE_PARAM_PAD_MODE, c.pad)) as c_int
+                && params::set_int(params, ossl::OSSL_SIGNATURE_PARAM_PAD_MODE, c.pad)
+                && params::set_octets(params, ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID, aid)) as c_int
         }
     })
 }
 
-static GETTABLE: ParamList<3> = ParamList([
+static GETTABLE: ParamList<4> = ParamList([
     def(ossl::OSSL_SIGNATURE_PARAM_DIGEST, ossl::OSSL_PARAM_UTF8_STRING),
     def(ossl::OSSL_SIGNATURE_PARAM_PAD_MODE, ossl::OSSL_PARAM_INTEGER),
+    def(ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID, ossl::OSSL_PARAM_OCTET_STRING),
     end(),
 ]);
 
@@ -449,5 +491,133 @@ mod tests {
         assert_eq!(der[4], 0x00);
         assert_eq!(&der[der.len() - 3..], &[0x02, 0x01, 0x05]);
         assert!(ecdsa_der(&rs, 31).is_none());
+    }
+
+    const DIGESTS: [Digest; 5] = [Digest::Sha1, Digest::Sha224, Digest::Sha256, Digest::Sha384, Digest::Sha512];
+
+    /// What OpenSSL's default provider answers for OSSL_SIGNATURE_PARAM_ALGORITHM_ID
+    /// after EVP_DigestSignInit with `md` and an ordinary (file) key.
+    fn default_provider_aid(key: &openssl::pkey::PKeyRef<openssl::pkey::Private>, md: openssl::hash::MessageDigest) -> Vec<u8> {
+        let mut buf = [0u8; 128];
+        // SAFETY: a fresh EVP_MD_CTX freed here; pctx belongs to it; the
+        // param array points at `buf`, which outlives the call; the OSSL_PARAM
+        // cast is between two declarations of the same C struct. A `&PKeyRef`
+        // is the EVP_PKEY pointer itself (foreign-types' `as_ptr` is this cast;
+        // the trait is not reachable without that crate as a dependency).
+        unsafe {
+            let pkey = key as *const openssl::pkey::PKeyRef<openssl::pkey::Private> as *mut openssl_sys::EVP_PKEY;
+            let mctx = openssl_sys::EVP_MD_CTX_new();
+            assert!(!mctx.is_null());
+            let mut pctx = ptr::null_mut();
+            assert_eq!(openssl_sys::EVP_DigestSignInit(mctx, &mut pctx, md.as_ptr(), ptr::null_mut(), pkey), 1);
+            let mut params = [
+                ossl::OSSL_PARAM_construct_octet_string(ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()),
+                ossl::OSSL_PARAM_construct_end(),
+            ];
+            let ok = openssl_sys::EVP_PKEY_CTX_get_params(pctx, params.as_mut_ptr().cast());
+            let n = params[0].return_size;
+            openssl_sys::EVP_MD_CTX_free(mctx);
+            assert_eq!(ok, 1);
+            buf[..n].to_vec()
+        }
+    }
+
+    fn md_of(d: Digest) -> openssl::hash::MessageDigest {
+        use openssl::hash::MessageDigest as M;
+        match d {
+            Digest::Sha1 => M::sha1(),
+            Digest::Sha224 => M::sha224(),
+            Digest::Sha256 => M::sha256(),
+            Digest::Sha384 => M::sha384(),
+            Digest::Sha512 => M::sha512(),
+        }
+    }
+
+    #[test]
+    fn algorithm_ids_match_openssls_default_provider() {
+        let rsa = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(1024).unwrap()).unwrap();
+        let group = openssl::ec::EcGroup::from_curve_name(openssl::nid::Nid::X9_62_PRIME256V1).unwrap();
+        let ec = openssl::pkey::PKey::from_ec_key(openssl::ec::EcKey::generate(&group).unwrap()).unwrap();
+        for d in DIGESTS {
+            let want = default_provider_aid(&rsa, md_of(d));
+            assert_eq!(algorithm_id(Kind::Rsa, PAD_PKCS1, Some(d)), Some(&want[..]), "RSA {d:?}");
+            let want = default_provider_aid(&ec, md_of(d));
+            assert_eq!(algorithm_id(Kind::Ec, PAD_PKCS1, Some(d)), Some(&want[..]), "ECDSA {d:?}");
+        }
+        assert_eq!(algorithm_id(Kind::Rsa, PAD_PSS, Some(Digest::Sha256)), None);
+        assert_eq!(algorithm_id(Kind::Rsa, PAD_PKCS1, None), None);
+        assert_eq!(algorithm_id(Kind::Ec, PAD_PKCS1, None), None);
+    }
+
+    #[test]
+    fn algorithm_ids_are_the_expected_der() {
+        // `openssl asn1parse -inform DER` of these shows SEQUENCE { OBJECT
+        // sha256WithRSAEncryption, NULL } and SEQUENCE { OBJECT ecdsa-with-SHA384 }.
+        assert_eq!(
+            algorithm_id(Kind::Rsa, PAD_PKCS1, Some(Digest::Sha256)).unwrap(),
+            b"\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0b\x05\x00"
+        );
+        assert_eq!(
+            algorithm_id(Kind::Ec, PAD_PKCS1, Some(Digest::Sha384)).unwrap(),
+            b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x03"
+        );
+        for d in DIGESTS {
+            let (rsa_name, ec_name) = match d {
+                Digest::Sha1 => ("sha1WithRSAEncryption", "ecdsa-with-SHA1"),
+                Digest::Sha224 => ("sha224WithRSAEncryption", "ecdsa-with-SHA224"),
+                Digest::Sha256 => ("sha256WithRSAEncryption", "ecdsa-with-SHA256"),
+                Digest::Sha384 => ("sha384WithRSAEncryption", "ecdsa-with-SHA384"),
+                Digest::Sha512 => ("sha512WithRSAEncryption", "ecdsa-with-SHA512"),
+            };
+            // SEQUENCE { OBJECT IDENTIFIER <oid> [, NULL] }
+            let der = |name: &str, null: bool| {
+                let oid = openssl::asn1::Asn1Object::from_str(name).unwrap();
+                let oid = oid.as_slice();
+                let mut body = vec![0x06, oid.len() as u8];
+                body.extend_from_slice(oid);
+                if null {
+                    body.extend_from_slice(&[0x05, 0x00]);
+                }
+                let mut out = vec![0x30, body.len() as u8];
+                out.extend(body);
+                out
+            };
+            assert_eq!(algorithm_id(Kind::Rsa, PAD_PKCS1, Some(d)).unwrap(), der(rsa_name, true), "{d:?}");
+            assert_eq!(algorithm_id(Kind::Ec, PAD_PKCS1, Some(d)).unwrap(), der(ec_name, false), "{d:?}");
+        }
+    }
+
+    /// get_ctx_params as OpenSSL calls it: the AID for PKCS#1 and ECDSA, an
+    /// empty answer for PSS, and the list names the parameter.
+    #[test]
+    fn get_ctx_params_answers_the_algorithm_id() {
+        let ask = |c: &mut SigCtx| -> (c_int, Vec<u8>) {
+            let mut buf = [0u8; 128];
+            // SAFETY: the array points at `buf`, which outlives the call;
+            // `c` is a live SigCtx as get_ctx_params expects.
+            unsafe {
+                let mut params = [
+                    ossl::OSSL_PARAM_construct_octet_string(ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()),
+                    ossl::OSSL_PARAM_construct_end(),
+                ];
+                let ok = get_ctx_params((c as *mut SigCtx).cast(), params.as_mut_ptr());
+                let n = params[0].return_size;
+                (ok, buf[..n.min(buf.len())].to_vec())
+            }
+        };
+        let mut c = SigCtx::new(Kind::Rsa);
+        c.digest = Some(Digest::Sha256);
+        assert_eq!(ask(&mut c), (1, algorithm_id(Kind::Rsa, PAD_PKCS1, Some(Digest::Sha256)).unwrap().to_vec()));
+        c.pad = PAD_PSS;
+        assert_eq!(ask(&mut c), (1, vec![]));
+        let mut c = SigCtx::new(Kind::Ec);
+        c.digest = Some(Digest::Sha512);
+        assert_eq!(ask(&mut c), (1, algorithm_id(Kind::Ec, PAD_PKCS1, Some(Digest::Sha512)).unwrap().to_vec()));
+        // SAFETY: the static list is END-terminated; locate only reads it,
+        // and the entry found is read in place.
+        let listed = unsafe {
+            params::locate(GETTABLE.as_ptr() as *mut OSSL_PARAM, ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID).map(|p| (*p).data_type)
+        };
+        assert_eq!(listed, Some(ossl::OSSL_PARAM_OCTET_STRING));
     }
 }
