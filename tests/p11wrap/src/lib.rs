@@ -19,6 +19,10 @@
 //!    A faulted C_Sign / C_Decrypt / C_SignFinal still completes the real
 //!    operation into a scratch buffer (result discarded), so the session is
 //!    left without an active operation, as after a real failure.
+//!    A line `failclass C_CreateObject <class> <rv>` (class: `CKO_*` name or
+//!    hex) fails only the C_CreateObject calls whose template's CKA_CLASS is
+//!    that class, e.g. to make a token refuse plaintext private keys while
+//!    it still takes public and secret keys.
 //!
 //! Nothing here may unwind into C: every exported/wrapped function runs its
 //! body under `catch_unwind` and returns `CKR_GENERAL_ERROR` on panic.
@@ -102,6 +106,9 @@ fn load() -> Result<Lists, String> {
     }
     if real.C_GetMechanismList.is_some() {
         copy.C_GetMechanismList = Some(get_mechanism_list_hiding);
+    }
+    if real.C_CreateObject.is_some() {
+        copy.C_CreateObject = Some(create_object_failing_class);
     }
     Ok(Lists { real, wrapped: Box::leak(copy) })
 }
@@ -235,6 +242,15 @@ fn ckr_by_name(s: &str) -> Option<CK_RV> {
         "CKR_DATA_LEN_RANGE" => CKR_DATA_LEN_RANGE,
         "CKR_ENCRYPTED_DATA_INVALID" => CKR_ENCRYPTED_DATA_INVALID,
         "CKR_ENCRYPTED_DATA_LEN_RANGE" => CKR_ENCRYPTED_DATA_LEN_RANGE,
+        "CKR_ATTRIBUTE_READ_ONLY" => CKR_ATTRIBUTE_READ_ONLY,
+        "CKR_ATTRIBUTE_TYPE_INVALID" => CKR_ATTRIBUTE_TYPE_INVALID,
+        "CKR_ATTRIBUTE_VALUE_INVALID" => CKR_ATTRIBUTE_VALUE_INVALID,
+        "CKR_ACTION_PROHIBITED" => CKR_ACTION_PROHIBITED,
+        "CKR_KEY_SIZE_RANGE" => CKR_KEY_SIZE_RANGE,
+        "CKR_TEMPLATE_INCOMPLETE" => CKR_TEMPLATE_INCOMPLETE,
+        "CKR_TEMPLATE_INCONSISTENT" => CKR_TEMPLATE_INCONSISTENT,
+        "CKR_UNWRAPPING_KEY_HANDLE_INVALID" => CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+        "CKR_WRAPPED_KEY_INVALID" => CKR_WRAPPED_KEY_INVALID,
         _ => return None,
     })
 }
@@ -390,6 +406,89 @@ wraps! {
                       pub_tmpl: *mut CK_ATTRIBUTE, pub_count: CK_ULONG,
                       priv_tmpl: *mut CK_ATTRIBUTE, priv_count: CK_ULONG,
                       pub_key: *mut CK_OBJECT_HANDLE, priv_key: *mut CK_OBJECT_HANDLE);
+    C_CreateObject(session: CK_SESSION_HANDLE, tmpl: *mut CK_ATTRIBUTE, count: CK_ULONG,
+                   obj: *mut CK_OBJECT_HANDLE);
+    C_DestroyObject(session: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE);
+    C_GenerateKey(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, tmpl: *mut CK_ATTRIBUTE,
+                  count: CK_ULONG, key: *mut CK_OBJECT_HANDLE);
+    C_UnwrapKey(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, unwrapping_key: CK_OBJECT_HANDLE,
+                wrapped: *mut CK_BYTE, wrapped_len: CK_ULONG, tmpl: *mut CK_ATTRIBUTE, count: CK_ULONG,
+                key: *mut CK_OBJECT_HANDLE);
+}
+
+/// `failclass <function> <class> <rv>` lines in the control file (class: a
+/// `CKO_*` name or hex): the rv for a call of `name` whose template has
+/// CKA_CLASS `class`, if such a line matches.
+fn class_fault(name: &str, class: CK_OBJECT_CLASS) -> Option<CK_RV> {
+    let path = std::env::var_os(ENV_CONTROL)?;
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("failclass") || w.next() != Some(name) {
+            return None;
+        }
+        (parse_class(w.next()?)? == class).then(|| parse_rv(w.next()?)).flatten()
+    })
+}
+
+fn parse_class(s: &str) -> Option<CK_OBJECT_CLASS> {
+    Some(match s {
+        "CKO_DATA" => CKO_DATA,
+        "CKO_CERTIFICATE" => CKO_CERTIFICATE,
+        "CKO_PUBLIC_KEY" => CKO_PUBLIC_KEY,
+        "CKO_PRIVATE_KEY" => CKO_PRIVATE_KEY,
+        "CKO_SECRET_KEY" => CKO_SECRET_KEY,
+        _ => {
+            let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
+            return CK_OBJECT_CLASS::from_str_radix(hex, 16).ok();
+        }
+    })
+}
+
+/// The CKA_CLASS a template asks for, if it has a well-formed one.
+///
+/// # Safety
+/// `tmpl` must be NULL or point to `count` valid CK_ATTRIBUTEs whose
+/// non-NULL `pValue`s point to `ulValueLen` readable bytes (the C_CreateObject
+/// contract).
+unsafe fn template_class(tmpl: *const CK_ATTRIBUTE, count: CK_ULONG) -> Option<CK_OBJECT_CLASS> {
+    if tmpl.is_null() {
+        return None;
+    }
+    // SAFETY: non-null, and per our contract valid for `count` entries.
+    let attrs = unsafe { std::slice::from_raw_parts(tmpl, count as usize) };
+    let a = attrs.iter().find(|a| a.type_ == CKA_CLASS)?;
+    if a.pValue.is_null() || a.ulValueLen as usize != std::mem::size_of::<CK_OBJECT_CLASS>() {
+        return None;
+    }
+    // SAFETY: pValue is non-null and holds exactly one CK_OBJECT_CLASS;
+    // the caller's buffer need not be aligned, hence read_unaligned.
+    Some(unsafe { std::ptr::read_unaligned(a.pValue as *const CK_OBJECT_CLASS) })
+}
+
+/// C_CreateObject, logged, faultable, and failing with the rv of a
+/// matching `failclass C_CreateObject <class> <rv>` line.
+///
+/// # Safety
+/// Same contract as C_CreateObject.
+unsafe extern "C" fn create_object_failing_class(
+    session: CK_SESSION_HANDLE,
+    tmpl: *mut CK_ATTRIBUTE,
+    count: CK_ULONG,
+    obj: *mut CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let fault = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the caller honours the C_CreateObject contract for tmpl/count.
+        let class = unsafe { template_class(tmpl, count) }?;
+        class_fault("C_CreateObject", class)
+    }))
+    .unwrap_or(None);
+    if let Some(rv) = fault {
+        let _ = catch_unwind(|| log_call("C_CreateObject"));
+        return rv;
+    }
+    // SAFETY: forwarding the caller's arguments to the wrapped function.
+    unsafe { w::C_CreateObject(session, tmpl, count, obj) }
 }
 
 /// `tokenflags <hex>` in the control file: flags OR-ed into what
@@ -529,5 +628,34 @@ mod tests {
         for name in ["CKR_PIN_EXPIRED", "CKR_SESSION_CLOSED", "CKR_TOKEN_NOT_PRESENT", "CKR_FUNCTION_FAILED"] {
             assert!(parse_rv(name).is_some(), "{name} unknown to the fault knob");
         }
+        assert_eq!(parse_rv("CKR_TEMPLATE_INCONSISTENT"), Some(0xd1));
+        assert_eq!(parse_rv("CKR_ACTION_PROHIBITED"), Some(0x1b));
+    }
+
+    #[test]
+    fn class_parsing_and_templates() {
+        assert_eq!(parse_class("CKO_PRIVATE_KEY"), Some(3));
+        assert_eq!(parse_class("0x4"), Some(CKO_SECRET_KEY));
+        assert_eq!(parse_class("CKO_NOPE"), None);
+        let class: CK_OBJECT_CLASS = CKO_PRIVATE_KEY;
+        let token: CK_BBOOL = 1;
+        let tmpl = [
+            CK_ATTRIBUTE {
+                type_: CKA_TOKEN,
+                pValue: &token as *const CK_BBOOL as *mut c_void,
+                ulValueLen: 1,
+            },
+            CK_ATTRIBUTE {
+                type_: CKA_CLASS,
+                pValue: &class as *const CK_OBJECT_CLASS as *mut c_void,
+                ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as CK_ULONG,
+            },
+        ];
+        // SAFETY: tmpl is a valid array of 2 attributes pointing at live locals.
+        assert_eq!(unsafe { template_class(tmpl.as_ptr(), 2) }, Some(CKO_PRIVATE_KEY));
+        // SAFETY: as above, only the first attribute (no CKA_CLASS).
+        assert_eq!(unsafe { template_class(tmpl.as_ptr(), 1) }, None);
+        // SAFETY: NULL is allowed.
+        assert_eq!(unsafe { template_class(std::ptr::null(), 0) }, None);
     }
 }
