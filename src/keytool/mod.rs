@@ -2,5 +2,7 @@
 //! never leave the token. The binary (src/bin/hsm-ssl-keytool.rs) is a thin
 //! shell around this module.
 
+pub mod commands;
 pub mod import;
+pub mod tool;
 pub mod x509;

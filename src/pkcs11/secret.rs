@@ -23,6 +23,11 @@ impl Secret {
         self.0.lock().is_empty()
     }
 
+    /// Runs `f` with the secret bytes (no copy escapes unless `f` makes one).
+    pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.0.lock())
+    }
+
     /// Zeroes the PIN now; later logins fail instead of using stale bytes.
     pub fn wipe(&self) {
         let mut g = self.0.lock();

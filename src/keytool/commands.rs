@@ -1,0 +1,411 @@
+//! The key tool's commands. Each returns the text to print on stdout or a
+//! [`Failure`] whose message goes to stderr and whose code is the exit code.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use super::tool::{fail, pct, Code, Opts, Res, Target};
+use crate::pkcs11::token::{Hsm, KeyRef, PublicKey};
+use crate::pkcs11::uri::{hex, KeyUri};
+use crate::tls::certcheck;
+
+pub const USAGE: &str = "\
+hsm-ssl-keytool: keys for mod_hsm_ssl that never leave the HSM
+
+usage: hsm-ssl-keytool <command> [options]
+
+commands:
+  generate --label L --type rsa:2048|rsa:3072|rsa:4096|ec:P-256|ec:P-384
+                        generate a key pair inside the token (sensitive, not extractable)
+  import   --label L --key key.pem [--passphrase env:VAR|file:/path]
+                        put an existing PEM private key into the token (asks for the
+                        passphrase of an encrypted key); then remove the file for good
+  csr      --label L --subject \"CN=www.example.com,O=...\" [--san DNS:...,IP:...] [--out F]
+                        a PKCS#10 request signed by the token key (PEM)
+  selfsign --label L --subject ... --days N [--san ...] [--out F]
+                        a self-signed certificate signed by the token key (PEM)
+  list     [--cert www.crt] [--json]
+                        the token's private keys; with --cert, which one matches it
+  check    --cert www.crt --key \"pkcs11:object=L\"
+                        the key exists and belongs to the certificate (as configtest checks)
+  delete   --label L [--yes]
+                        delete the key pair (and certificate objects) with that label
+  config   --label L --cert www.crt [--server-name NAME]
+                        print the Apache lines for a vhost serving that key
+
+token and PIN (as in httpd.conf; by default read from the HSMSSLLibrary, HSMSSLPin
+and HSMSSLToken lines of the Apache configuration):
+  --library PATH        the PKCS#11 library (e.g. /opt/cloudhsm/lib/libcloudhsm_pkcs11.so)
+  --token SELECTOR      token label, or pkcs11:token=...;serial=...
+  --pin SOURCE          env:VAR | file:/path (mode 600) | exec:/program; without it,
+                        HSMSSLPin from the configuration, else asked without echo
+  --httpd-conf PATH     Apache configuration to read (default /etc/httpd/conf/httpd.conf
+                        or /etc/apache2/apache2.conf)
+
+exit codes: 0 done; 1 bad command line; 2 library, token, PIN or login; 3 the key
+(not found, label taken, unsupported); 4 certificate and key do not match;
+5 files or anything else; 6 not confirmed. The PIN is never printed.
+";
+
+/// A key type `generate` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeySpec {
+    Rsa(u64),
+    Ec(&'static str, &'static [u8]),
+}
+
+pub fn parse_type(s: &str) -> Res<KeySpec> {
+    Ok(match s.to_ascii_lowercase().as_str() {
+        "rsa:2048" => KeySpec::Rsa(2048),
+        "rsa:3072" => KeySpec::Rsa(3072),
+        "rsa:4096" => KeySpec::Rsa(4096),
+        "ec:p-256" | "ec:prime256v1" => KeySpec::Ec("P-256", &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
+        "ec:p-384" | "ec:secp384r1" => KeySpec::Ec("P-384", &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
+        _ => return Err(fail(Code::Usage, format!("--type {s}: use rsa:2048, rsa:3072, rsa:4096, ec:P-256 or ec:P-384"))),
+    })
+}
+
+fn ck(what: &str, e: cryptoki::error::Error) -> crate::keytool::tool::Failure {
+    fail(Code::Setup, format!("{what}: {}", crate::pkcs11::token::ck_error_text(&e)))
+}
+
+/// Objects (any class) with this label.
+fn with_label(s: &Session, label: &str) -> Res<Vec<ObjectHandle>> {
+    s.find_objects(&[Attribute::Label(label.as_bytes().to_vec())]).map_err(|e| ck("searching the token", e))
+}
+
+fn random_id() -> Res<Vec<u8>> {
+    let mut id = vec![0u8; 8];
+    // SAFETY: id is a writable buffer of 8 bytes.
+    if unsafe { openssl_sys::RAND_bytes(id.as_mut_ptr(), 8) } != 1 {
+        return Err(fail(Code::Other, "no random bytes from OpenSSL"));
+    }
+    Ok(id)
+}
+
+pub fn generate(o: &Opts) -> Res<String> {
+    let label = o.need("--label")?.to_string();
+    let spec = parse_type(o.need("--type")?)?;
+    let t = Target::from_opts(o)?;
+    let (_ctx, s, token) = t.session()?;
+    if !with_label(&s, &label)?.is_empty() {
+        return Err(fail(Code::Key, format!("token '{token}' already has objects labelled '{label}'; choose another --label (or delete the old key first)")));
+    }
+    let id = random_id()?;
+    let common_pub = vec![
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.clone()),
+    ];
+    let common_priv = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Label(label.as_bytes().to_vec()),
+        Attribute::Id(id.clone()),
+    ];
+    let (mech, mut pubt, mut privt) = match spec {
+        KeySpec::Rsa(bits) => {
+            let mut p = common_pub.clone();
+            p.push(Attribute::Encrypt(true));
+            p.push(Attribute::ModulusBits(cryptoki::types::Ulong::from(bits as std::ffi::c_ulong)));
+            p.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+            let mut q = common_priv.clone();
+            q.push(Attribute::Decrypt(true));
+            (Mechanism::RsaPkcsKeyPairGen, p, q)
+        }
+        KeySpec::Ec(_, oid) => {
+            let mut p = common_pub.clone();
+            p.push(Attribute::EcParams(oid.to_vec()));
+            (Mechanism::EccKeyPairGen, p, common_priv.clone())
+        }
+    };
+    pubt.shrink_to_fit();
+    privt.shrink_to_fit();
+    let (pub_h, _) = s
+        .generate_key_pair(&mech, &pubt, &privt)
+        .map_err(|e| fail(Code::Key, format!("generating the key pair in token '{token}': {}", crate::pkcs11::token::ck_error_text(&e))))?;
+    let public = read_public(&s, pub_h, spec)?;
+    let fp = certcheck::token_fingerprint(&public).unwrap_or_else(|e| format!("({e})"));
+    let kind = match spec {
+        KeySpec::Rsa(b) => format!("RSA {b}"),
+        KeySpec::Ec(c, _) => format!("EC {c}"),
+    };
+    let uri = format!("pkcs11:token={};object={}", pct(&token), pct(&label));
+    Ok(format!(
+        "generated {kind} key '{label}' (id {}) in token '{token}': sensitive, not extractable\n\
+         public key {fp}\n\
+         key URI for SSLCertificateKeyFile: \"{uri}\"\n\
+         next: hsm-ssl-keytool csr --label {label} --subject \"CN=...\"   (or selfsign)\n",
+        hex(&id)
+    ))
+}
+
+fn read_public(s: &Session, h: ObjectHandle, spec: KeySpec) -> Res<PublicKey> {
+    match spec {
+        KeySpec::Rsa(_) => {
+            let a = s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent]).map_err(|e| ck("reading the public key", e))?;
+            let (mut n, mut e) = (Vec::new(), Vec::new());
+            for x in a {
+                match x {
+                    Attribute::Modulus(v) => n = v,
+                    Attribute::PublicExponent(v) => e = v,
+                    _ => {}
+                }
+            }
+            Ok(PublicKey::Rsa { n, e })
+        }
+        KeySpec::Ec(_, oid) => {
+            let a = s.get_attributes(h, &[AttributeType::EcPoint]).map_err(|e| ck("reading the public key", e))?;
+            let point = a
+                .into_iter()
+                .find_map(|x| match x {
+                    Attribute::EcPoint(p) => Some(p),
+                    _ => None,
+                })
+                .ok_or_else(|| fail(Code::Key, "the token did not return the public point"))?;
+            // CKA_EC_POINT is a DER OCTET STRING around the point.
+            let raw = if point.len() > 2 && point[0] == 0x04 && point[1] as usize == point.len() - 2 { point[2..].to_vec() } else { point };
+            Ok(PublicKey::Ec { params: oid.to_vec(), point: raw })
+        }
+    }
+}
+
+/// A key found like httpd finds it, for csr, selfsign, check and config.
+pub fn resolve(t: &Target, uri_text: &str) -> Res<(Arc<Hsm>, Arc<KeyRef>)> {
+    let uri = KeyUri::parse(uri_text).map_err(|e| fail(Code::Usage, format!("--key {uri_text}: {e}")))?;
+    let binding = t.binding()?;
+    let hsm = crate::pkcs11::runtime::hsm_for(&binding).map_err(|e| fail(Code::Setup, e.to_string()))?;
+    let key = hsm.resolve(uri_text, &uri).map_err(|e| match e {
+        crate::pkcs11::token::OpError::Setup(m) if m.contains("no private key") || m.contains("private keys with") || m.contains("does not serve") => {
+            fail(Code::Key, m)
+        }
+        other => fail(Code::Setup, other.to_string()),
+    })?;
+    Ok((hsm, Arc::new(key)))
+}
+
+/// The URI for `--label` on the selected token.
+pub fn label_uri(o: &Opts) -> Res<String> {
+    let label = o.need("--label")?;
+    Ok(format!("pkcs11:object={}", pct(label)))
+}
+
+pub fn check(o: &Opts) -> Res<String> {
+    let cert = o.need("--cert")?;
+    let key = o.need("--key")?;
+    let t = Target::from_opts(o)?;
+    let (hsm, k) = resolve(&t, key)?;
+    certcheck::check(cert, &k.public).map_err(|e| fail(if e.contains("does not belong") { Code::Mismatch } else { Code::Other }, e))?;
+    let warnings = hsm.check_mechanisms(&k).map_err(|e| fail(Code::Key, e))?;
+    let mut out = format!("OK: {key} is on token '{}' and belongs to {cert}\n", k.token_label);
+    for w in warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    Ok(out)
+}
+
+pub fn config(o: &Opts) -> Res<String> {
+    let label = o.need("--label")?;
+    let cert = o.need("--cert")?;
+    let t = Target::from_opts(o)?;
+    let uri = label_uri(o)?;
+    let (_, k) = resolve(&t, &uri)?;
+    certcheck::check(cert, &k.public).map_err(|e| fail(if e.contains("does not belong") { Code::Mismatch } else { Code::Other }, e))?;
+    let cert_abs = std::fs::canonicalize(cert).map_err(|e| fail(Code::Other, format!("{cert}: {e}")))?;
+    let server_name = match o.get("--server-name") {
+        Some(n) => n.to_string(),
+        None => cert_common_name(&cert_abs).unwrap_or_else(|| "www.example.com".into()),
+    };
+    let key_uri = format!("pkcs11:token={};object={}", pct(&k.token_label), pct(label));
+    let pin = o.get("--pin").map(str::to_string).unwrap_or_else(|| "env:CLOUDHSM_PIN".into());
+    Ok(format!(
+        "# mod_hsm_ssl: key '{label}' on token '{}'\n\
+         HSMSSLLibrary {}\n\
+         HSMSSLPin     {pin}\n\
+         \n\
+         <VirtualHost *:443>\n    ServerName {server_name}\n    SSLEngine on\n    SSLCertificateFile    {}\n    SSLCertificateKeyFile \"{key_uri}\"\n</VirtualHost>\n",
+        k.token_label,
+        t.library.display(),
+        cert_abs.display()
+    ))
+}
+
+fn cert_common_name(path: &Path) -> Option<String> {
+    let pem = std::fs::read(path).ok()?;
+    let x = openssl::x509::X509::from_pem(&pem).ok()?;
+    let e = x.subject_name().entries_by_nid(openssl::nid::Nid::COMMONNAME).next()?;
+    e.data().as_utf8().ok().map(|s| s.to_string())
+}
+
+struct Listed {
+    label: String,
+    id: Vec<u8>,
+    kind: String,
+    sensitive: bool,
+    extractable: bool,
+    public: Option<PublicKey>,
+}
+
+fn list_keys(s: &Session) -> Res<Vec<Listed>> {
+    let privs = s.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)]).map_err(|e| ck("listing keys", e))?;
+    let mut out = Vec::new();
+    for h in privs {
+        let a = s
+            .get_attributes(h, &[AttributeType::Label, AttributeType::Id, AttributeType::KeyType, AttributeType::Sensitive, AttributeType::Extractable])
+            .map_err(|e| ck("reading key attributes", e))?;
+        let mut l = Listed { label: String::new(), id: Vec::new(), kind: "unknown".into(), sensitive: false, extractable: true, public: None };
+        let mut kt = None;
+        for x in a {
+            match x {
+                Attribute::Label(v) => l.label = String::from_utf8_lossy(&v).into_owned(),
+                Attribute::Id(v) => l.id = v,
+                Attribute::KeyType(k) => kt = Some(k),
+                Attribute::Sensitive(b) => l.sensitive = b,
+                Attribute::Extractable(b) => l.extractable = b,
+                _ => {}
+            }
+        }
+        match kt {
+            Some(KeyType::RSA) => {
+                if let Ok(a) = s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent]) {
+                    let (mut n, mut e) = (Vec::new(), Vec::new());
+                    for x in a {
+                        match x {
+                            Attribute::Modulus(v) => n = v,
+                            Attribute::PublicExponent(v) => e = v,
+                            _ => {}
+                        }
+                    }
+                    let bits = n.iter().position(|&b| b != 0).map_or(0, |i| (n.len() - i) * 8 - n[i].leading_zeros() as usize);
+                    l.kind = format!("RSA {bits}");
+                    l.public = Some(PublicKey::Rsa { n, e });
+                }
+            }
+            Some(KeyType::EC) => {
+                let params = s.get_attributes(h, &[AttributeType::EcParams]).ok().and_then(|a| {
+                    a.into_iter().find_map(|x| match x {
+                        Attribute::EcParams(p) => Some(p),
+                        _ => None,
+                    })
+                });
+                l.kind = match params.as_deref() {
+                    Some([0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]) => "EC P-256".into(),
+                    Some([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]) => "EC P-384".into(),
+                    Some([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23]) => "EC P-521".into(),
+                    _ => "EC (other curve)".into(),
+                };
+                if let Some(params) = params {
+                    let pubs = s
+                        .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(l.id.clone())])
+                        .unwrap_or_default();
+                    if let Some(ph) = pubs.first() {
+                        if let Ok(PublicKey::Ec { point, .. }) = read_public(s, *ph, KeySpec::Ec("", &[])) {
+                            l.public = Some(PublicKey::Ec { params, point });
+                        }
+                    }
+                }
+            }
+            Some(other) => l.kind = format!("{other}"),
+            None => {}
+        }
+        out.push(l);
+    }
+    out.sort_by(|a, b| a.label.cmp(&b.label));
+    Ok(out)
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+pub fn list(o: &Opts) -> Res<String> {
+    let t = Target::from_opts(o)?;
+    let (_ctx, s, token) = t.session()?;
+    let keys = list_keys(&s)?;
+    let cert = o.get("--cert");
+    let matches = |k: &Listed| -> Option<bool> {
+        let c = cert?;
+        Some(k.public.as_ref().is_some_and(|p| certcheck::check(c, p).is_ok()))
+    };
+    if o.flag("--json") {
+        let items: Vec<String> = keys
+            .iter()
+            .map(|k| {
+                let m = match matches(k) {
+                    Some(b) => format!(",\"matches_cert\":{b}"),
+                    None => String::new(),
+                };
+                format!(
+                    "{{\"label\":{},\"id\":{},\"type\":{},\"sensitive\":{},\"extractable\":{}{m}}}",
+                    json_str(&k.label),
+                    json_str(&hex(&k.id)),
+                    json_str(&k.kind),
+                    k.sensitive,
+                    k.extractable
+                )
+            })
+            .collect();
+        return Ok(format!("{{\"token\":{},\"keys\":[{}]}}\n", json_str(&token), items.join(",")));
+    }
+    let mut out = format!("token '{token}': {} private key(s)\n", keys.len());
+    for k in &keys {
+        let m = match matches(k) {
+            Some(true) => "  matches the certificate",
+            Some(false) => "",
+            None => "",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<24} id {:<18} {:<10} {}{}{m}",
+            k.label,
+            hex(&k.id),
+            k.kind,
+            if k.sensitive { "sensitive" } else { "NOT sensitive" },
+            if k.extractable { ", EXTRACTABLE" } else { ", not extractable" }
+        );
+    }
+    if cert.is_some() && !keys.iter().any(|k| matches(k) == Some(true)) {
+        let _ = writeln!(out, "no key on this token matches the certificate");
+    }
+    Ok(out)
+}
+
+pub fn delete(o: &Opts) -> Res<String> {
+    let label = o.need("--label")?.to_string();
+    let t = Target::from_opts(o)?;
+    let (_ctx, s, token) = t.session()?;
+    let objs = with_label(&s, &label)?;
+    if objs.is_empty() {
+        return Err(fail(Code::Key, format!("token '{token}' has no object labelled '{label}'")));
+    }
+    if !o.flag("--yes") {
+        let answer = super::tool::prompt_visible(&format!("Delete {} object(s) labelled '{label}' from token '{token}'? This cannot be undone. [y/N] ", objs.len()))?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Err(fail(Code::Cancelled, "not deleted"));
+        }
+    }
+    for h in &objs {
+        s.destroy_object(*h).map_err(|e| ck("deleting", e))?;
+    }
+    Ok(format!("deleted {} object(s) labelled '{label}' from token '{token}'\n", objs.len()))
+}

@@ -1,0 +1,373 @@
+//! What every key tool command needs: options, the token and PIN (from the
+//! command line or, like httpd, from the HSMSSL* lines of the Apache
+//! configuration), a logged-in session, and errors with exit codes.
+
+use std::fmt;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::session::{Session, UserType};
+
+use crate::pkcs11::pin::PinSource;
+use crate::pkcs11::secret::Secret;
+use crate::pkcs11::token::{ck_error_text, find_token, Binding};
+use crate::pkcs11::uri::TokenSelector;
+
+/// Exit codes (documented in `--help`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// Bad command line.
+    Usage = 1,
+    /// Library, token, PIN or login.
+    Setup = 2,
+    /// The key: not found, label taken, unsupported type or file.
+    Key = 3,
+    /// Certificate and key do not match.
+    Mismatch = 4,
+    /// Reading or writing a file; anything else.
+    Other = 5,
+    /// The user said no.
+    Cancelled = 6,
+}
+
+#[derive(Debug)]
+pub struct Failure {
+    pub code: Code,
+    pub msg: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+pub fn fail(code: Code, msg: impl Into<String>) -> Failure {
+    Failure { code, msg: msg.into() }
+}
+
+pub type Res<T> = Result<T, Failure>;
+
+/// Parsed `--name value` options and bare flags.
+#[derive(Debug, Default)]
+pub struct Opts {
+    pub values: Vec<(String, String)>,
+    pub flags: Vec<String>,
+}
+
+/// Options that take no value.
+const FLAGS: &[&str] = &["--yes", "--json", "--help"];
+
+impl Opts {
+    pub fn parse(args: &[String], allowed: &[&str]) -> Res<Opts> {
+        let mut o = Opts::default();
+        let mut i = 0;
+        while i < args.len() {
+            let a = &args[i];
+            let (name, inline) = match a.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+                _ => (a.clone(), None),
+            };
+            if !name.starts_with("--") {
+                return Err(fail(Code::Usage, format!("unexpected argument '{a}' (options start with --)")));
+            }
+            if !allowed.contains(&name.as_str()) && !COMMON.contains(&name.as_str()) {
+                return Err(fail(Code::Usage, format!("unknown option {name} for this command (see --help)")));
+            }
+            if FLAGS.contains(&name.as_str()) {
+                o.flags.push(name);
+            } else {
+                let v = match inline {
+                    Some(v) => v,
+                    None => {
+                        i += 1;
+                        args.get(i).cloned().ok_or_else(|| fail(Code::Usage, format!("{name} needs a value")))?
+                    }
+                };
+                o.values.push((name, v));
+            }
+            i += 1;
+        }
+        Ok(o)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn need(&self, name: &str) -> Res<&str> {
+        self.get(name).ok_or_else(|| fail(Code::Usage, format!("{name} is required (see --help)")))
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+}
+
+/// Options every command takes.
+pub const COMMON: &[&str] = &["--library", "--token", "--pin", "--httpd-conf", "--help"];
+
+/// HSMSSLLibrary / HSMSSLPin / HSMSSLToken as an Apache configuration
+/// states them (the main file and what it includes).
+#[derive(Debug, Default)]
+pub struct HttpdDefaults {
+    pub library: Option<String>,
+    pub pin: Option<String>,
+    pub token: Option<String>,
+    pub source: Option<PathBuf>,
+}
+
+pub fn default_httpd_conf() -> Option<PathBuf> {
+    ["/etc/httpd/conf/httpd.conf", "/etc/apache2/apache2.conf"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+fn unquote(s: &str) -> String {
+    s.trim().trim_matches('"').to_string()
+}
+
+/// Reads `conf` and the files it includes (Include / IncludeOptional, with
+/// `*` in the last path component), relative to its ServerRoot.
+pub fn read_httpd_defaults(conf: &Path) -> Res<HttpdDefaults> {
+    let mut d = HttpdDefaults { source: Some(conf.to_path_buf()), ..Default::default() };
+    let root = conf.parent().and_then(|p| if p.ends_with("conf") { p.parent() } else { Some(p) }).unwrap_or(Path::new("/"));
+    let mut server_root = root.to_path_buf();
+    let mut queue = vec![conf.to_path_buf()];
+    let mut seen = 0;
+    while let Some(file) = queue.pop() {
+        seen += 1;
+        if seen > 500 {
+            break;
+        }
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if file == conf => return Err(fail(Code::Setup, format!("cannot read {}: {e}", file.display()))),
+            Err(_) => continue,
+        };
+        let mut included = Vec::new();
+        for line in text.lines() {
+            let line = line.trim();
+            let Some((word, rest)) = line.split_once(char::is_whitespace) else { continue };
+            match word.to_ascii_lowercase().as_str() {
+                "serverroot" => server_root = PathBuf::from(unquote(rest)),
+                "hsmssllibrary" => d.library = Some(unquote(rest)),
+                "hsmsslpin" => d.pin = Some(unquote(rest)),
+                "hsmssltoken" => d.token = Some(unquote(rest)),
+                "include" | "includeoptional" => included.push(unquote(rest)),
+                _ => {}
+            }
+        }
+        for inc in included.into_iter().rev() {
+            let p = PathBuf::from(&inc);
+            let p = if p.is_absolute() { p } else { server_root.join(p) };
+            queue.extend(expand_glob(&p));
+        }
+    }
+    Ok(d)
+}
+
+fn expand_glob(p: &Path) -> Vec<PathBuf> {
+    let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let Some((pre, post)) = name.split_once('*') else { return vec![p.to_path_buf()] };
+    let dir = p.parent().unwrap_or(Path::new("/"));
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|e| {
+            let n = e.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            n.starts_with(pre) && n.ends_with(post) && n.len() >= pre.len() + post.len()
+        })
+        .collect();
+    v.sort();
+    v.reverse(); // popped from the end: keep file order
+    v
+}
+
+/// Reads a line from the terminal without echo.
+pub fn prompt_hidden(prompt: &str) -> Res<zeroize::Zeroizing<String>> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|_| fail(Code::Setup, "no PIN source given (--pin, or HSMSSLPin in the Apache configuration) and no terminal to ask on"))?;
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&tty);
+    // SAFETY: termios calls on the open terminal fd with a zeroed struct
+    // that tcgetattr fills; the old settings are restored below.
+    let old = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(fd, &mut t) != 0 {
+            return Err(fail(Code::Setup, "cannot read the terminal settings"));
+        }
+        let old = t;
+        t.c_lflag &= !libc::ECHO;
+        t.c_lflag |= libc::ECHONL;
+        libc::tcsetattr(fd, libc::TCSANOW, &t);
+        old
+    };
+    let mut w = &tty;
+    let _ = write!(w, "{prompt}");
+    let _ = w.flush();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    let r = std::io::BufReader::new(&tty).read_line(&mut line);
+    // SAFETY: restoring the settings read above on the same fd.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &old) };
+    r.map_err(|e| fail(Code::Setup, format!("reading from the terminal: {e}")))?;
+    while line.ends_with('\n') || line.ends_with('\r') {
+        line.pop();
+    }
+    Ok(line)
+}
+
+/// Reads a line from the terminal (for confirmations).
+pub fn prompt_visible(prompt: &str) -> Res<String> {
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|_| fail(Code::Cancelled, "no terminal to confirm on; add --yes"))?;
+    let mut w = &tty;
+    let _ = write!(w, "{prompt}");
+    let _ = w.flush();
+    let mut line = String::new();
+    std::io::BufReader::new(&tty).read_line(&mut line).map_err(|e| fail(Code::Other, format!("reading from the terminal: {e}")))?;
+    Ok(line)
+}
+
+/// The library, token and PIN a command works with.
+pub struct Target {
+    pub library: PathBuf,
+    pub token: TokenSelector,
+    pub pin_source: Option<PinSource>,
+}
+
+impl Target {
+    pub fn from_opts(o: &Opts) -> Res<Target> {
+        let conf = match o.get("--httpd-conf") {
+            Some(p) => Some(PathBuf::from(p)),
+            None => default_httpd_conf(),
+        };
+        let d = match &conf {
+            Some(c) if c.exists() || o.get("--httpd-conf").is_some() => read_httpd_defaults(c)?,
+            _ => HttpdDefaults::default(),
+        };
+        let library = o.get("--library").map(str::to_string).or(d.library).ok_or_else(|| {
+            fail(Code::Setup, "no PKCS#11 library: give --library /path/to/vendor-pkcs11.so (or HSMSSLLibrary in the Apache configuration, --httpd-conf)")
+        })?;
+        let token = match o.get("--token").map(str::to_string).or(d.token) {
+            Some(t) => TokenSelector::parse_directive(&t).map_err(|e| fail(Code::Usage, e.replace("HSMSSLToken", "--token")))?,
+            None => TokenSelector::default(),
+        };
+        let pin_source = match o.get("--pin").map(str::to_string).or(d.pin) {
+            Some(p) => Some(PinSource::parse(&p).map_err(|e| fail(Code::Usage, e.replace("HSMSSLPin", "--pin")))?),
+            None => None,
+        };
+        Ok(Target { library: PathBuf::from(library), token, pin_source })
+    }
+
+    pub fn pin(&self) -> Res<Secret> {
+        match &self.pin_source {
+            Some(s) => s.read().map_err(|e| fail(Code::Setup, e)),
+            None => {
+                let p = prompt_hidden("Token user PIN (CloudHSM: user:password): ")?;
+                if p.is_empty() {
+                    return Err(fail(Code::Setup, "empty PIN"));
+                }
+                Ok(Secret::new(p.as_bytes().to_vec()))
+            }
+        }
+    }
+
+    /// What the module's token layer needs, for commands that resolve a
+    /// key like httpd does (csr, selfsign, check, config).
+    pub fn binding(&self) -> Res<Arc<Binding>> {
+        Ok(Arc::new(Binding {
+            library: self.library.clone(),
+            pin: Arc::new(self.pin()?),
+            default_token: self.token.clone(),
+            max_sessions: 2,
+            session_wait: Duration::from_secs(30),
+            op_timeout: Duration::from_secs(30),
+        }))
+    }
+
+    /// A logged-in R/W session, for commands that create or delete objects.
+    pub fn session(&self) -> Res<(Pkcs11, Session, String)> {
+        let lib = &self.library;
+        let ctx = Pkcs11::new(lib).map_err(|e| fail(Code::Setup, format!("{}: {}", lib.display(), ck_error_text(&e))))?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(fail(Code::Setup, format!("{}: {}", lib.display(), ck_error_text(&e)))),
+        }
+        let (slot, info) = find_token(&ctx, &self.token, lib).map_err(|e| fail(Code::Setup, e))?;
+        let label = info.label().trim().to_string();
+        if info.user_pin_locked() {
+            return Err(fail(Code::Setup, format!("token '{label}': the user PIN is locked; not trying to log in")));
+        }
+        if info.user_pin_final_try() {
+            return Err(fail(Code::Setup, format!("token '{label}': the next wrong PIN would lock the user; not trying to log in")));
+        }
+        let session = ctx
+            .open_rw_session(slot)
+            .map_err(|e| fail(Code::Setup, format!("token '{label}': {}", ck_error_text(&e))))?;
+        let pin = self.pin()?;
+        match session.login_with_raw(UserType::User, &pin.to_raw_auth_pin()) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
+                return Err(fail(Code::Setup, format!("token '{label}': wrong PIN (CKR_PIN_INCORRECT); tried once")))
+            }
+            Err(e) => return Err(fail(Code::Setup, format!("token '{label}': login failed: {}", ck_error_text(&e)))),
+        }
+        pin.wipe();
+        Ok((ctx, session, label))
+    }
+}
+
+/// A token label as it goes into a `pkcs11:` URI.
+pub fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn options_parse_values_flags_and_refuse_unknowns() {
+        let o = Opts::parse(&args(&["--label", "www", "--type=rsa:2048", "--yes"]), &["--label", "--type", "--yes"]).unwrap();
+        assert_eq!(o.get("--label"), Some("www"));
+        assert_eq!(o.get("--type"), Some("rsa:2048"));
+        assert!(o.flag("--yes"));
+        assert_eq!(Opts::parse(&args(&["--colour", "red"]), &["--label"]).unwrap_err().code, Code::Usage);
+        assert_eq!(Opts::parse(&args(&["--label"]), &["--label"]).unwrap_err().code, Code::Usage);
+        assert_eq!(Opts::parse(&args(&["stray"]), &["--label"]).unwrap_err().code, Code::Usage);
+    }
+
+    #[test]
+    fn httpd_defaults_come_from_the_main_file_and_its_includes() {
+        let d = std::env::temp_dir().join(format!("keytool-conf-{}", std::process::id()));
+        std::fs::create_dir_all(d.join("conf.d")).unwrap();
+        std::fs::write(d.join("httpd.conf"), format!("ServerRoot {}\nHSMSSLLibrary /lib/p11.so\nIncludeOptional conf.d/*.conf\n", d.display())).unwrap();
+        std::fs::write(d.join("conf.d/hsm.conf"), "HSMSSLPin \"env:CLOUDHSM_PIN\"\nHSMSSLToken web\n").unwrap();
+        let x = read_httpd_defaults(&d.join("httpd.conf")).unwrap();
+        assert_eq!(x.library.as_deref(), Some("/lib/p11.so"));
+        assert_eq!(x.pin.as_deref(), Some("env:CLOUDHSM_PIN"));
+        assert_eq!(x.token.as_deref(), Some("web"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn labels_are_percent_encoded_for_uris() {
+        assert_eq!(pct("www rsa;1"), "www%20rsa%3B1");
+    }
+}

@@ -1,0 +1,225 @@
+//! hsm-ssl-keytool against fresh SoftHSM2 tokens, checked with independent
+//! tools (pkcs11-tool, openssl) and a real Apache serving its key.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::*;
+
+const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// Runs the key tool on `token` with --library/--pin given explicitly.
+fn kt(token: &Token, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"));
+    c.args(args)
+        .args(["--library", SOFTHSM, "--token", &token.label, "--pin", "env:KT_PIN"])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("KT_PIN", &token.pin)
+        .stdin(std::process::Stdio::null());
+    c.output().expect("run hsm-ssl-keytool")
+}
+
+fn ok(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "keytool failed ({:?}):\n{out}\n{}", o.status.code(), String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn err(o: &Output, code: i32) -> String {
+    let e = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(code), "stdout:\n{}\nstderr:\n{e}", String::from_utf8_lossy(&o.stdout));
+    e
+}
+
+fn openssl(args: &[&str]) -> Output {
+    Command::new("openssl").args(args).output().unwrap()
+}
+
+fn private_block(token: &Token, label: &str) -> String {
+    let out = token.pkcs11_tool_login().args(["--list-objects", "--type", "privkey"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split("Private Key Object")
+        .find(|b| b.lines().any(|l| l.trim() == format!("label:      {label}")))
+        .unwrap_or_else(|| panic!("no private key {label}:\n{text}"))
+        .to_string()
+}
+
+#[test]
+fn generate_makes_sensitive_non_extractable_key_pairs_and_refuses_a_taken_label() {
+    let token = Token::new("kt");
+    for (label, ty, kind) in [("www-rsa", "rsa:2048", "RSA"), ("www-ec", "ec:P-256", "EC"), ("www-ec384", "ec:P-384", "EC")] {
+        let out = ok(&kt(&token, &["generate", "--label", label, "--type", ty]));
+        assert!(out.contains(&format!("key URI for SSLCertificateKeyFile: \"pkcs11:token=kt;object={label}\"")), "{out}");
+        let b = private_block(&token, label);
+        assert!(b.contains(kind), "{b}");
+        assert!(b.contains("sensitive") && b.contains("never extractable"), "not protected:\n{b}");
+        assert!(b.contains("sign"), "{b}");
+        if kind == "RSA" {
+            assert!(b.contains("decrypt"), "{b}");
+        }
+        token.assert_private_key_protected(label);
+        // The public key is there too, with the same id.
+        let id = b.lines().find_map(|l| l.trim().strip_prefix("ID:").map(|v| v.trim().to_string())).unwrap();
+        let pubs = token.pkcs11_tool().args(["--list-objects", "--type", "pubkey"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&pubs.stdout).contains(&id), "no public key with id {id}");
+    }
+    let e = err(&kt(&token, &["generate", "--label", "www-rsa", "--type", "rsa:2048"]), 3);
+    assert!(e.contains("already has objects labelled 'www-rsa'"), "{e}");
+    let e = err(&kt(&token, &["generate", "--label", "x", "--type", "dsa:1024"]), 1);
+    assert!(e.contains("--type dsa:1024"), "{e}");
+}
+
+#[test]
+fn csr_and_selfsign_are_signed_by_the_token_key_and_verify_with_openssl() {
+    let token = Token::new("kt");
+    let dir = TestDir::new("kt-x509");
+    for (label, ty) in [("www-rsa", "rsa:2048"), ("www-ec", "ec:P-256")] {
+        ok(&kt(&token, &["generate", "--label", label, "--type", ty]));
+        let csr = dir.path().join(format!("{label}.csr"));
+        let out = ok(&kt(&token, &["csr", "--label", label, "--subject", "CN=www.example.com,O=Example", "--san", "DNS:www.example.com,IP:127.0.0.1", "--out", csr.to_str().unwrap()]));
+        assert!(out.contains("written to"), "{out}");
+        let v = openssl(&["req", "-in", csr.to_str().unwrap(), "-verify", "-noout", "-text"]);
+        let text = String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
+        assert!(v.status.success() && text.contains("verify OK"), "{text}");
+        assert!(text.contains("CN = www.example.com") && text.contains("DNS:www.example.com") && text.contains("IP Address:127.0.0.1"), "{text}");
+
+        let crt = dir.path().join(format!("{label}.crt"));
+        ok(&kt(&token, &["selfsign", "--label", label, "--subject", "CN=localhost", "--san", "DNS:localhost", "--days", "30", "--out", crt.to_str().unwrap()]));
+        let x = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-text"]);
+        let text = String::from_utf8_lossy(&x.stdout);
+        assert!(x.status.success() && text.contains("DNS:localhost") && text.contains("TLS Web Server Authentication"), "{text}");
+        // The certificate's key is the token key, as the module checks it.
+        let out = ok(&kt(&token, &["check", "--cert", crt.to_str().unwrap(), "--key", &format!("pkcs11:object={label}")]));
+        assert!(out.starts_with("OK:"), "{out}");
+        // Its self-signature verifies (-check_ss_sig: plain `verify` would
+        // not look at the signature of a trusted self-signed certificate).
+        let c = crt.to_str().unwrap();
+        let v = openssl(&["verify", "-check_ss_sig", "-partial_chain", "-purpose", "sslserver", "-trusted", c, c]);
+        let t = String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
+        assert!(v.status.success() && t.contains(": OK"), "{t}");
+    }
+}
+
+#[test]
+fn list_check_delete_and_config_work_and_mismatches_exit_4() {
+    let token = Token::new("kt");
+    let dir = TestDir::new("kt-list");
+    ok(&kt(&token, &["generate", "--label", "www-rsa", "--type", "rsa:2048"]));
+    ok(&kt(&token, &["generate", "--label", "www-ec", "--type", "ec:P-256"]));
+    let crt = dir.path().join("rsa.crt");
+    ok(&kt(&token, &["selfsign", "--label", "www-rsa", "--subject", "CN=www.example.com", "--days", "10", "--out", crt.to_str().unwrap()]));
+
+    let json = ok(&kt(&token, &["list", "--json", "--cert", crt.to_str().unwrap()]));
+    assert!(json.contains("\"token\":\"kt\""), "{json}");
+    assert!(json.contains("{\"label\":\"www-rsa\"") && json.contains("\"type\":\"RSA 2048\"") && json.contains("\"matches_cert\":true"), "{json}");
+    assert!(json.contains("{\"label\":\"www-ec\"") && json.contains("\"type\":\"EC P-256\"") && json.contains("\"matches_cert\":false"), "{json}");
+    assert!(json.contains("\"sensitive\":true,\"extractable\":false"), "{json}");
+    let text = ok(&kt(&token, &["list", "--cert", crt.to_str().unwrap()]));
+    assert!(text.contains("www-rsa") && text.contains("matches the certificate"), "{text}");
+
+    let e = err(&kt(&token, &["check", "--cert", crt.to_str().unwrap(), "--key", "pkcs11:object=www-ec"]), 4);
+    assert!(e.contains("does not belong") && e.matches("sha256:").count() == 2, "{e}");
+    let e = err(&kt(&token, &["check", "--cert", crt.to_str().unwrap(), "--key", "pkcs11:object=nope"]), 3);
+    assert!(e.contains("no private key with label 'nope'"), "{e}");
+
+    let conf = ok(&kt(&token, &["config", "--label", "www-rsa", "--cert", crt.to_str().unwrap()]));
+    assert!(conf.contains("ServerName www.example.com") && conf.contains("SSLCertificateKeyFile \"pkcs11:token=kt;object=www-rsa\""), "{conf}");
+    assert!(conf.contains(&format!("HSMSSLLibrary {SOFTHSM}")) && !conf.contains(&token.pin), "{conf}");
+
+    let e = err(&kt(&token, &["delete", "--label", "www-ec"]), 6);
+    assert!(e.contains("--yes"), "{e}");
+    let out = ok(&kt(&token, &["delete", "--label", "www-ec", "--yes"]));
+    assert!(out.contains("deleted 2 object(s)"), "{out}");
+    let json = ok(&kt(&token, &["list", "--json"]));
+    assert!(!json.contains("www-ec"), "{json}");
+}
+
+#[test]
+fn token_and_pin_come_from_the_apache_configuration_and_a_wrong_pin_is_not_printed() {
+    let token = Token::new("kt");
+    let dir = TestDir::new("kt-conf");
+    let pin = dir.path().join("pin");
+    std::fs::write(&pin, format!("{}\n", token.pin)).unwrap();
+    chmod(&pin, 0o600);
+    let conf = dir.path().join("httpd.conf");
+    std::fs::write(&conf, format!("ServerRoot {}\nInclude hsm*.conf\n", dir.path().display())).unwrap();
+    std::fs::write(dir.path().join("hsm-ssl.conf"), format!("HSMSSLLibrary {SOFTHSM}\nHSMSSLPin file:{}\nHSMSSLToken kt\n", pin.display())).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+            .args(args)
+            .args(["--httpd-conf", conf.to_str().unwrap()])
+            .env("SOFTHSM2_CONF", &token.conf)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    ok(&run(&["generate", "--label", "from-conf", "--type", "ec:P-256"]));
+    assert!(ok(&run(&["list"])).contains("from-conf"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+        .args(["list", "--library", SOFTHSM, "--pin", "env:KT_BAD"])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("KT_BAD", "hsm-user:definitely-wrong")
+        .output()
+        .unwrap();
+    let e = err(&bad, 2);
+    assert!(e.contains("wrong PIN") && !e.contains("definitely-wrong"), "{e}");
+    let e = err(&Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool")).args(["frobnicate"]).output().unwrap(), 1);
+    assert!(e.contains("unknown command") && e.contains("exit codes"), "{e}");
+}
+
+#[test]
+fn apache_serves_with_a_key_from_generate_and_a_certificate_from_selfsign() {
+    let mut s = Site::new("kt-serve", Mpm::Event);
+    ok(&kt(&s.token, &["generate", "--label", "served", "--type", "rsa:2048"]));
+    let crt = s.pki.path().join("served.crt");
+    ok(&kt(&s.token, &["selfsign", "--label", "served", "--subject", "CN=localhost", "--san", "DNS:localhost", "--days", "2", "--out", crt.to_str().unwrap()]));
+    chmod(&crt, 0o644);
+    s.apache.reconfigure(|c| {
+        c.vhosts.push(ssl_vhost("localhost", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=served\"", crt.display())))
+    });
+    // Site's token is labelled "web": generate ran on it (kt uses --token web).
+    s.start();
+    let r = tls_get(s.apache.port, &ClientOpts { cafile: Some(crt.clone()), ..tls("1.3") });
+    assert!(r.ok && r.http_status == Some(200), "{}\n{}", r.raw, s.apache.error_log());
+    assert_eq!(r.peer_sig_type.as_deref(), Some("RSA-PSS"));
+    assert!(s.p11.sign_ops() >= 1);
+}
+
+#[test]
+fn import_puts_an_encrypted_pem_key_into_the_token_and_says_how_to_remove_the_file() {
+    let token = Token::new("kt");
+    let dir = TestDir::new("kt-import");
+    let key = dir.path().join("old.key");
+    let o = openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-aes256", "-pass", "pass:file-secret", "-out", key.to_str().unwrap()]);
+    assert!(o.status.success());
+    let out = Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+        .args(["import", "--label", "old", "--key", key.to_str().unwrap(), "--passphrase", "env:KT_PASS"])
+        .args(["--library", SOFTHSM, "--token", "kt", "--pin", "env:KT_PIN"])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("KT_PIN", &token.pin)
+        .env("KT_PASS", "file-secret")
+        .output()
+        .unwrap();
+    let text = ok(&out);
+    assert!(text.contains("imported 'old'") && text.contains("shred -u"), "{text}");
+    assert!(!text.contains("file-secret"), "{text}");
+    let b = private_block(&token, "old");
+    assert!(b.contains("sensitive"), "{b}");
+    // The token key is the file's key: a certificate for it checks out.
+    let crt = dir.path().join("old.crt");
+    ok(&kt(&token, &["selfsign", "--label", "old", "--subject", "CN=old.example", "--days", "5", "--out", crt.to_str().unwrap()]));
+    let from_file = openssl(&["pkey", "-in", key.to_str().unwrap(), "-passin", "pass:file-secret", "-pubout"]).stdout;
+    let from_cert = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-pubkey"]).stdout;
+    assert_eq!(from_file, from_cert);
+    let e = Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+        .args(["import", "--label", "again", "--key", key.to_str().unwrap(), "--passphrase", "env:KT_PASS"])
+        .args(["--library", SOFTHSM, "--token", "kt", "--pin", "env:KT_PIN"])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("KT_PIN", &token.pin)
+        .env("KT_PASS", "wrong")
+        .output()
+        .unwrap();
+    let msg = err(&e, 3);
+    assert!(msg.contains("wrong passphrase") && !msg.contains("file-secret"), "{msg}");
+}
