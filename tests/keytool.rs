@@ -223,3 +223,32 @@ fn import_puts_an_encrypted_pem_key_into_the_token_and_says_how_to_remove_the_fi
     let msg = err(&e, 3);
     assert!(msg.contains("wrong passphrase") && !msg.contains("file-secret"), "{msg}");
 }
+
+#[test]
+fn without_a_pin_source_the_tool_asks_on_the_terminal_without_echo() {
+    let token = Token::new("kt");
+    // `script` gives the tool a real terminal; the PIN is typed into it.
+    let cmd = format!(
+        "{} list --library {SOFTHSM} --token kt --httpd-conf /dev/null",
+        env!("CARGO_BIN_EXE_hsm-ssl-keytool")
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        stdin.write_all(format!("{}\n", token.pin).as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("Token user PIN"), "no prompt:\n{text}");
+    assert!(text.contains("token 'kt': 0 private key(s)"), "{text}");
+    assert!(!text.contains(&token.pin), "the PIN was echoed:\n{text}");
+}
