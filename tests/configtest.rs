@@ -102,12 +102,14 @@ fn an_absent_token_or_two_matching_tokens_are_refused() {
     let out = s
         .token
         .softhsm_util()
-        .args(["--init-token", "--free", "--label", "web2", "--pin", "1111", "--so-pin", "2222"])
+        .args(["--init-token", "--free", "--label", "backup", "--pin", "1111", "--so-pin", "2222"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (pkcs11-tool --token-label matches label prefixes, so the second
+    // token's label must not start with "web".)
     serve_uri(&mut s, "www-rsa", "pkcs11:object=www-rsa");
-    refused(&mut s, &["2 tokens match", "'web'", "'web2'", "HSMSSLToken"]);
+    refused(&mut s, &["2 tokens match", "'web'", "'backup'", "HSMSSLToken"]);
 }
 
 // 4. PIN sources
