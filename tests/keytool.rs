@@ -55,9 +55,13 @@ fn generate_makes_sensitive_non_extractable_key_pairs_and_refuses_a_taken_label(
         assert!(b.contains(kind), "{b}");
         assert!(b.contains("sensitive") && b.contains("never extractable"), "not protected:\n{b}");
         assert!(b.contains("sign"), "{b}");
+        let usage = b.lines().find(|l| l.trim_start().starts_with("Usage:")).unwrap_or_default().to_string();
         if kind == "RSA" {
-            assert!(b.contains("decrypt"), "{b}");
+            assert!(usage.contains("decrypt"), "{usage}");
+        } else {
+            assert!(!usage.contains("decrypt") && !usage.contains("derive"), "EC key may do more than sign: {usage}");
         }
+        assert!(!usage.contains("unwrap"), "{usage}");
         token.assert_private_key_protected(label);
         // The public key is there too, with the same id.
         let id = b.lines().find_map(|l| l.trim().strip_prefix("ID:").map(|v| v.trim().to_string())).unwrap();

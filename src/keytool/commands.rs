@@ -110,6 +110,9 @@ pub fn generate(o: &Opts) -> Res<String> {
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
+        // Nothing but what TLS needs: no unwrapping, no derivation.
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
         Attribute::Label(label.as_bytes().to_vec()),
         Attribute::Id(id.clone()),
     ];
@@ -126,7 +129,9 @@ pub fn generate(o: &Opts) -> Res<String> {
         KeySpec::Ec(_, oid) => {
             let mut p = common_pub.clone();
             p.push(Attribute::EcParams(oid.to_vec()));
-            (Mechanism::EccKeyPairGen, p, common_priv.clone())
+            let mut q = common_priv.clone();
+            q.push(Attribute::Decrypt(false));
+            (Mechanism::EccKeyPairGen, p, q)
         }
     };
     pubt.shrink_to_fit();
