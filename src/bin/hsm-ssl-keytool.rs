@@ -69,7 +69,7 @@ fn import_cmd(o: &Opts) -> Res<String> {
     let mut ask = move || -> Result<zeroize::Zeroizing<String>, String> {
         match &pass_source {
             Some(src) => {
-                let s = src.read().map_err(|e| e.replace("HSMSSLPin", "--passphrase"))?;
+                let s = src.read().map_err(|e| mod_hsm_ssl::keytool::tool::for_the_tool(&e).replace("HSMSSLPin", "--passphrase"))?;
                 Ok(s.with_bytes(|b| zeroize::Zeroizing::new(String::from_utf8_lossy(b).into_owned())))
             }
             None => mod_hsm_ssl::keytool::tool::prompt_hidden(&format!("Passphrase for {}: ", path.display())).map_err(|f| f.msg),

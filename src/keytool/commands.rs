@@ -232,7 +232,7 @@ pub fn config(o: &Opts) -> Res<String> {
         None => cert_common_name(&cert_abs).unwrap_or_else(|| "www.example.com".into()),
     };
     let key_uri = format!("pkcs11:token={};object={}", pct(&k.token_label), pct(label));
-    let pin = o.get("--pin").map(str::to_string).unwrap_or_else(|| "env:CLOUDHSM_PIN".into());
+    let pin = t.pin_source.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "env:CLOUDHSM_PIN".into());
     Ok(format!(
         "# mod_hsm_ssl: key '{label}' on token '{}'\n\
          HSMSSLLibrary {}\n\

@@ -271,7 +271,7 @@ impl Target {
 
     pub fn pin(&self) -> Res<Secret> {
         match &self.pin_source {
-            Some(s) => s.read().map_err(|e| fail(Code::Setup, e)),
+            Some(s) => s.read().map_err(|e| fail(Code::Setup, for_the_tool(&e))),
             None => {
                 let p = prompt_hidden("Token user PIN (CloudHSM: user:password): ")?;
                 if p.is_empty() {
@@ -324,6 +324,14 @@ impl Target {
         }
         pin.wipe();
         Ok((ctx, session, label))
+    }
+}
+
+/// The PIN-source messages speak of httpd; the tool runs in a shell.
+pub fn for_the_tool(msg: &str) -> String {
+    match msg.find("is not set in httpd's environment") {
+        Some(i) => format!("{}is not set in this shell's environment (export it, or use --pin file:/path)", &msg[..i]),
+        None => msg.to_string(),
     }
 }
 
