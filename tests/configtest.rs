@@ -364,6 +364,7 @@ fn a_library_whose_initialization_hangs_fails_configtest_within_the_bound() {
     let t = std::time::Instant::now();
     let (code, out) = s.apache.configtest();
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("loading and initializing the PKCS#11 library did not return within 1 s"), "{out}");
+    // (the outer step bound or the inner open bound fires first: "1 s" or "1000 ms")
+    assert!(out.contains("loading and initializing the PKCS#11 library did not return within 1"), "{out}");
     assert!(t.elapsed() < std::time::Duration::from_secs(10), "configtest took {:?}", t.elapsed());
 }
