@@ -166,6 +166,7 @@ else
     # apxs -i without -c compiles nothing: it installs the given .so with
     # instdso.sh (libtool --mode=install). Its "dlname not found" warning
     # only means the file is a plain .so rather than a libtool archive.
+    echo "    running in $WORK: $APXS -i -n hsm_ssl -S LIBEXECDIR=$LIBEXECDIR mod_hsm_ssl.so"
     (cd "$WORK" && "$APXS" -i -n hsm_ssl -S LIBEXECDIR="$LIBEXECDIR" mod_hsm_ssl.so) \
         || die "apxs -i failed" "read the apxs output above; check that $LIBEXECDIR is writable"
     cmp -s "$LIB" "$LIBEXECDIR/mod_hsm_ssl.so" \
