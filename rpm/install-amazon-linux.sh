@@ -47,7 +47,8 @@ Options:
 Environment (for tests and unusual layouts):
   CLOUDHSM_PKCS11_LIB  the PKCS#11 library
                        (default /opt/cloudhsm/lib/libcloudhsm_pkcs11.so)
-  HSM_SSL_ROOT         prefix for every /etc path this script reads or writes
+  HSM_SSL_ROOT         prefix for every /etc path (and the systemd unit
+                       directories) this script reads or writes
 EOF
 }
 
