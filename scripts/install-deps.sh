@@ -26,6 +26,11 @@ PACKAGES=(
     curl
     openssl          # openssl s_client / x509 / req used by the test harness
     ca-certificates
+    rpm              # rpmbuild, rpm: rpm/build.sh and tests/packaging_rpm.rs
+    rpm2cpio         # extracting the built RPM in tests/packaging_rpm.rs
+    cpio
+    rpmlint          # lints the RPM (tests/packaging_rpm.rs)
+    shellcheck       # rpm/build.sh must stay shellcheck clean
 )
 
 export DEBIAN_FRONTEND=noninteractive
