@@ -10,7 +10,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 
 use super::tool::{fail, pct, Code, Opts, Res, Target};
-use crate::pkcs11::token::{Hsm, KeyRef, PublicKey};
+use crate::pkcs11::token::{rsa_public, Hsm, KeyRef, PublicKey};
 use crate::pkcs11::uri::{hex, KeyUri};
 use crate::tls::certcheck;
 
@@ -157,18 +157,7 @@ pub fn generate(o: &Opts) -> Res<String> {
 
 fn read_public(s: &Session, h: ObjectHandle, spec: KeySpec) -> Res<PublicKey> {
     match spec {
-        KeySpec::Rsa(_) => {
-            let a = s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent]).map_err(|e| ck("reading the public key", e))?;
-            let (mut n, mut e) = (Vec::new(), Vec::new());
-            for x in a {
-                match x {
-                    Attribute::Modulus(v) => n = v,
-                    Attribute::PublicExponent(v) => e = v,
-                    _ => {}
-                }
-            }
-            Ok(PublicKey::Rsa { n, e })
-        }
+        KeySpec::Rsa(_) => rsa_public(s, h).map_err(|e| ck("reading the public key", e)),
         KeySpec::Ec(_, oid) => {
             let a = s.get_attributes(h, &[AttributeType::EcPoint]).map_err(|e| ck("reading the public key", e))?;
             let point = a
@@ -282,15 +271,7 @@ fn list_keys(s: &Session) -> Res<Vec<Listed>> {
         }
         match kt {
             Some(KeyType::RSA) => {
-                if let Ok(a) = s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent]) {
-                    let (mut n, mut e) = (Vec::new(), Vec::new());
-                    for x in a {
-                        match x {
-                            Attribute::Modulus(v) => n = v,
-                            Attribute::PublicExponent(v) => e = v,
-                            _ => {}
-                        }
-                    }
+                if let Ok(PublicKey::Rsa { n, e }) = rsa_public(s, h) {
                     let bits = n.iter().position(|&b| b != 0).map_or(0, |i| (n.len() - i) * 8 - n[i].leading_zeros() as usize);
                     l.kind = format!("RSA {bits}");
                     l.public = Some(PublicKey::Rsa { n, e });

@@ -515,21 +515,11 @@ impl Hsm {
         }
         let public = match key_type {
             Some(KeyType::RSA) => {
-                let a = s
-                    .get_attributes(handle, &[AttributeType::Modulus, AttributeType::PublicExponent])
-                    .map_err(|e| format!("reading the RSA public key: {}", ck_error_text(&e)))?;
-                let (mut n, mut e) = (Vec::new(), Vec::new());
-                for x in a {
-                    match x {
-                        Attribute::Modulus(v) => n = v,
-                        Attribute::PublicExponent(v) => e = v,
-                        _ => {}
-                    }
-                }
-                if n.is_empty() || e.is_empty() {
+                let public = rsa_public(s, handle).map_err(|e| format!("reading the RSA public key: {}", ck_error_text(&e)))?;
+                if matches!(&public, PublicKey::Rsa { n, e } if n.is_empty() || e.is_empty()) {
                     return Err("the token does not reveal the RSA key's modulus and exponent".into());
                 }
-                PublicKey::Rsa { n, e }
+                public
             }
             Some(KeyType::EC) => {
                 let params = match s.get_attributes(handle, &[AttributeType::EcParams]) {
@@ -852,6 +842,20 @@ pub fn find_token(ctx: &Pkcs11, sel: &TokenSelector, library: &std::path::Path) 
     }
 }
 
+
+/// CKA_MODULUS and CKA_PUBLIC_EXPONENT of an RSA key object (private or
+/// public); empty when the token does not reveal them.
+pub fn rsa_public(s: &Session, h: ObjectHandle) -> Result<PublicKey, CkError> {
+    let (mut n, mut e) = (Vec::new(), Vec::new());
+    for x in s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])? {
+        match x {
+            Attribute::Modulus(v) => n = v,
+            Attribute::PublicExponent(v) => e = v,
+            _ => {}
+        }
+    }
+    Ok(PublicKey::Rsa { n, e })
+}
 
 /// CKA_EC_POINT is a DER OCTET STRING holding the point; some tokens store
 /// the raw point. Returns the raw uncompressed point.
