@@ -169,3 +169,18 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn serving_works_with_mod_hsm_ssl_loaded_before_mod_ssl() {
+    let mut s = Site::with_config("loadfirst", ApacheConfig::new("loadfirst").mpm(Mpm::Event));
+    s.apache.reconfigure(|c| c.module_first = true);
+    s.key("www-rsa", "rsa:2048");
+    s.vhost("localhost", &["www-rsa"]);
+    s.start();
+    let conf = std::fs::read_to_string(s.apache.dir().join("httpd.conf")).unwrap();
+    let (hsm, ssl) = (conf.find("LoadModule hsm_ssl_module").unwrap(), conf.find("LoadModule ssl_module").unwrap());
+    assert!(hsm < ssl, "the test must load mod_hsm_ssl first");
+    let before = s.p11.sign_ops();
+    s.get(tls("1.3"));
+    assert_eq!(s.p11.sign_ops() - before, 1);
+}
