@@ -33,6 +33,16 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SPEC="$REPO/rpm/mod_hsm_ssl.spec"
 NAME=mod_hsm_ssl
 
+case "${1:-}" in
+    -h|--help)
+        sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    -*)
+        echo "build.sh: unknown option $1 (usage: bash rpm/build.sh [WORKDIR])" >&2
+        exit 1
+        ;;
+esac
 WORKDIR="${1:-$REPO/target/rpm}"
 mkdir -p "$WORKDIR"
 WORKDIR="$(cd "$WORKDIR" && pwd)"
