@@ -84,12 +84,14 @@ unsafe extern "C" fn gettable_params(_provctx: *mut c_void) -> *const OSSL_PARAM
 }
 
 unsafe extern "C" fn get_params(_provctx: *mut c_void, params: *mut OSSL_PARAM) -> c_int {
-    // SAFETY: params is OpenSSL's valid END-terminated array.
-    unsafe {
-        (prm::set_utf8(params, ossl::OSSL_PROV_PARAM_NAME, c"mod_hsm_ssl PKCS#11 keys")
-            && prm::set_utf8(params, ossl::OSSL_PROV_PARAM_VERSION, VERSION)
-            && prm::set_int(params, ossl::OSSL_PROV_PARAM_STATUS, 1)) as c_int
-    }
+    crate::ffi::guard("provider get_params", 0, || {
+        // SAFETY: params is OpenSSL's valid END-terminated array.
+        unsafe {
+            (prm::set_utf8(params, ossl::OSSL_PROV_PARAM_NAME, c"mod_hsm_ssl PKCS#11 keys")
+                && prm::set_utf8(params, ossl::OSSL_PROV_PARAM_VERSION, VERSION)
+                && prm::set_int(params, ossl::OSSL_PROV_PARAM_STATUS, 1)) as c_int
+        }
+    })
 }
 
 const VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
