@@ -61,16 +61,13 @@ pub struct KeyRef {
     pub can_sign: bool,
     pub can_decrypt: bool,
     pub binding: Arc<Binding>,
+    /// Token serial, CKA_ID, CKA_LABEL: the key of the per-process handle
+    /// cache, built once so a handshake's lookup copies nothing.
+    ident: KeyIdent,
 }
 
 /// How a child finds a key again: token serial, CKA_ID, CKA_LABEL.
 type KeyIdent = (String, Vec<u8>, Option<String>);
-
-impl KeyRef {
-    fn ident(&self) -> KeyIdent {
-        (self.token_serial.clone(), self.id.clone(), self.label.clone())
-    }
-}
 
 /// An error of a private-key operation, classified by what can be done
 /// about it.
@@ -547,6 +544,7 @@ impl Hsm {
             None => return Err("the token does not say what type the key is".into()),
         };
         Ok(KeyRef {
+            ident: (tok.serial.clone(), id.clone(), label.clone()),
             uri_text: uri_text.to_string(),
             token_serial: tok.serial.clone(),
             token_label: tok.label.clone(),
@@ -679,8 +677,7 @@ impl Hsm {
 
     /// The handle of `key` in this process, found once and cached.
     fn key_handle(&self, key: &KeyRef) -> Result<(Arc<TokenState>, ObjectHandle), OpError> {
-        let ident = key.ident();
-        if let Some(v) = self.handles.lock().get(&ident) {
+        if let Some(v) = self.handles.lock().get(&key.ident) {
             return Ok(v.clone());
         }
         let sel = TokenSelector { serial: Some(key.token_serial.clone()), ..Default::default() };
@@ -699,7 +696,7 @@ impl Hsm {
         match found.as_slice() {
             [h] => {
                 let v = (tok, *h);
-                self.handles.lock().insert(ident, v.clone());
+                self.handles.lock().insert(key.ident.clone(), v.clone());
                 Ok(v)
             }
             other => Err(OpError::Setup(format!(
