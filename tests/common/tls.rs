@@ -27,6 +27,11 @@ pub struct ClientOpts {
     pub path: Option<String>,
     /// Give up (kill s_client) after this long; default 20 s.
     pub timeout: Option<Duration>,
+    /// Save the session (TLS 1.3: the last ticket received) to this file
+    /// (`-sess_out`).
+    pub sess_out: Option<PathBuf>,
+    /// Offer the session saved in this file for resumption (`-sess_in`).
+    pub sess_in: Option<PathBuf>,
 }
 
 /// What [`tls_get`] saw.
@@ -46,6 +51,9 @@ pub struct TlsResult {
     pub server_key: Option<String>,
     /// "Verify return code: 0 (ok)" seen.
     pub verified: bool,
+    /// s_client printed "Reused, ..." (an abbreviated handshake) rather than
+    /// "New, ...".
+    pub reused: bool,
     /// Status code of the HTTP response, if one arrived.
     pub http_status: Option<u16>,
     /// Everything from the HTTP status line on (headers + body).
@@ -84,6 +92,12 @@ pub fn tls_get(port: u16, opts: &ClientOpts) -> TlsResult {
     }
     if let Some(s) = &opts.sigalgs {
         cmd.args(["-sigalgs", s]);
+    }
+    if let Some(f) = &opts.sess_out {
+        cmd.arg("-sess_out").arg(f);
+    }
+    if let Some(f) = &opts.sess_in {
+        cmd.arg("-sess_in").arg(f);
     }
     if let Some(ca) = &opts.cafile {
         cmd.arg("-CAfile").arg(ca).arg("-verify_return_error").args(["-verify_hostname", &servername]);
@@ -182,6 +196,8 @@ pub fn parse_s_client(raw: &str) -> TlsResult {
             r.peer_sig_digest = Some(v.to_string());
         } else if after(line, "Verify return code: 0 (ok)").is_some() {
             r.verified = true;
+        } else if line.starts_with("Reused, ") {
+            r.reused = true;
         }
         // Fallback for the key when the chain line is absent.
         if r.server_key.is_none() {
