@@ -24,16 +24,39 @@
 //!    that class, e.g. to make a token refuse plaintext private keys while
 //!    it still takes public and secret keys.
 //!
+//! 3. **benchmark mode**: if env `HSM_P11WRAP_SHM` names a file of at least
+//!    4096 bytes whose first word holds the magic (layout in [`shm_layout`]),
+//!    the wrapper maps it `MAP_SHARED` at its first call and, per wrapped
+//!    call, adds 1 to that function's counter in the page (a relaxed atomic
+//!    add) and sleeps the microseconds in the page's latency word (if not 0)
+//!    before going on. The mapping is inherited by `fork()`ed children, and
+//!    every process maps the same file, so the counters are totals over all
+//!    processes (e.g. Apache's parent and children). A missing, short or
+//!    magic-less file is ignored silently. This mode opens, reads and writes
+//!    no file per call, so with only `HSM_P11WRAP_SHM` set a call costs no
+//!    system call but the optional sleep. It combines with the two above:
+//!    the shm count and latency come first, then the log line, the fault
+//!    knob and its `delay`. Counted are the calls that would be logged
+//!    (faulted ones too), except that C_Sign / C_Decrypt size queries (NULL
+//!    output buffer) are counted only under `C_Sign(size query)` /
+//!    `C_Decrypt(size query)`.
+//!
+//! The environment variables are read once per process, at the first call
+//! that needs them (the control file itself is still re-read on every call).
+//!
 //! Nothing here may unwind into C: every exported/wrapped function runs its
 //! body under `catch_unwind` and returns `CKR_GENERAL_ERROR` on panic.
 
 #![allow(non_snake_case)]
 
-use std::ffi::{c_void, CStr};
+use std::ffi::{c_void, CStr, OsStr, OsString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use cryptoki_sys::*;
+
+pub mod shm_layout;
 
 const DEFAULT_TARGET: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const ENV_TARGET: &str = "HSM_P11WRAP_TARGET";
@@ -117,11 +140,25 @@ fn load() -> Result<Lists, String> {
 // Logging and the fault knob
 // ---------------------------------------------------------------------------
 
+static LOG_PATH: OnceLock<Option<OsString>> = OnceLock::new();
+static CONTROL_PATH: OnceLock<Option<OsString>> = OnceLock::new();
+
+/// `HSM_P11WRAP_LOG`, read at the first call (the environment of a process
+/// using the wrapper is set before it; `var_os` per call would lock and copy).
+fn log_path() -> Option<&'static OsStr> {
+    LOG_PATH.get_or_init(|| std::env::var_os(ENV_LOG)).as_deref()
+}
+
+/// `HSM_P11WRAP_CONTROL`, read once like [`log_path`].
+fn control_path() -> Option<&'static OsStr> {
+    CONTROL_PATH.get_or_init(|| std::env::var_os(ENV_CONTROL)).as_deref()
+}
+
 fn log_call(name: &str) {
-    let Some(path) = std::env::var_os(ENV_LOG) else { return };
-    append_line(&path, name);
+    let Some(path) = log_path() else { return };
+    append_line(path, name);
     // The same line in `<log>.<pid>`, so tests can see which process did what.
-    let mut per_pid = path.clone();
+    let mut per_pid = path.to_os_string();
     per_pid.push(format!(".{}", std::process::id()));
     append_line(&per_pid, name);
 }
@@ -157,8 +194,7 @@ fn append_line(path: &std::ffi::OsStr, name: &str) {
 /// The first call of that function in any process renames the file away
 /// (rename is atomic, so exactly one call fails) and returns the rv.
 fn one_shot_fault(name: &str) -> Option<CK_RV> {
-    let control = std::env::var_os(ENV_CONTROL)?;
-    let mut once = control.clone();
+    let mut once = control_path()?.to_os_string();
     once.push(".once");
     let text = std::fs::read_to_string(&once).ok()?;
     let mut words = text.split_whitespace();
@@ -177,7 +213,7 @@ fn fault_for(name: &str) -> Option<CK_RV> {
     if let Some(rv) = one_shot_fault(name) {
         return Some(rv);
     }
-    let path = std::env::var_os(ENV_CONTROL)?;
+    let path = control_path()?;
     let text = std::fs::read_to_string(path).ok()?;
     for line in text.lines() {
         let line = line.trim();
@@ -257,7 +293,7 @@ fn ckr_by_name(s: &str) -> Option<CK_RV> {
 
 /// If the control file has `delay <name> <ms>`, the added latency.
 fn delay_for(name: &str) -> Option<u64> {
-    let path = std::env::var_os(ENV_CONTROL)?;
+    let path = control_path()?;
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|line| {
         let mut w = line.split_whitespace();
@@ -268,12 +304,13 @@ fn delay_for(name: &str) -> Option<u64> {
 /// Calls of delayed functions under way in this process right now.
 static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Common prologue of every wrapper: log, then maybe return an injected
-/// fault, or wait the configured latency. While delayed calls overlap, each
-/// logs `inflight <name> <n>` (n: delayed calls under way in this process),
-/// which shows whether the caller issues calls in parallel.
-fn prologue(name: &str) -> Option<CK_RV> {
-    log_call(name);
+/// Common prologue of every wrapper: count in the shared page and log (see
+/// [`note_call`]), then maybe return an injected fault, or wait the
+/// configured latency. While delayed calls overlap, each logs
+/// `inflight <name> <n>` (n: delayed calls under way in this process), which
+/// shows whether the caller issues calls in parallel.
+fn prologue(name: &str, word: usize) -> Option<CK_RV> {
+    note_call(name, word);
     if let Some(rv) = fault_for(name) {
         return Some(rv);
     }
@@ -285,6 +322,97 @@ fn prologue(name: &str) -> Option<CK_RV> {
         IN_FLIGHT.fetch_sub(1, SeqCst);
     }
     None
+}
+
+// ---------------------------------------------------------------------------
+// Benchmark mode: counters and latency in a shared page
+// ---------------------------------------------------------------------------
+
+/// The page of `HSM_P11WRAP_SHM`, mapped for the rest of the process.
+struct Shm {
+    words: &'static [AtomicU64; shm_layout::WORDS],
+}
+
+static SHM: OnceLock<Option<Shm>> = OnceLock::new();
+
+/// The shared page, mapped at the first call (or `None` for good when
+/// `HSM_P11WRAP_SHM` is unset or its file unusable). A mapping made before
+/// `fork()` is the child's too.
+fn shm() -> Option<&'static Shm> {
+    SHM.get_or_init(|| Shm::map(std::path::Path::new(&std::env::var_os(shm_layout::ENV)?))).as_ref()
+}
+
+impl Shm {
+    /// Maps the first `SIZE` bytes of `path` shared, read/write. `None`,
+    /// without a word logged, if the file cannot be opened read/write, is
+    /// shorter than `SIZE` or does not start with `MAGIC`.
+    fn map(path: &std::path::Path) -> Option<Shm> {
+        use std::os::fd::AsRawFd;
+        use shm_layout::{MAGIC, MAGIC_WORD, SIZE, WORDS};
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path).ok()?;
+        if file.metadata().ok()?.len() < SIZE as u64 {
+            return None;
+        }
+        // SAFETY: a fresh mapping (NULL hint) of SIZE bytes of an open file
+        // that has at least SIZE bytes; no existing memory is affected. The
+        // mapping outlives the descriptor, which `file` closes on return.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: p is page-aligned (mmap), so aligned for AtomicU64, and
+        // SIZE = WORDS * 8 bytes are readable and writable. AtomicU64 has the
+        // size and layout of u64, and every bit pattern is a valid u64. The
+        // memory is never unmapped once accepted, so 'static holds. Other
+        // processes change it concurrently, which is fine because every
+        // access here is atomic (and the benchmark's must be too).
+        let words = unsafe { &*(p as *const [AtomicU64; WORDS]) };
+        if words[MAGIC_WORD].load(Ordering::Acquire) != MAGIC {
+            // SAFETY: p/SIZE is exactly the mapping made above, and `words`,
+            // the only reference into it, is not used after this.
+            unsafe { libc::munmap(p, SIZE) };
+            return None;
+        }
+        Some(Shm { words })
+    }
+
+    /// One call of the function whose counter is word `word`: count it,
+    /// then sleep the configured latency, if any.
+    fn enter(&self, word: usize) {
+        self.words[word].fetch_add(1, Ordering::Relaxed);
+        let us = self.words[shm_layout::LATENCY_US_WORD].load(Ordering::Relaxed);
+        if us > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
+    }
+}
+
+/// The counter word of `name`; a compile error (in the `const` that calls
+/// it) when `name` is missing from `shm_layout::FUNCTIONS`.
+const fn counted(name: &str) -> usize {
+    match shm_layout::counter_word(name) {
+        Some(w) => w,
+        None => panic!("a wrapped function is missing from shm_layout::FUNCTIONS"),
+    }
+}
+
+/// A call of `name` (counter word `word`): counted in the shared page (with
+/// its latency), then logged. Neither does anything in a process without
+/// `HSM_P11WRAP_SHM` / `HSM_P11WRAP_LOG`.
+fn note_call(name: &str, word: usize) {
+    if let Some(shm) = shm() {
+        shm.enter(word);
+    }
+    log_call(name);
 }
 
 // ---------------------------------------------------------------------------
@@ -330,21 +458,30 @@ fn finish_sign_final(session: CK_SESSION_HANDLE) {
 // ---------------------------------------------------------------------------
 
 /// `wrap!(C_Name(arg: Type, ...));` defines `unsafe extern "C" fn C_Name` in
-/// module `w` that logs, consults the fault knob, then forwards to the real
-/// library. `patch` installs it only where the real library has the entry.
+/// module `w` that counts, logs, consults the fault knob, then forwards to
+/// the real library. `patch` installs it only where the real library has the
+/// entry. `C_Name(...) size_query(out)` counts the calls with a NULL `out`
+/// under `"C_Name(size query)"` instead of `"C_Name"`.
 macro_rules! wraps {
-    ($( $name:ident ( $($arg:ident : $ty:ty),* ) $(=> $on_fault:expr)? ; )*) => {
+    ($( $name:ident ( $($arg:ident : $ty:ty),* ) $(size_query($out:ident))? $(=> $on_fault:expr)? ; )*) => {
         mod w {
             use super::*;
             $(
-                /// Logging / fault-injecting wrapper around the real entry.
+                /// Counting / logging / fault-injecting wrapper around the
+                /// real entry.
                 ///
                 /// # Safety
                 /// Same contract as the PKCS#11 function of the same name;
                 /// arguments are passed through untouched.
                 pub unsafe extern "C" fn $name($($arg: $ty),*) -> CK_RV {
+                    const WORD: usize = counted(stringify!($name));
                     let r = catch_unwind(AssertUnwindSafe(|| {
-                        if let Some(rv) = prologue(stringify!($name)) {
+                        // `if out.is_null() { <size query word> } else { WORD }`
+                        // with size_query(out), else just `WORD`.
+                        let word = $( if $out.is_null() {
+                            const { counted(concat!(stringify!($name), "(size query)")) }
+                        } else )? { WORD };
+                        if let Some(rv) = prologue(stringify!($name), word) {
                             $( $on_fault; )?
                             return rv;
                         }
@@ -368,6 +505,10 @@ macro_rules! wraps {
                 }
             )*
         }
+
+        /// The functions `wraps!` wraps, in order.
+        #[cfg(test)]
+        const WRAPPED: &[&str] = &[$(stringify!($name)),*];
     };
 }
 
@@ -395,10 +536,10 @@ wraps! {
     C_FindObjectsFinal(session: CK_SESSION_HANDLE);
     C_DecryptInit(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE);
     C_Decrypt(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE,
-              out_len: *mut CK_ULONG) => finish_decrypt(session, data, len);
+              out_len: *mut CK_ULONG) size_query(out) => finish_decrypt(session, data, len);
     C_SignInit(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE);
     C_Sign(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, sig: *mut CK_BYTE,
-           sig_len: *mut CK_ULONG) => finish_sign(session, data, len);
+           sig_len: *mut CK_ULONG) size_query(sig) => finish_sign(session, data, len);
     C_SignUpdate(session: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG);
     C_SignFinal(session: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: *mut CK_ULONG)
         => finish_sign_final(session);
@@ -420,7 +561,7 @@ wraps! {
 /// `CKO_*` name or hex): the rv for a call of `name` whose template has
 /// CKA_CLASS `class`, if such a line matches.
 fn class_fault(name: &str, class: CK_OBJECT_CLASS) -> Option<CK_RV> {
-    let path = std::env::var_os(ENV_CONTROL)?;
+    let path = control_path()?;
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|line| {
         let mut w = line.split_whitespace();
@@ -466,7 +607,7 @@ unsafe fn template_class(tmpl: *const CK_ATTRIBUTE, count: CK_ULONG) -> Option<C
     Some(unsafe { std::ptr::read_unaligned(a.pValue as *const CK_OBJECT_CLASS) })
 }
 
-/// C_CreateObject, logged, faultable, and failing with the rv of a
+/// C_CreateObject, counted, logged, faultable, and failing with the rv of a
 /// matching `failclass C_CreateObject <class> <rv>` line.
 ///
 /// # Safety
@@ -484,7 +625,7 @@ unsafe extern "C" fn create_object_failing_class(
     }))
     .unwrap_or(None);
     if let Some(rv) = fault {
-        let _ = catch_unwind(|| log_call("C_CreateObject"));
+        let _ = catch_unwind(|| note_call("C_CreateObject", const { counted("C_CreateObject") }));
         return rv;
     }
     // SAFETY: forwarding the caller's arguments to the wrapped function.
@@ -495,7 +636,7 @@ unsafe extern "C" fn create_object_failing_class(
 /// C_GetTokenInfo reports (e.g. 0x40000 CKF_USER_PIN_LOCKED, 0x20000
 /// CKF_USER_PIN_FINAL_TRY), to test how the module treats a PIN at risk.
 fn extra_token_flags() -> CK_FLAGS {
-    let Some(path) = std::env::var_os(ENV_CONTROL) else { return 0 };
+    let Some(path) = control_path() else { return 0 };
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("tokenflags "))
@@ -538,7 +679,7 @@ unsafe extern "C" fn initialize_logging_flags(args: *mut c_void) -> CK_RV {
 /// `hidemech <hex>` lines in the control file: mechanisms C_GetMechanismList
 /// leaves out, to test tokens that lack them (e.g. 0xd CKM_RSA_PKCS_PSS).
 fn hidden_mechanisms() -> Vec<CK_MECHANISM_TYPE> {
-    let Some(path) = std::env::var_os(ENV_CONTROL) else { return Vec::new() };
+    let Some(path) = control_path() else { return Vec::new() };
     let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.trim().strip_prefix("hidemech "))
@@ -657,5 +798,140 @@ mod tests {
         assert_eq!(unsafe { template_class(tmpl.as_ptr(), 1) }, None);
         // SAFETY: NULL is allowed.
         assert_eq!(unsafe { template_class(std::ptr::null(), 0) }, None);
+    }
+
+    // --- benchmark mode ----------------------------------------------------
+
+    use shm_layout::{COUNTERS_WORD, FUNCTIONS, LATENCY_US_WORD, MAGIC, SIZE};
+
+    /// A fresh file `len` bytes long in the temp dir, with MAGIC in word 0
+    /// if `magic`.
+    fn shm_file(tag: &str, magic: bool, len: usize) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("p11wrap-shm-{}-{tag}", std::process::id()));
+        let mut bytes = vec![0u8; len];
+        if magic {
+            bytes[..8].copy_from_slice(&MAGIC.to_ne_bytes());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// Word `i` of the file, read with read(2), not through a mapping.
+    fn file_word(path: &std::path::Path, i: usize) -> u64 {
+        let bytes = std::fs::read(path).unwrap();
+        u64::from_ne_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn layout_names_every_wrapped_function() {
+        for name in WRAPPED {
+            assert!(shm_layout::index_of(name).is_some(), "{name} has no counter");
+        }
+        for (i, name) in FUNCTIONS.iter().enumerate() {
+            assert_eq!(shm_layout::index_of(name), Some(i), "{name} listed twice");
+            let base = name.strip_suffix("(size query)").unwrap_or(name);
+            assert!(WRAPPED.contains(&base), "{name} is not wrapped");
+        }
+        assert_eq!(FUNCTIONS[FUNCTIONS.len() - 2..], ["C_Sign(size query)", "C_Decrypt(size query)"]);
+        assert_eq!(counted("C_Initialize"), COUNTERS_WORD);
+        assert_eq!(shm_layout::counter_word("C_Nope"), None);
+    }
+
+    #[test]
+    fn shm_counts_and_sleeps() {
+        let path = shm_file("count", true, SIZE);
+        let shm = Shm::map(&path).expect("map a file with the magic");
+        let sign = counted("C_Sign");
+        for _ in 0..3 {
+            shm.enter(sign);
+        }
+        shm.enter(counted("C_SignInit"));
+        assert_eq!(file_word(&path, sign), 3);
+        assert_eq!(file_word(&path, counted("C_SignInit")), 1);
+        assert_eq!(file_word(&path, counted("C_Decrypt")), 0);
+
+        // The latency word is read on every call.
+        shm.words[LATENCY_US_WORD].store(30_000, Ordering::Relaxed);
+        assert_eq!(file_word(&path, LATENCY_US_WORD), 30_000);
+        let t = std::time::Instant::now();
+        shm.enter(sign);
+        assert!(t.elapsed() >= std::time::Duration::from_millis(30), "slept {:?}", t.elapsed());
+        shm.words[LATENCY_US_WORD].store(0, Ordering::Relaxed);
+        assert_eq!(file_word(&path, sign), 4);
+
+        // A second mapping of the same file (another process's) sees it all.
+        let other = Shm::map(&path).unwrap();
+        assert_eq!(other.words[sign].load(Ordering::Relaxed), 4);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn shm_counts_of_a_forked_child_reach_the_parent() {
+        let path = shm_file("fork", true, SIZE);
+        let shm = Shm::map(&path).unwrap();
+        let word = counted("C_Decrypt");
+        // SAFETY: the child only does atomic adds on the inherited mapping
+        // (latency 0: no sleep, no allocation) and _exits, which is safe
+        // after fork() in a multi-threaded process.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            for _ in 0..1000 {
+                shm.enter(word);
+            }
+            // SAFETY: ends the child without running the parent's atexit
+            // handlers or the test harness.
+            unsafe { libc::_exit(0) };
+        }
+        for _ in 0..1000 {
+            shm.enter(word);
+        }
+        let mut status = 0;
+        // SAFETY: pid is our child; status is a valid out-pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x}");
+        assert_eq!(shm.words[word].load(Ordering::Relaxed), 2000);
+        assert_eq!(file_word(&path, word), 2000);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn shm_without_magic_or_too_short_is_ignored() {
+        let no_magic = shm_file("nomagic", false, SIZE);
+        assert!(Shm::map(&no_magic).is_none());
+        assert_eq!(std::fs::read(&no_magic).unwrap(), vec![0u8; SIZE], "file changed");
+        let short = shm_file("short", true, SIZE - 8);
+        assert!(Shm::map(&short).is_none());
+        assert_eq!(std::fs::metadata(&short).unwrap().len(), (SIZE - 8) as u64, "file grown");
+        assert!(Shm::map(&std::env::temp_dir().join("p11wrap-shm-does-not-exist")).is_none());
+        std::fs::remove_file(&no_magic).unwrap();
+        std::fs::remove_file(&short).unwrap();
+    }
+
+    /// The only test that goes through `shm()` and the exported wrappers
+    /// (the mapping is per process): size queries get their own counter.
+    #[test]
+    fn wrappers_count_sign_and_its_size_queries_apart() {
+        let path = shm_file("wrappers", true, SIZE);
+        std::env::set_var(shm_layout::ENV, &path);
+        let mut len: CK_ULONG = 0;
+        let mut data = [0u8; 4];
+        let mut sig = [0u8; 16];
+        // SAFETY: valid (if meaningless) arguments; whatever the real library
+        // returns (not initialized, or not loaded), the call is counted first.
+        unsafe {
+            w::C_Sign(1, data.as_mut_ptr(), 4, std::ptr::null_mut(), &mut len);
+            w::C_Sign(1, data.as_mut_ptr(), 4, std::ptr::null_mut(), &mut len);
+            len = 16;
+            w::C_Sign(1, data.as_mut_ptr(), 4, sig.as_mut_ptr(), &mut len);
+            w::C_Decrypt(1, data.as_mut_ptr(), 4, std::ptr::null_mut(), &mut len);
+            w::C_SignInit(1, std::ptr::null_mut(), 0);
+        }
+        assert_eq!(file_word(&path, counted("C_Sign(size query)")), 2);
+        assert_eq!(file_word(&path, counted("C_Sign")), 1);
+        assert_eq!(file_word(&path, counted("C_Decrypt(size query)")), 1);
+        assert_eq!(file_word(&path, counted("C_Decrypt")), 0);
+        assert_eq!(file_word(&path, counted("C_SignInit")), 1);
+        std::fs::remove_file(&path).unwrap();
     }
 }
