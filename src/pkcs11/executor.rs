@@ -77,6 +77,15 @@ fn worker(pool: Arc<Pool>) {
     }
 }
 
+/// Whether the queued jobs need one more helper. A helper counts as idle
+/// until it has woken up and taken a job, so compare with the queue: jobs
+/// queued beyond the idle helpers need a new one (testing `idle == 0` left
+/// a second job waiting behind a first whose helper had been woken but had
+/// not yet run).
+fn needs_helper(inner: &Inner) -> bool {
+    inner.jobs.len() > inner.idle && inner.threads < MAX_THREADS
+}
+
 /// Runs `f` on a helper thread; None if it did not finish within `limit`
 /// (it then finishes on its own later) or no helper could be started.
 pub fn run<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -91,7 +100,7 @@ pub fn run<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
     {
         let mut inner = lock(&pool.inner);
         inner.jobs.push_back(job);
-        if inner.idle == 0 && inner.threads < MAX_THREADS {
+        if needs_helper(&inner) {
             let p = pool.clone();
             let spawned = std::thread::Builder::new().name("hsm_ssl-token".into()).spawn(move || worker(p));
             if spawned.is_ok() {
@@ -130,6 +139,45 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(1));
         // Other work still runs while one helper is stuck.
         assert_eq!(run(Duration::from_secs(1), || "ok"), Some("ok"));
+    }
+
+    #[test]
+    fn concurrent_jobs_never_queue_behind_each_other() {
+        // Each round: one more job than there are idle helpers, all started
+        // at once, and they can only finish together. If a job waited in
+        // the queue behind another (a woken helper counted as idle twice),
+        // the barrier would never fill and the jobs would time out.
+        for _round in 0..30 {
+            let p = pool();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let idle = loop {
+                let i = lock(&p.inner);
+                if i.idle == i.threads || Instant::now() > deadline {
+                    break i.idle;
+                }
+                drop(i);
+                std::thread::yield_now();
+            };
+            let n = idle + 1;
+            let barrier = Arc::new(std::sync::Barrier::new(n));
+            let callers: Vec<_> = (0..n)
+                .map(|_| {
+                    let b = barrier.clone();
+                    std::thread::spawn(move || run(Duration::from_secs(5), move || b.wait().is_leader()))
+                })
+                .collect();
+            let results: Vec<Option<bool>> = callers.into_iter().map(|c| c.join().unwrap()).collect();
+            assert!(results.iter().all(|r| r.is_some()), "a job waited behind another: {results:?}");
+        }
+    }
+
+    #[test]
+    fn a_queue_longer_than_the_idle_helpers_gets_a_new_helper() {
+        let inner = |queued: usize, idle: usize| Inner { jobs: (0..queued).map(|_| Box::new(|| ()) as Job).collect(), idle, threads: idle };
+        assert!(needs_helper(&inner(1, 0)));
+        assert!(!needs_helper(&inner(1, 1)));
+        // A helper woken for the first job still counts as idle.
+        assert!(needs_helper(&inner(2, 1)));
     }
 }
 

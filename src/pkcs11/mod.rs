@@ -1,6 +1,7 @@
 //! Everything that touches the token. No Apache and no OpenSSL types here,
 //! so this layer is testable on its own.
 
+pub mod direct;
 pub mod executor;
 pub mod pin;
 pub mod runtime;

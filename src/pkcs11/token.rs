@@ -295,6 +295,8 @@ struct TokenState {
 /// A process's PKCS#11 state. See the module docs.
 pub struct Hsm {
     ctx: Pkcs11,
+    /// One-call sign/decrypt (see direct.rs); None: cryptoki's two calls.
+    direct: Option<super::direct::Direct>,
     binding: Arc<Binding>,
     pid: u32,
     /// Whether we called C_Initialize (and so must call C_Finalize).
@@ -353,8 +355,13 @@ impl Hsm {
             Err(e) => return Err(format!("HSMSSLLibrary {shown}: {}", ck_error_text(&e))),
         };
         log::debug!("PKCS#11 library {shown} initialized in pid {}", std::process::id());
+        let direct = super::direct::Direct::open(lib);
+        if direct.is_none() {
+            log::debug!("PKCS#11 library {shown}: its function list is not reachable directly; signing with a size query first");
+        }
         Ok(Hsm {
             ctx,
+            direct,
             binding,
             pid: std::process::id(),
             owns_init,
@@ -725,19 +732,19 @@ impl Hsm {
     fn run<T, F>(self: &Arc<Self>, key: &Arc<KeyRef>, op: F) -> Result<T, OpError>
     where
         T: Send + 'static,
-        F: Fn(&Session, ObjectHandle) -> Result<T, CkError> + Send + 'static,
+        F: Fn(&Hsm, &Session, ObjectHandle) -> Result<T, CkError> + Send + 'static,
     {
         let limit = self.binding.op_timeout;
         let (me, key) = (self.clone(), key.clone());
         super::executor::run(limit, move || me.run_here(&key, op)).unwrap_or(Err(OpError::Timeout(limit)))
     }
 
-    fn run_here<T>(&self, key: &KeyRef, op: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>) -> Result<T, OpError> {
+    fn run_here<T>(&self, key: &KeyRef, op: impl Fn(&Hsm, &Session, ObjectHandle) -> Result<T, CkError>) -> Result<T, OpError> {
         let (tok, handle) = self.key_handle(key)?;
         let mut retried = false;
         loop {
             let session = tok.pool.take(&self.ctx, tok.slot)?;
-            let r = op(&session, handle);
+            let r = op(self, &session, handle);
             match r {
                 Err(e) if is_session_error(&e) => {
                     tok.pool.discard(session);
@@ -758,12 +765,18 @@ impl Hsm {
     /// C_Sign with `mech` over `data` (a digest or DigestInfo: hashing is
     /// done by the caller).
     pub fn sign(self: &Arc<Self>, key: &Arc<KeyRef>, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
-        self.run(key, move |s, h| s.sign(&mech.to_ck(), h, &data))
+        self.run(key, move |me, s, h| match &me.direct {
+            Some(d) => d.sign(s, &mech.to_ck(), h, &data),
+            None => s.sign(&mech.to_ck(), h, &data),
+        })
     }
 
     /// C_Decrypt with `mech`.
     pub fn decrypt(self: &Arc<Self>, key: &Arc<KeyRef>, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
-        self.run(key, move |s, h| s.decrypt(&mech.to_ck(), h, &data))
+        self.run(key, move |me, s, h| match &me.direct {
+            Some(d) => d.decrypt(s, &mech.to_ck(), h, &data),
+            None => s.decrypt(&mech.to_ck(), h, &data),
+        })
     }
 
     /// Session pool counters per token label.

@@ -89,7 +89,17 @@ pub fn module_path() -> PathBuf {
     if let Some(p) = std::env::var_os("HSM_TEST_MODULE") {
         return PathBuf::from(p);
     }
-    profile_dir().join("libmod_hsm_ssl.so")
+    // `cargo test` / `cargo bench` build the cdylib into deps/ and copy it
+    // up only on `cargo build`; take whichever is newer, so a test never
+    // loads a module older than the code it was built with.
+    let top = profile_dir().join("libmod_hsm_ssl.so");
+    let deps = profile_dir().join("deps/libmod_hsm_ssl.so");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    match (mtime(&top), mtime(&deps)) {
+        (Some(t), Some(d)) if d > t => deps,
+        (None, Some(_)) => deps,
+        _ => top,
+    }
 }
 
 /// The real SoftHSM2 PKCS#11 library.

@@ -1,0 +1,328 @@
+//! Full-handshake benchmark: file key vs mod_hsm_ssl vs libp11's engine,
+//! on one machine, one token, one certificate pair (see BENCHMARKS.md for
+//! the latest report and README "Benchmark" for how to run it).
+//!
+//! `scripts/bench.sh [options]` builds in release mode and runs this as
+//! `cargo bench --bench handshake -- [options]`:
+//!
+//! ```text
+//! --short             a few seconds per cell (CI): 1 s cells, 1 repetition
+//! --seconds S         measured seconds per cell (default 5)
+//! --warmup S          unmeasured seconds before each cell (default 1)
+//! --reps N            repetitions of the whole matrix (default 3)
+//! --concurrency LIST  e.g. 1,8,32 (default)
+//! --scenarios LIST    slugs: tls13-rsa-pss,tls12-ecdhe-rsa,tls12-rsa-kx,tls13-ecdsa-p256
+//! --out DIR           results folder (default target/bench/<UTC time>)
+//! --update-doc        also write BENCHMARKS.md and tests/bench/latest/
+//! ```
+//!
+//! The cells run interleaved: for each repetition, scenario and
+//! concurrency, the setups run one after the other (file, module, engine,
+//! module +1 ms, module +5 ms), so machine noise hits all alike; medians
+//! over the repetitions are reported. Speed never fails the run; a setup
+//! that should work and does not (file key and module in every scenario),
+//! or a module that does other than one token operation per handshake,
+//! makes it exit 1.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod client;
+mod raw;
+mod report;
+mod setup;
+mod shm;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use client::{Load, Scenario, SCENARIOS};
+use setup::{Bench, Kind};
+
+/// One column of the matrix: a server and the latency added per token call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub kind: Kind,
+    pub latency_ms: u64,
+}
+
+impl Variant {
+    pub fn name(self) -> String {
+        if self.latency_ms == 0 {
+            self.kind.name().to_string()
+        } else {
+            format!("{} +{} ms/call", self.kind.name(), self.latency_ms)
+        }
+    }
+}
+
+pub const VARIANTS: [Variant; 5] = [
+    Variant { kind: Kind::FileKey, latency_ms: 0 },
+    Variant { kind: Kind::Module, latency_ms: 0 },
+    Variant { kind: Kind::Engine, latency_ms: 0 },
+    Variant { kind: Kind::Module, latency_ms: 1 },
+    Variant { kind: Kind::Module, latency_ms: 5 },
+];
+
+pub struct Options {
+    pub short: bool,
+    pub seconds: f64,
+    pub warmup: f64,
+    pub reps: usize,
+    pub concurrency: Vec<usize>,
+    pub scenarios: Vec<Scenario>,
+    pub out: PathBuf,
+    pub update_doc: bool,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("handshake bench: {msg}\n(see the options at the top of tests/bench/handshake.rs)");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Options {
+    let mut o = Options {
+        short: false,
+        seconds: 5.0,
+        warmup: 1.0,
+        reps: 3,
+        concurrency: vec![1, 8, 32],
+        scenarios: SCENARIOS.to_vec(),
+        out: PathBuf::new(),
+        update_doc: false,
+    };
+    let mut out = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            // cargo bench passes --bench to harness=false targets.
+            "--bench" => {}
+            "--short" => {
+                o.short = true;
+                o.seconds = 1.0;
+                o.warmup = 0.3;
+                o.reps = 1;
+            }
+            "--seconds" => o.seconds = value().parse().unwrap_or_else(|_| usage("--seconds: a number")),
+            "--warmup" => o.warmup = value().parse().unwrap_or_else(|_| usage("--warmup: a number")),
+            "--reps" => o.reps = value().parse().unwrap_or_else(|_| usage("--reps: a whole number")),
+            "--concurrency" => {
+                o.concurrency = value().split(',').map(|c| c.parse().unwrap_or_else(|_| usage("--concurrency: e.g. 1,8,32"))).collect()
+            }
+            "--scenarios" => {
+                o.scenarios = value()
+                    .split(',')
+                    .map(|s| Scenario::from_slug(s).unwrap_or_else(|| usage(&format!("unknown scenario {s}"))))
+                    .collect()
+            }
+            "--out" => out = Some(PathBuf::from(value())),
+            "--update-doc" => o.update_doc = true,
+            other => usage(&format!("unknown option {other}")),
+        }
+    }
+    if o.reps == 0 || o.seconds <= 0.0 || o.concurrency.is_empty() || o.scenarios.is_empty() {
+        usage("nothing to measure");
+    }
+    o.out = out.unwrap_or_else(|| {
+        let stamp = String::from_utf8_lossy(
+            &std::process::Command::new("date").args(["-u", "+%Y%m%d-%H%M%S"]).output().expect("date").stdout,
+        )
+        .trim()
+        .to_string();
+        common::workspace_root().join("target/bench").join(stamp)
+    });
+    o
+}
+
+/// What one cell measured.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub variant: Variant,
+    pub scenario: Scenario,
+    pub concurrency: usize,
+    pub rep: usize,
+    /// Successful handshakes in the measured window.
+    pub ok: usize,
+    /// Failed attempts in the whole run.
+    pub failed: usize,
+    pub hs_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Server CPU (all httpd processes) per handshake, microseconds.
+    pub cpu_us: f64,
+    /// Token key operations and PKCS#11 calls per handshake (token setups).
+    pub ops_per_hs: Option<f64>,
+    pub calls_per_hs: Option<f64>,
+    pub first_error: Option<String>,
+}
+
+/// user+system CPU seconds of `pids`, from /proc/<pid>/stat.
+fn cpu_seconds(pids: &[i32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    pids.iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+            // Fields 14 and 15 of stat(5); f[0] is field 3.
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .sum::<f64>()
+        / tck
+}
+
+fn run_cell(bench: &Bench, o: &Options, variant: Variant, scenario: Scenario, concurrency: usize, rep: usize) -> Cell {
+    let server = bench.servers.iter().find(|s| s.kind == variant.kind).expect("server of the variant");
+    if let Some(shm) = &server.shm {
+        shm.set_latency_us(variant.latency_ms * 1000);
+    }
+    let connector = scenario.connector(&bench.ca);
+    let pids = server.apache.pids();
+    let counts0 = server.shm.as_ref().map(|s| s.counts());
+    let cpu0 = cpu_seconds(&pids);
+    let load = Load::start(server.apache.port, &connector, concurrency);
+    std::thread::sleep(Duration::from_secs_f64(o.warmup));
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(o.seconds));
+    let t1 = Instant::now();
+    let (attempts, first_error) = load.stop();
+    let cpu = cpu_seconds(&pids) - cpu0;
+    let counts = server.shm.as_ref().zip(counts0).map(|(s, c0)| shm::diff(&c0, &s.counts()));
+    if let Some(shm) = &server.shm {
+        shm.set_latency_us(0);
+    }
+    if server.apache.pids() != pids {
+        eprintln!("warning: the {} server's processes changed during a cell", variant.kind.name());
+    }
+    let all_ok = attempts.iter().filter(|a| a.ok).count();
+    let failed = attempts.len() - all_ok;
+    let mut window: Vec<Duration> =
+        attempts.iter().filter(|a| a.ok && a.end >= t0 && a.end <= t1).map(|a| a.handshake).collect();
+    window.sort();
+    let per_hs = |n: u64| (all_ok > 0).then(|| n as f64 / all_ok as f64);
+    Cell {
+        variant,
+        scenario,
+        concurrency,
+        rep,
+        ok: window.len(),
+        failed,
+        hs_per_s: window.len() as f64 / (t1 - t0).as_secs_f64(),
+        p50_ms: client::quantile_ms(&window, 0.50),
+        p99_ms: client::quantile_ms(&window, 0.99),
+        cpu_us: if all_ok > 0 { cpu * 1e6 / all_ok as f64 } else { f64::NAN },
+        ops_per_hs: counts.as_ref().and_then(|c| per_hs(shm::key_ops(c))),
+        calls_per_hs: counts.as_ref().and_then(|c| per_hs(shm::calls(c))),
+        first_error,
+    }
+}
+
+/// One request per setup and scenario before measuring: what is
+/// negotiated, or why it fails (the engine cannot do RSA key exchange).
+pub struct Preflight {
+    pub kind: Kind,
+    pub scenario: Scenario,
+    pub result: Result<String, String>,
+}
+
+/// Calls per operation of the module without the wrapper's counters being
+/// disturbed by the load: C_* counts of ten sequential handshakes.
+pub struct CallProfile {
+    pub kind: Kind,
+    pub scenario: Scenario,
+    pub per_hs: Vec<(&'static str, f64)>,
+}
+
+fn call_profile(bench: &Bench, kind: Kind, scenario: Scenario) -> Option<CallProfile> {
+    let server = bench.servers.iter().find(|s| s.kind == kind)?;
+    let shm = server.shm.as_ref()?;
+    let connector = scenario.connector(&bench.ca);
+    let before = shm.counts();
+    let n = 10;
+    for _ in 0..n {
+        client::one_request(server.apache.port, &connector).ok()?;
+    }
+    let d = shm::diff(&before, &shm.counts());
+    let per_hs = d.into_iter().filter(|(_, v)| *v > 0).map(|(k, v)| (k, v as f64 / n as f64)).collect();
+    Some(CallProfile { kind, scenario, per_hs })
+}
+
+fn main() {
+    let o = parse_args();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        usage("run as root (Apache binds, switches to www-data; scripts/bench.sh uses sudo)");
+    }
+    std::fs::create_dir_all(&o.out).expect("create the results folder");
+    eprintln!("handshake bench: results in {}", o.out.display());
+    let bench = Bench::new();
+
+    let mut preflight = Vec::new();
+    for kind in [Kind::FileKey, Kind::Module, Kind::Engine] {
+        let server = bench.servers.iter().find(|s| s.kind == kind).unwrap();
+        for &scenario in &o.scenarios {
+            let result = client::one_request(server.apache.port, &scenario.connector(&bench.ca)).map(|(_, n)| n);
+            eprintln!("preflight {} / {}: {:?}", kind.name(), scenario.name(), result);
+            preflight.push(Preflight { kind, scenario, result });
+        }
+    }
+    let works = |kind: Kind, scenario: Scenario| {
+        preflight.iter().any(|p| p.kind == kind && p.scenario == scenario && p.result.is_ok())
+    };
+    let profiles: Vec<CallProfile> = [Kind::Module, Kind::Engine]
+        .into_iter()
+        .flat_map(|k| o.scenarios.iter().map(move |s| (k, *s)))
+        .filter(|(k, s)| works(*k, *s))
+        .filter_map(|(k, s)| call_profile(&bench, k, s))
+        .collect();
+
+    let raw_secs = if o.short { 0.5 } else { 2.0 };
+    let raw = raw::measure(&bench.token.conf, &bench.token.label, &bench.token.pin, &bench.rsa_key, &bench.ec_key, raw_secs);
+    let speed = raw::openssl_speed(if o.short { 1 } else { 3 });
+
+    let mut cells = Vec::new();
+    let total = o.reps * o.scenarios.len() * o.concurrency.len() * VARIANTS.len();
+    for rep in 0..o.reps {
+        for &scenario in &o.scenarios {
+            for &c in &o.concurrency {
+                for v in VARIANTS {
+                    if !works(v.kind, scenario) {
+                        continue;
+                    }
+                    let cell = run_cell(&bench, &o, v, scenario, c, rep);
+                    eprintln!(
+                        "[{}/{total}] rep {} {} c={} {}: {:.0} hs/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} us CPU/hs, ops/hs {:?}, {} failed",
+                        cells.len() + 1,
+                        rep + 1,
+                        scenario.name(),
+                        c,
+                        v.name(),
+                        cell.hs_per_s,
+                        cell.p50_ms,
+                        cell.p99_ms,
+                        cell.cpu_us,
+                        cell.ops_per_hs,
+                        cell.failed
+                    );
+                    cells.push(cell);
+                }
+            }
+        }
+    }
+
+    let machine = report::machine_info();
+    let r = report::Report { options: &o, machine, preflight: &preflight, profiles: &profiles, raw: &raw, speed, cells: &cells };
+    let problems = r.problems();
+    r.write(&o.out);
+    if o.update_doc {
+        r.write_doc(&common::workspace_root());
+    }
+    eprintln!("handshake bench: report in {}", o.out.join("report.md").display());
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("handshake bench: PROBLEM: {p}");
+        }
+        std::process::exit(1);
+    }
+}

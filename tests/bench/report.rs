@@ -1,0 +1,529 @@
+//! The benchmark's report: Markdown with medians, ratios, the token's raw
+//! limit and the module's overhead; an SVG plot; every cell as CSV.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use crate::client::Scenario;
+use crate::raw::RawRate;
+use crate::setup::Kind;
+use crate::{CallProfile, Cell, Options, Preflight, Variant, VARIANTS};
+
+pub struct Report<'a> {
+    pub options: &'a Options,
+    pub machine: Vec<(String, String)>,
+    pub preflight: &'a [Preflight],
+    pub profiles: &'a [CallProfile],
+    pub raw: &'a [(Scenario, RawRate)],
+    pub speed: String,
+    pub cells: &'a [Cell],
+}
+
+/// Medians over the repetitions of one (variant, scenario, concurrency).
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub hs_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub cpu_us: f64,
+    pub ops_per_hs: Option<f64>,
+    pub calls_per_hs: Option<f64>,
+    pub failed: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| !x.is_nan());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn f(x: f64, decimals: usize) -> String {
+    if x.is_nan() {
+        "–".into()
+    } else {
+        format!("{x:.decimals$}")
+    }
+}
+
+const DOC_SOURCE: &str = "tests/bench/findings.md";
+
+impl Report<'_> {
+    pub fn summary(&self, v: Variant, s: Scenario, c: usize) -> Option<Summary> {
+        let cells: Vec<&Cell> =
+            self.cells.iter().filter(|x| x.variant == v && x.scenario == s && x.concurrency == c).collect();
+        if cells.is_empty() {
+            return None;
+        }
+        let opt = |g: fn(&Cell) -> Option<f64>| {
+            let v: Vec<f64> = cells.iter().filter_map(|c| g(c)).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
+        Some(Summary {
+            hs_per_s: median(cells.iter().map(|c| c.hs_per_s).collect()),
+            p50_ms: median(cells.iter().map(|c| c.p50_ms).collect()),
+            p99_ms: median(cells.iter().map(|c| c.p99_ms).collect()),
+            cpu_us: median(cells.iter().map(|c| c.cpu_us).collect()),
+            ops_per_hs: opt(|c| c.ops_per_hs),
+            calls_per_hs: opt(|c| c.calls_per_hs),
+            failed: cells.iter().map(|c| c.failed).sum(),
+        })
+    }
+
+    fn base(kind: Kind) -> Variant {
+        Variant { kind, latency_ms: 0 }
+    }
+
+    fn raw_for(&self, s: Scenario) -> Option<&RawRate> {
+        self.raw.iter().find(|(x, _)| *x == s).map(|(_, r)| r)
+    }
+
+    /// Module CPU per handshake minus file key's, minus the token's own
+    /// extra cost for the operation.
+    pub fn overhead_us(&self, kind: Kind, s: Scenario, c: usize) -> Option<f64> {
+        let m = self.summary(Self::base(kind), s, c)?;
+        let file = self.summary(Self::base(Kind::FileKey), s, c)?;
+        Some(m.cpu_us - file.cpu_us - self.raw_for(s)?.token_extra_us())
+    }
+
+    /// What must hold whatever the speed: the setups that must work do,
+    /// and the module does one token operation per full handshake.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for pf in self.preflight {
+            if pf.kind != Kind::Engine {
+                if let Err(e) = &pf.result {
+                    p.push(format!("{} fails {}: {e}", pf.kind.name(), pf.scenario.name()));
+                }
+            }
+        }
+        for c in self.cells {
+            if c.variant.kind == Kind::Engine {
+                continue;
+            }
+            if c.failed > 0 {
+                p.push(format!(
+                    "{} / {} / c={}: {} failed handshakes (first: {})",
+                    c.variant.name(),
+                    c.scenario.name(),
+                    c.concurrency,
+                    c.failed,
+                    c.first_error.as_deref().unwrap_or("?")
+                ));
+            } else if c.variant.kind == Kind::Module && c.ops_per_hs != Some(1.0) {
+                p.push(format!(
+                    "{} / {} / c={}: {:?} token operations per full handshake, not exactly 1",
+                    c.variant.name(),
+                    c.scenario.name(),
+                    c.concurrency,
+                    c.ops_per_hs
+                ));
+            }
+        }
+        p
+    }
+
+    pub fn write(&self, dir: &Path) {
+        std::fs::write(dir.join("report.md"), self.markdown("handshakes.svg")).expect("write report.md");
+        self.plot(&dir.join("handshakes.svg"));
+        std::fs::write(dir.join("cells.csv"), self.csv()).expect("write cells.csv");
+    }
+
+    /// BENCHMARKS.md at the repo root, its plot and data in tests/bench/latest/.
+    pub fn write_doc(&self, root: &Path) {
+        let latest = root.join("tests/bench/latest");
+        std::fs::create_dir_all(&latest).expect("create tests/bench/latest");
+        self.plot(&latest.join("handshakes.svg"));
+        std::fs::write(latest.join("cells.csv"), self.csv()).expect("write cells.csv");
+        std::fs::write(root.join("BENCHMARKS.md"), self.markdown("tests/bench/latest/handshakes.svg")).expect("write BENCHMARKS.md");
+    }
+
+    fn csv(&self) -> String {
+        let mut s = String::from("variant,scenario,concurrency,rep,ok,failed,hs_per_s,p50_ms,p99_ms,cpu_us_per_hs,token_ops_per_hs,calls_per_hs\n");
+        for c in self.cells {
+            let o = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{},{},{:.1},{:.3},{:.3},{:.1},{},{}",
+                c.variant.name(),
+                c.scenario.slug(),
+                c.concurrency,
+                c.rep + 1,
+                c.ok,
+                c.failed,
+                c.hs_per_s,
+                c.p50_ms,
+                c.p99_ms,
+                c.cpu_us,
+                o(c.ops_per_hs),
+                o(c.calls_per_hs)
+            );
+        }
+        s
+    }
+
+    fn markdown(&self, plot: &str) -> String {
+        let o = self.options;
+        let mut m = String::new();
+        let _ = writeln!(m, "# Benchmark: full TLS handshakes with the key in a token\n");
+        let _ = writeln!(
+            m,
+            "Generated by `scripts/bench.sh{}` (tests/bench/handshake.rs). Do not edit by hand: run the benchmark again.\n",
+            if o.update_doc { " --update-doc" } else { "" }
+        );
+        let _ = writeln!(m, "## Machine\n");
+        for (k, v) in &self.machine {
+            let _ = writeln!(m, "- {k}: {v}");
+        }
+        let _ = writeln!(
+            m,
+            "- run: {} repetition(s), {} s per cell after {} s warm-up, concurrency {:?}{}\n",
+            o.reps,
+            o.seconds,
+            o.warmup,
+            o.concurrency,
+            if o.short { " (short mode: numbers are indicative only)" } else { "" }
+        );
+        let _ = writeln!(m, "## Setups\n");
+        let _ = writeln!(
+            m,
+            "One SoftHSM2 token, one RSA-2048 and one EC P-256 key (made in software, imported with `hsm-ssl-keytool import`), \
+             one certificate each, one vhost serving both. Debian's apache2 with the event MPM (2 children × 32 threads), \
+             `LogLevel warn`, on loopback. The three servers run side by side; cells run interleaved (file key, module, engine, \
+             module +1 ms, module +5 ms for each scenario and concurrency, then the next), repeated, medians reported.\n"
+        );
+        let _ = writeln!(m, "- **file key**: mod_ssl reads the PEM keys.");
+        let _ = writeln!(m, "- **mod_hsm_ssl**: this module; `HSMSSLLibrary` is the p11wrap wrapper in front of SoftHSM2.");
+        let _ = writeln!(
+            m,
+            "- **libp11 engine**: mod_ssl with libp11's `pkcs11` ENGINE (`libengine-pkcs11-openssl`), `MODULE_PATH` the same wrapper; our module not loaded."
+        );
+        let _ = writeln!(
+            m,
+            "- **+1 ms / +5 ms per call**: the module's server with the wrapper sleeping that long in every PKCS#11 call, as a network HSM such as CloudHSM would answer.\n"
+        );
+        let _ = writeln!(
+            m,
+            "Client: the repo's own (tests/bench/client.rs, Rust + OpenSSL): a new TCP connection per handshake, no resumption, then a GET that must answer 200. \
+             Latency is TCP connect + TLS handshake. Server CPU is user+system time of all httpd processes (/proc) per handshake; \
+             SoftHSM2 runs inside httpd, so the token's own work is in it. Token operations and calls per handshake come from the wrapper's counters.\n"
+        );
+        self.targets(&mut m);
+        let _ = writeln!(m, "## Handshakes per second\n\n![handshakes per second against concurrency]({plot})\n");
+        for &s in &o.scenarios {
+            self.scenario_table(&mut m, s);
+        }
+        self.raw_table(&mut m);
+        self.overhead_table(&mut m);
+        self.profile_table(&mut m);
+        let _ = writeln!(m, "## What each setup negotiated\n");
+        let _ = writeln!(m, "| setup | scenario | result of one request |\n|---|---|---|");
+        for p in self.preflight {
+            let r = match &p.result {
+                Ok(n) => n.clone(),
+                Err(e) => format!("**fails**: {}", e.replace('|', "/")),
+            };
+            let _ = writeln!(m, "| {} | {} | {} |", p.kind.name(), p.scenario.name(), r);
+        }
+        let _ = writeln!(m);
+        if let Ok(findings) = std::fs::read_to_string(crate::common::workspace_root().join(DOC_SOURCE)) {
+            let _ = writeln!(m, "{}", findings.trim_end());
+            let _ = writeln!(m, "\n(From {DOC_SOURCE}.)");
+        }
+        m
+    }
+
+    fn targets(&self, m: &mut String) {
+        let o = self.options;
+        let _ = writeln!(m, "## Targets\n");
+        let _ = writeln!(m, "| target | measured | met |\n|---|---|---|");
+        // Module vs engine, where the engine works.
+        let mut worst: Option<(f64, Scenario, usize)> = None;
+        for &s in &o.scenarios {
+            for &c in &o.concurrency {
+                let (Some(a), Some(b)) = (self.summary(Self::base(Kind::Module), s, c), self.summary(Self::base(Kind::Engine), s, c)) else {
+                    continue;
+                };
+                let r = a.hs_per_s / b.hs_per_s;
+                if worst.map(|w| r < w.0).unwrap_or(true) {
+                    worst = Some((r, s, c));
+                }
+            }
+        }
+        match worst {
+            Some((r, s, c)) => {
+                let _ = writeln!(
+                    m,
+                    "| mod_hsm_ssl ≥ 1.0× libp11 engine (aim 1.1×), every cell where the engine works | lowest {r:.2}× ({}, c={c}) | {} |",
+                    s.name(),
+                    if r >= 1.0 { "yes" } else { "**no**" }
+                );
+            }
+            None => {
+                let _ = writeln!(m, "| mod_hsm_ssl ≥ 1.0× libp11 engine | engine measured in no cell | – |");
+            }
+        }
+        let mut worst_ovh: Option<(f64, Scenario, usize)> = None;
+        for &s in &o.scenarios {
+            for &c in &o.concurrency {
+                if let Some(x) = self.overhead_us(Kind::Module, s, c) {
+                    if worst_ovh.map(|w| x > w.0).unwrap_or(true) {
+                        worst_ovh = Some((x, s, c));
+                    }
+                }
+            }
+        }
+        if let Some((x, s, c)) = worst_ovh {
+            let _ = writeln!(
+                m,
+                "| module overhead ≤ 50 µs CPU per handshake | highest {x:.0} µs ({}, c={c}); see the overhead table | {} |",
+                s.name(),
+                if x <= 50.0 { "yes" } else { "**no**" }
+            );
+        }
+        let ops: Vec<f64> =
+            self.cells.iter().filter(|c| c.variant.kind == Kind::Module).filter_map(|c| c.ops_per_hs).collect();
+        if !ops.is_empty() {
+            let (lo, hi) = ops.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+            let _ = writeln!(
+                m,
+                "| exactly one token operation per full handshake | {lo:.3} – {hi:.3} over {} module cells | {} |",
+                ops.len(),
+                if lo == 1.0 && hi == 1.0 { "yes" } else { "**no**" }
+            );
+        }
+        let _ = writeln!(
+            m,
+            "| no token operation per resumed handshake | asserted by tests/core_resumption.rs (TLS 1.3 tickets, TLS 1.2 tickets, TLS 1.2 shared session cache, RSA key exchange, ECDSA) | see tests |"
+        );
+        if let Some(&c) = o.concurrency.iter().max() {
+            for &s in &o.scenarios {
+                let base = self.summary(Self::base(Kind::Module), s, c);
+                let lat = self.summary(Variant { kind: Kind::Module, latency_ms: 1 }, s, c);
+                if let (Some(b), Some(l)) = (base, lat) {
+                    let r = l.hs_per_s / b.hs_per_s;
+                    let _ = writeln!(
+                        m,
+                        "| +1 ms per token call keeps ≥ 0.9× at concurrency {c} ({}) | {r:.2}× | {} |",
+                        s.name(),
+                        if r >= 0.9 { "yes" } else { "**no**" }
+                    );
+                }
+            }
+        }
+        let _ = writeln!(m);
+    }
+
+    fn scenario_table(&self, m: &mut String, s: Scenario) {
+        let _ = writeln!(m, "### {}\n", s.name());
+        let _ = writeln!(
+            m,
+            "| setup | clients | handshakes/s | ×file | ×engine | p50 ms | p99 ms | server CPU µs/hs | token ops/hs | PKCS#11 calls/hs | failed |"
+        );
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for v in VARIANTS {
+            for &c in &self.options.concurrency {
+                let Some(x) = self.summary(v, s, c) else {
+                    if c == self.options.concurrency[0] {
+                        let _ = writeln!(m, "| {} | – | does not work (see below) | | | | | | | | |", v.name());
+                    }
+                    continue;
+                };
+                let ratio = |k: Kind| {
+                    self.summary(Self::base(k), s, c).map(|b| f(x.hs_per_s / b.hs_per_s, 2)).unwrap_or_else(|| "–".into())
+                };
+                let opt = |y: Option<f64>| y.map(|v| f(v, 2)).unwrap_or_else(|| "–".into());
+                let _ = writeln!(
+                    m,
+                    "| {} | {c} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    v.name(),
+                    f(x.hs_per_s, 0),
+                    ratio(Kind::FileKey),
+                    ratio(Kind::Engine),
+                    f(x.p50_ms, 2),
+                    f(x.p99_ms, 2),
+                    f(x.cpu_us, 0),
+                    opt(x.ops_per_hs),
+                    opt(x.calls_per_hs),
+                    x.failed
+                );
+            }
+        }
+        let _ = writeln!(m);
+    }
+
+    fn raw_table(&self, m: &mut String) {
+        let _ = writeln!(m, "## The token's raw limit (same run)\n");
+        let _ = writeln!(
+            m,
+            "Private-key operations per second through cryptoki straight into SoftHSM2 (one session per thread), and OpenSSL doing the same operation on the same key in-process. \
+             \"Token extra\" is the CPU the token spends per operation beyond OpenSSL's (1/token − 1/OpenSSL, one thread): the part of a token setup's cost that no module can remove.\n"
+        );
+        let _ = writeln!(m, "| operation | token 1 thread | token 2 threads | OpenSSL 1 thread | OpenSSL 2 threads | token extra µs/op |");
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|");
+        for (_, r) in self.raw {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.op,
+                f(r.token_1, 0),
+                f(r.token_2, 0),
+                f(r.openssl_1, 0),
+                f(r.openssl_2, 0),
+                f(r.token_extra_us(), 0)
+            );
+        }
+        let _ = writeln!(m, "\n`openssl speed rsa2048 ecdsap256` on the same machine:\n\n```\n{}\n```\n", self.speed);
+    }
+
+    fn overhead_table(&self, m: &mut String) {
+        let _ = writeln!(m, "## Overhead per handshake\n");
+        let _ = writeln!(
+            m,
+            "Server CPU per handshake of the setup, minus the file key's, minus the token's extra cost for the operation (table above). \
+             What is left is what the key path itself adds (for the module: provider calls, the helper-thread hop, the session pool, the wrapper's counting). \
+             CPU time is sampled in clock ticks over the whole cell, so differences of a few tens of µs are within the noise of one run; look at the medians across concurrencies.\n"
+        );
+        let _ = writeln!(m, "| scenario | clients | file key µs | mod_hsm_ssl overhead µs | libp11 engine overhead µs |\n|---|---:|---:|---:|---:|");
+        for &s in &self.options.scenarios {
+            for &c in &self.options.concurrency {
+                let file = self.summary(Self::base(Kind::FileKey), s, c).map(|x| f(x.cpu_us, 0)).unwrap_or_else(|| "–".into());
+                let o = |k| self.overhead_us(k, s, c).map(|x| f(x, 0)).unwrap_or_else(|| "–".into());
+                let _ = writeln!(m, "| {} | {c} | {file} | {} | {} |", s.name(), o(Kind::Module), o(Kind::Engine));
+            }
+        }
+        let _ = writeln!(m);
+    }
+
+    fn profile_table(&self, m: &mut String) {
+        if self.profiles.is_empty() {
+            return;
+        }
+        let _ = writeln!(m, "## PKCS#11 calls per handshake\n");
+        let _ = writeln!(
+            m,
+            "Counted by the wrapper over ten sequential full handshakes. With a network HSM each call may be a round trip.\n"
+        );
+        let _ = writeln!(m, "| setup | scenario | calls per handshake |\n|---|---|---|");
+        for p in self.profiles {
+            let calls: Vec<String> = p.per_hs.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+            let _ = writeln!(m, "| {} | {} | {} |", p.kind.name(), p.scenario.name(), calls.join(", "));
+        }
+        let _ = writeln!(m);
+    }
+
+    fn plot(&self, path: &Path) {
+        let scenarios = &self.options.scenarios;
+        let conc = &self.options.concurrency;
+        let cols = if scenarios.len() > 1 { 2 } else { 1 };
+        let rows = scenarios.len().div_ceil(cols);
+        let root = SVGBackend::new(path, (560 * cols as u32, 380 * rows as u32)).into_drawing_area();
+        root.fill(&WHITE).expect("plot background");
+        let areas = root.split_evenly((rows, cols));
+        let colors = [RGBColor(90, 90, 90), RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+        for (area, &s) in areas.iter().zip(scenarios.iter()) {
+            let ymax = VARIANTS
+                .iter()
+                .flat_map(|v| conc.iter().filter_map(move |c| self.summary(*v, s, *c)))
+                .map(|x| x.hs_per_s)
+                .fold(1.0f64, f64::max)
+                * 1.15;
+            let mut chart = ChartBuilder::on(area)
+                .caption(s.name(), ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(35)
+                .y_label_area_size(55)
+                .build_cartesian_2d(-0.3f64..(conc.len() as f64 - 0.7), 0f64..ymax)
+                .expect("chart");
+            chart
+                .configure_mesh()
+                .x_labels(conc.len())
+                .x_label_formatter(&|x| {
+                    let i = x.round() as usize;
+                    if (x - i as f64).abs() < 0.01 && i < conc.len() {
+                        conc[i].to_string()
+                    } else {
+                        String::new()
+                    }
+                })
+                .x_desc("concurrent clients")
+                .y_desc("handshakes/s")
+                .draw()
+                .expect("mesh");
+            for (v, color) in VARIANTS.iter().zip(colors.iter()) {
+                let pts: Vec<(f64, f64)> = conc
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| self.summary(*v, s, *c).map(|x| (i as f64, x.hs_per_s)))
+                    .collect();
+                if pts.is_empty() {
+                    continue;
+                }
+                let style = color.stroke_width(2);
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), style))
+                    .expect("line")
+                    .label(v.name())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled()))).expect("points");
+            }
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperLeft)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK.mix(0.3))
+                .label_font(("sans-serif", 12))
+                .draw()
+                .expect("legend");
+        }
+        root.present().expect("write the plot");
+    }
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_else(|e| format!("({cmd}: {e})"))
+}
+
+pub fn machine_info() -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib as f64 / 1048576.0));
+    let os = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_string()));
+    let pkg = |p: &str| command_line("dpkg-query", &["-W", "-f", "${Version}", p]);
+    vec![
+        ("date".into(), command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])),
+        ("CPU".into(), format!("{} × {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), model.unwrap_or_default())),
+        ("memory".into(), mem.unwrap_or_default()),
+        ("OS".into(), format!("{} ({})", os.unwrap_or_default(), command_line("uname", &["-r"]))),
+        ("Apache".into(), command_line("/usr/sbin/apache2", &["-v"])),
+        ("OpenSSL".into(), command_line("openssl", &["version"])),
+        ("SoftHSM2".into(), pkg("softhsm2")),
+        ("libp11 engine".into(), format!("libengine-pkcs11-openssl {}", pkg("libengine-pkcs11-openssl"))),
+        ("mod_hsm_ssl".into(), format!("{} ({})", env!("CARGO_PKG_VERSION"), command_line("git", &["-C", &crate::common::workspace_root().display().to_string(), "describe", "--always", "--dirty"]))),
+    ]
+}

@@ -1,0 +1,156 @@
+//! The three servers of the benchmark, built from one token, one pair of
+//! keys and one pair of certificates, so that only the key path differs:
+//!
+//! * file key: mod_ssl reads the PEM keys;
+//! * mod_hsm_ssl: the module, the keys inside the token;
+//! * libp11 engine: mod_ssl with libp11's `pkcs11` ENGINE and the same
+//!   token keys, our module not loaded.
+//!
+//! The keys are made in software and imported into the token with the
+//! repo's key tool (the file-key server needs the same keys on disk; a
+//! deployment would generate them inside the HSM). Both token setups reach
+//! SoftHSM2 through the p11wrap wrapper in its shared-memory mode, which
+//! counts calls per function and can add latency per call, without a file
+//! write per call.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::*;
+use crate::shm::Shm;
+
+/// MPM settings shared by all three: two children with 32 threads each,
+/// never replaced during a run (no spare-thread reaping, no request limit).
+const MPM: &str = "StartServers 2\nServerLimit 2\nThreadLimit 32\nThreadsPerChild 32\nMaxRequestWorkers 64\n\
+    MinSpareThreads 1\nMaxSpareThreads 64\nMaxConnectionsPerChild 0\nListenBacklog 512";
+
+/// libp11's engine as Debian installs it (libengine-pkcs11-openssl).
+pub const LIBP11_ENGINE: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    FileKey,
+    Module,
+    Engine,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::FileKey => "file key",
+            Kind::Module => "mod_hsm_ssl",
+            Kind::Engine => "libp11 engine",
+        }
+    }
+}
+
+pub struct Server {
+    pub kind: Kind,
+    pub apache: Apache,
+    /// The wrapper's counters and latency knob (token setups only).
+    pub shm: Option<Shm>,
+}
+
+pub struct Bench {
+    pub token: Token,
+    pub pki: TestDir,
+    pub ca: PathBuf,
+    pub rsa_key: PathBuf,
+    pub ec_key: PathBuf,
+    pub servers: Vec<Server>,
+}
+
+const PIN_ENV: &str = "HSM_BENCH_PIN";
+
+impl Bench {
+    pub fn new() -> Bench {
+        let token = Token::new("bench");
+        let pki = TestDir::new("bench-pki");
+        let ca = ca_cert(pki.path());
+        let (rsa_key, rsa_pub) = file_key(pki.path(), "bench-rsa", "rsa:2048");
+        let (ec_key, ec_pub) = file_key(pki.path(), "bench-ec", "ec:prime256v1");
+        for (label, key) in [("bench-rsa", &rsa_key), ("bench-ec", &ec_key)] {
+            // The tool removes nothing; the file-key server still needs it.
+            run_ok(
+                Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+                    .args(["import", "--library", SOFTHSM_LIB, "--token", &token.label, "--pin", &format!("env:{PIN_ENV}")])
+                    .args(["--label", label, "--key"])
+                    .arg(key)
+                    .env("SOFTHSM2_CONF", &token.conf)
+                    .env(PIN_ENV, &token.pin),
+            );
+        }
+        token.share();
+        let rsa_cert = make_cert(pki.path(), &rsa_pub, "bench-rsa", &["localhost"]);
+        let ec_cert = make_cert(pki.path(), &ec_pub, "bench-ec", &["localhost"]);
+        // Everything a child reads must be readable by www-data; the keys
+        // only by root (the parent reads them before dropping privileges).
+        for f in [&rsa_cert, &ec_cert, &ca] {
+            chmod(f, 0o644);
+        }
+        let mut bench = Bench { token, pki, ca, rsa_key, ec_key, servers: Vec::new() };
+        let certs = [(rsa_cert, "bench-rsa"), (ec_cert, "bench-ec")];
+        for kind in [Kind::FileKey, Kind::Module, Kind::Engine] {
+            let server = bench.server(kind, &certs);
+            bench.servers.push(server);
+        }
+        bench
+    }
+
+    fn server(&self, kind: Kind, certs: &[(PathBuf, &str); 2]) -> Server {
+        let mut cfg = ApacheConfig::new(&format!("bench-{}", kind.name().replace(' ', "-")))
+            .log_level("warn")
+            .global(MPM);
+        let mut shm = None;
+        let mut body = String::new();
+        for (cert, label) in certs {
+            let key = match kind {
+                Kind::FileKey => (if *label == "bench-rsa" { &self.rsa_key } else { &self.ec_key }).display().to_string(),
+                Kind::Module | Kind::Engine => self.token.key_uri(label),
+            };
+            body += &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"{key}\"\n", cert.display());
+        }
+        cfg = cfg.vhost(&ssl_vhost("localhost", &body));
+        if kind != Kind::FileKey {
+            let s = Shm::create(&self.pki.path().join(format!("p11wrap-{}.shm", kind.name().replace(' ', "-"))));
+            cfg = cfg.token(&self.token).env(crate::shm::ENV, &s.path.display().to_string());
+            shm = Some(s);
+        }
+        let wrap = p11wrap_path();
+        match kind {
+            Kind::FileKey => {}
+            Kind::Module => {
+                cfg = cfg
+                    .hsm_module()
+                    .global(&format!("HSMSSLLibrary {}\nHSMSSLPin env:{PIN_ENV}", wrap.display()))
+                    .env(PIN_ENV, &self.token.pin);
+            }
+            Kind::Engine => {
+                let conf = engine_openssl_conf(self.pki.path(), &wrap, &self.token.pin);
+                cfg = cfg.env("OPENSSL_CONF", &conf.display().to_string());
+            }
+        }
+        let mut apache = cfg.build();
+        if let Err(e) = apache.start() {
+            panic!("the {} server did not start: {e:?}", kind.name());
+        }
+        Server { kind, apache, shm }
+    }
+}
+
+/// An OpenSSL configuration that makes libp11's engine use `module` (the
+/// counting wrapper in front of SoftHSM2) and log in with `pin`.
+fn engine_openssl_conf(dir: &Path, module: &Path, pin: &str) -> PathBuf {
+    let path = dir.join("openssl-libp11.cnf");
+    let text = format!(
+        "# generated by tests/bench/setup.rs: libp11's engine for mod_ssl\n\
+         openssl_conf = openssl_init\n\n\
+         [openssl_init]\nengines = engine_section\n\n\
+         [engine_section]\npkcs11 = pkcs11_section\n\n\
+         [pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {LIBP11_ENGINE}\nMODULE_PATH = {}\nPIN = {pin}\ninit = 0\n",
+        module.display()
+    );
+    std::fs::write(&path, text).expect("write the engine's openssl.cnf");
+    chmod(&path, 0o644);
+    path
+}
