@@ -12,7 +12,9 @@
 //! --reps N            repetitions of the whole matrix (default 3)
 //! --concurrency LIST  e.g. 1,8,32 (default)
 //! --scenarios LIST    slugs: tls13-rsa-pss,tls12-ecdhe-rsa,tls12-rsa-kx,tls13-ecdsa-p256
+//! --setups LIST       file,module,engine,module-1ms,module-5ms (default: all)
 //! --out DIR           results folder (default target/bench/<UTC time>)
+//! --callgrind N       connections per callgrind cell (default 20, short 3, 0: skip)
 //! --update-doc        also write BENCHMARKS.md and tests/bench/latest/
 //! ```
 //!
@@ -27,6 +29,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod callgrind;
 mod client;
 mod raw;
 mod report;
@@ -47,6 +50,15 @@ pub struct Variant {
 }
 
 impl Variant {
+    pub fn slug(self) -> String {
+        let base = self.kind.slug();
+        if self.latency_ms == 0 {
+            base.to_string()
+        } else {
+            format!("{base}-{}ms", self.latency_ms)
+        }
+    }
+
     pub fn name(self) -> String {
         if self.latency_ms == 0 {
             self.kind.name().to_string()
@@ -71,8 +83,11 @@ pub struct Options {
     pub reps: usize,
     pub concurrency: Vec<usize>,
     pub scenarios: Vec<Scenario>,
+    pub variants: Vec<Variant>,
     pub out: PathBuf,
     pub update_doc: bool,
+    /// Connections measured per callgrind cell (0: no callgrind stage).
+    pub callgrind: usize,
 }
 
 fn usage(msg: &str) -> ! {
@@ -88,8 +103,10 @@ fn parse_args() -> Options {
         reps: 3,
         concurrency: vec![1, 8, 32],
         scenarios: SCENARIOS.to_vec(),
+        variants: VARIANTS.to_vec(),
         out: PathBuf::new(),
         update_doc: false,
+        callgrind: 20,
     };
     let mut out = None;
     let mut args = std::env::args().skip(1);
@@ -103,7 +120,9 @@ fn parse_args() -> Options {
                 o.seconds = 1.0;
                 o.warmup = 0.3;
                 o.reps = 1;
+                o.callgrind = 3;
             }
+            "--callgrind" => o.callgrind = value().parse().unwrap_or_else(|_| usage("--callgrind: a whole number")),
             "--seconds" => o.seconds = value().parse().unwrap_or_else(|_| usage("--seconds: a number")),
             "--warmup" => o.warmup = value().parse().unwrap_or_else(|_| usage("--warmup: a number")),
             "--reps" => o.reps = value().parse().unwrap_or_else(|_| usage("--reps: a whole number")),
@@ -116,12 +135,18 @@ fn parse_args() -> Options {
                     .map(|s| Scenario::from_slug(s).unwrap_or_else(|| usage(&format!("unknown scenario {s}"))))
                     .collect()
             }
+            "--setups" => {
+                o.variants = value()
+                    .split(',')
+                    .map(|s| VARIANTS.into_iter().find(|v| v.slug() == s).unwrap_or_else(|| usage(&format!("unknown setup {s}"))))
+                    .collect()
+            }
             "--out" => out = Some(PathBuf::from(value())),
             "--update-doc" => o.update_doc = true,
             other => usage(&format!("unknown option {other}")),
         }
     }
-    if o.reps == 0 || o.seconds <= 0.0 || o.concurrency.is_empty() || o.scenarios.is_empty() {
+    if o.reps == 0 || o.seconds <= 0.0 || o.concurrency.is_empty() || o.scenarios.is_empty() || o.variants.is_empty() {
         usage("nothing to measure");
     }
     o.out = out.unwrap_or_else(|| {
@@ -280,13 +305,14 @@ fn main() {
     let raw_secs = if o.short { 0.5 } else { 2.0 };
     let raw = raw::measure(&bench.token.conf, &bench.token.label, &bench.token.pin, &bench.rsa_key, &bench.ec_key, raw_secs);
     let speed = raw::openssl_speed(if o.short { 1 } else { 3 });
+    let hop = raw::executor_hop(if o.short { 0.5 } else { 2.0 });
 
     let mut cells = Vec::new();
-    let total = o.reps * o.scenarios.len() * o.concurrency.len() * VARIANTS.len();
+    let total = o.reps * o.scenarios.len() * o.concurrency.len() * o.variants.len();
     for rep in 0..o.reps {
         for &scenario in &o.scenarios {
             for &c in &o.concurrency {
-                for v in VARIANTS {
+                for &v in &o.variants {
                     if !works(v.kind, scenario) {
                         continue;
                     }
@@ -311,8 +337,20 @@ fn main() {
         }
     }
 
+    let instructions = if o.callgrind > 0 { callgrind::measure(&bench, &o.scenarios, works, o.callgrind) } else { Vec::new() };
+
     let machine = report::machine_info();
-    let r = report::Report { options: &o, machine, preflight: &preflight, profiles: &profiles, raw: &raw, speed, cells: &cells };
+    let r = report::Report {
+        options: &o,
+        machine,
+        preflight: &preflight,
+        profiles: &profiles,
+        raw: &raw,
+        speed,
+        cells: &cells,
+        instructions: &instructions,
+        hop: &hop,
+    };
     let problems = r.problems();
     r.write(&o.out);
     if o.update_doc {

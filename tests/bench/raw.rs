@@ -225,3 +225,40 @@ pub fn openssl_speed(secs: u32) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The one cost the module adds per token call that callgrind cannot see:
+/// handing the call to a helper thread and waiting for it (two thread
+/// wake-ups). Process CPU time (user + system, all threads) per empty
+/// round trip through the module's executor, and the wall time.
+pub struct Hop {
+    pub cpu_us: f64,
+    pub wall_us: f64,
+}
+
+pub fn executor_hop(secs: f64) -> Hop {
+    fn cpu_now() -> f64 {
+        // SAFETY: rusage is plain data (all-zero is valid); getrusage fills
+        // the struct we pass for RUSAGE_SELF.
+        let ru = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut ru);
+            ru
+        };
+        let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        t(ru.ru_utime) + t(ru.ru_stime)
+    }
+    let limit = Duration::from_secs(5);
+    // Warm up: the first call starts the helper thread.
+    mod_hsm_ssl::pkcs11::executor::run(limit, || ()).expect("executor");
+    let (cpu0, t0) = (cpu_now(), Instant::now());
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..100 {
+            mod_hsm_ssl::pkcs11::executor::run(limit, || ()).expect("executor");
+        }
+        n += 100;
+    }
+    let hop = Hop { cpu_us: (cpu_now() - cpu0) * 1e6 / n as f64, wall_us: t0.elapsed().as_secs_f64() * 1e6 / n as f64 };
+    eprintln!("executor hop: {:.1} us CPU, {:.1} us wall per call ({n} calls)", hop.cpu_us, hop.wall_us);
+    hop
+}

@@ -1,0 +1,255 @@
+//! Instructions per handshake, counted by valgrind's callgrind: the same
+//! for the same binaries and inputs whatever else the machine is doing, so
+//! the module's own cost can be told apart from noise that /proc CPU time
+//! cannot resolve.
+//!
+//! Each setup runs as `apache2 -X` (one process, 4 threads) under
+//! callgrind with `--dump-before=ap_run_pre_connection`: every connection
+//! starts a new dump, so with sequential clients each dump holds exactly
+//! one connection (accept, full handshake, GET, close). The token setups
+//! use SoftHSM2 directly (no wrapper). For one median dump per cell,
+//! callgrind_annotate gives the inclusive cost of the token's calls
+//! (C_SignInit + C_Sign, or C_DecryptInit + C_Decrypt, inside SoftHSM2)
+//! and, for the file key, of OpenSSL's own private-key operation. Then
+//!
+//!   overhead = Ir(setup) - Ir(file key) - (Ir(token calls) - Ir(OpenSSL op))
+//!
+//! is what the key path adds besides the key operation itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::{self, Scenario};
+use crate::common::*;
+use crate::setup::{Bench, Kind};
+
+/// One process, a few threads: less for valgrind to serialize.
+const MPM: &str = "StartServers 1\nServerLimit 1\nThreadLimit 4\nThreadsPerChild 4\nMaxRequestWorkers 4\n\
+    MinSpareThreads 1\nMaxSpareThreads 4";
+
+#[derive(Clone, Debug)]
+pub struct CgCell {
+    pub kind: Kind,
+    pub scenario: Scenario,
+    pub handshakes: usize,
+    /// Median instructions of one connection.
+    pub ir: f64,
+    /// Inclusive instructions of the token's calls in that connection.
+    pub token_ir: Option<f64>,
+    /// Inclusive instructions of OpenSSL's private-key operation (file key).
+    pub openssl_op_ir: Option<f64>,
+}
+
+/// OpenSSL 3.0's exported function that does the scenario's private-key
+/// operation for a file key (providers/implementations/{signature,asymcipher}).
+fn openssl_op(s: Scenario) -> &'static str {
+    match s {
+        Scenario::Tls13RsaPss => "RSA_private_encrypt",
+        Scenario::Tls12EcdheRsa => "RSA_sign",
+        Scenario::Tls12RsaKx => "RSA_private_decrypt",
+        Scenario::Tls13Ecdsa => "ECDSA_sign_ex",
+    }
+}
+
+const TOKEN_CALLS: [&str; 4] = ["C_SignInit", "C_Sign", "C_DecryptInit", "C_Decrypt"];
+
+struct Valgrind {
+    child: Child,
+    out_dir: PathBuf,
+    port: u16,
+}
+
+impl Drop for Valgrind {
+    fn drop(&mut self) {
+        kill(self.child.id() as i32, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Valgrind {
+    fn start(apache: &Apache) -> Valgrind {
+        let out_dir = apache.root.join("callgrind");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        // The dumps are written after httpd has switched to www-data.
+        chmod(&out_dir, 0o777);
+        let log = std::fs::File::create(apache.root.join("logs/valgrind.out")).unwrap();
+        let mut cmd = Command::new("valgrind");
+        cmd.args(["--tool=callgrind", "--instr-atstart=no", "--dump-before=ap_run_pre_connection"])
+            .arg(format!("--callgrind-out-file={}", out_dir.join("cg.out").display()))
+            .arg(APACHE_BIN)
+            .args(["-X", "-d"])
+            .arg(&apache.root)
+            .arg("-f")
+            .arg(&apache.conf_file)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for k in ["SOFTHSM2_CONF", "OPENSSL_CONF", "HSM_P11WRAP_LOG", "HSM_P11WRAP_CONTROL", "HSM_P11WRAP_SHM"] {
+            cmd.env_remove(k);
+        }
+        for (k, v) in &apache.cfg.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("run valgrind (scripts/install-deps.sh installs it)");
+        let v = Valgrind { child, out_dir, port: apache.port };
+        v.wait_listening(&apache.root);
+        v
+    }
+
+    fn wait_listening(&self, root: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "apache2 under valgrind did not listen within 10 minutes; see {}",
+                root.join("logs").display()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Turns instrumentation on: callgrind reads its commands only while
+    /// the process runs code, so requests keep it busy until it answers.
+    fn instrument_on(&self, scenario: Scenario, ca: &Path) {
+        let mut ctl = Command::new("callgrind_control")
+            .args(["-i", "on", &self.child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run callgrind_control");
+        let connector = scenario.connector(ca);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if let Ok(Some(st)) = ctl.try_wait() {
+                assert!(st.success(), "callgrind_control -i on failed");
+                return;
+            }
+            assert!(Instant::now() < deadline, "callgrind did not take the instrumentation command");
+            let _ = client::one_request(self.port, &connector);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn dumps(&self) -> Vec<PathBuf> {
+        let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.out_dir)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let n = name.strip_prefix("cg.out.")?.parse().ok()?;
+                Some((n, e.path()))
+            })
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, p)| p).collect()
+    }
+}
+
+/// Total instructions of a dump (its `summary:` or `totals:` line).
+fn total_ir(dump: &Path) -> Option<f64> {
+    let text = std::fs::read_to_string(dump).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Inclusive instructions per function, from callgrind_annotate:
+/// (function, object, Ir).
+fn inclusive(dump: &Path) -> Vec<(String, String, f64)> {
+    let out = Command::new("callgrind_annotate")
+        .args(["--inclusive=yes", "--threshold=100"])
+        .arg(dump)
+        .output()
+        .expect("run callgrind_annotate");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| {
+            // "  1,234,567 (12.34%)  file:function [object]"
+            let l = l.trim_start();
+            let (num, rest) = l.split_once(' ')?;
+            let ir: f64 = num.replace(',', "").parse().ok()?;
+            let rest = rest.trim_start();
+            let rest = rest.strip_prefix('(')?.split_once(')')?.1.trim();
+            let (loc, obj) = match rest.rsplit_once(" [") {
+                Some((a, b)) => (a, b.trim_end_matches(']')),
+                None => (rest, ""),
+            };
+            let func = loc.rsplit_once(':').map(|(_, f)| f).unwrap_or(loc);
+            Some((func.to_string(), obj.to_string(), ir))
+        })
+        .collect()
+}
+
+fn median_index(v: &[f64]) -> usize {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|a, b| v[*a].partial_cmp(&v[*b]).unwrap());
+    idx[idx.len() / 2]
+}
+
+pub fn measure(bench: &Bench, scenarios: &[Scenario], works: impl Fn(Kind, Scenario) -> bool, n: usize) -> Vec<CgCell> {
+    let mut cells = Vec::new();
+    for kind in [Kind::FileKey, Kind::Module, Kind::Engine] {
+        let todo: Vec<Scenario> = scenarios.iter().copied().filter(|s| works(kind, *s)).collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let apache = bench.config(kind, &bench.certs, Path::new(SOFTHSM_LIB), &format!("cg-{}", kind.slug())).global(MPM).build();
+        bench.token.share();
+        eprintln!("callgrind: {} under valgrind (startup takes a while)", kind.name());
+        let vg = Valgrind::start(&apache);
+        vg.instrument_on(todo[0], &bench.ca);
+        for s in todo {
+            let connector = s.connector(&bench.ca);
+            for _ in 0..2 {
+                client::one_request(vg.port, &connector).expect("warm-up request under valgrind");
+            }
+            for _ in 0..=n {
+                client::one_request(vg.port, &connector).expect("request under valgrind");
+            }
+            // The dump made as request i+1 began holds request i.
+            let dumps = vg.dumps();
+            assert!(dumps.len() >= n, "callgrind wrote {} dumps, expected at least {n}", dumps.len());
+            let mine = &dumps[dumps.len() - n..];
+            let irs: Vec<f64> = mine.iter().map(|d| total_ir(d).unwrap_or(f64::NAN)).collect();
+            let mid = median_index(&irs);
+            let incl = inclusive(&mine[mid]);
+            let sum = |pred: &dyn Fn(&str, &str) -> bool| -> Option<f64> {
+                let v: Vec<f64> = incl.iter().filter(|(f, o, _)| pred(f, o)).map(|(_, _, ir)| *ir).collect();
+                (!v.is_empty()).then(|| v.iter().sum())
+            };
+            let token_ir = sum(&|f, o| o.contains("libsofthsm2") && TOKEN_CALLS.contains(&f));
+            let op = openssl_op(s);
+            // Only the file key's counts: in a token setup the same
+            // function also runs inside SoftHSM2.
+            let openssl_op_ir = if kind == Kind::FileKey { sum(&|f, o| o.contains("libcrypto") && f == op) } else { None };
+            let cell = CgCell { kind, scenario: s, handshakes: n, ir: irs[mid], token_ir, openssl_op_ir };
+            eprintln!(
+                "callgrind {} / {}: {:.0} instructions per connection, token calls {:?}, OpenSSL op {:?}",
+                kind.name(),
+                s.name(),
+                cell.ir,
+                cell.token_ir,
+                cell.openssl_op_ir
+            );
+            cells.push(cell);
+        }
+    }
+    cells
+}
+
+/// `overhead` of the module's header, in instructions.
+pub fn overhead(cells: &[CgCell], kind: Kind, s: Scenario) -> Option<f64> {
+    let find = |k: Kind| cells.iter().find(|c| c.kind == k && c.scenario == s);
+    let setup = find(kind)?;
+    let file = find(Kind::FileKey)?;
+    Some(setup.ir - file.ir - (setup.token_ir? - file.openssl_op_ir?))
+}
