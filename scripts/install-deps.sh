@@ -18,7 +18,8 @@ PACKAGES=(
     apache2-dev      # httpd/APR headers for bindgen, apxs
     softhsm2         # PKCS#11 token used by the tests (/usr/lib/softhsm/libsofthsm2.so)
     opensc           # pkcs11-tool (key generation, object listing)
-    libengine-pkcs11-openssl  # libp11 engine: the "with engine" test case
+    libengine-pkcs11-openssl  # libp11 engine: the "with engine" test case, and the benchmark's third setup
+    valgrind         # callgrind: instruction counts in the benchmark (scripts/bench.sh)
     libssl-dev       # openssl-sys
     pkg-config
     clang            # bindgen

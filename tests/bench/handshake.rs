@@ -251,8 +251,8 @@ pub struct Preflight {
     pub result: Result<String, String>,
 }
 
-/// Calls per operation of the module without the wrapper's counters being
-/// disturbed by the load: C_* counts of ten sequential handshakes.
+/// Which PKCS#11 calls a token setup makes per full handshake: the
+/// wrapper's counts over ten sequential handshakes, before any load.
 pub struct CallProfile {
     pub kind: Kind,
     pub scenario: Scenario,
