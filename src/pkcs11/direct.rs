@@ -27,12 +27,15 @@ use cryptoki_sys::{CKR_BUFFER_TOO_SMALL, CKR_OK, CK_FUNCTION_LIST, CK_MECHANISM,
 const OUT_LEN: usize = 1024;
 
 pub struct Direct {
-    list: *const CK_FUNCTION_LIST,
+    sign_init: Init,
+    sign: Op,
+    decrypt_init: Init,
+    decrypt: Op,
     lib: *mut c_void,
 }
 
-// SAFETY: the function list is immutable data of the library, valid while
-// `lib` holds the library loaded; PKCS#11 functions are called from many
+// SAFETY: the function pointers are the library's, valid while `lib`
+// holds the library loaded; PKCS#11 functions are called from many
 // threads by design (the library was initialized with OS locking).
 unsafe impl Send for Direct {}
 // SAFETY: as for Send; `Direct` has no interior mutability.
@@ -61,8 +64,17 @@ impl Direct {
         if lib.is_null() {
             return None;
         }
-        // Closes the handle again on every way out but success.
-        let mut direct = Direct { list: std::ptr::null(), lib };
+        // Closes the handle again on every way out.
+        struct Handle(*mut c_void);
+        impl Drop for Handle {
+            fn drop(&mut self) {
+                // SAFETY: the handle our dlopen returned, closed once here.
+                unsafe {
+                    libc::dlclose(self.0);
+                }
+            }
+        }
+        let handle = Handle(lib);
         // SAFETY: `lib` is a live handle, the name a C string literal.
         let sym = unsafe { libc::dlsym(lib, c"C_GetFunctionList".as_ptr()) };
         if sym.is_null() {
@@ -77,28 +89,24 @@ impl Direct {
         }
         // SAFETY: non-null, owned by the library and valid while it is loaded.
         let l = unsafe { &*list };
-        if l.C_SignInit.is_none() || l.C_Sign.is_none() || l.C_DecryptInit.is_none() || l.C_Decrypt.is_none() {
-            return None;
-        }
-        direct.list = list;
+        let direct = Direct {
+            sign_init: l.C_SignInit?,
+            sign: l.C_Sign?,
+            decrypt_init: l.C_DecryptInit?,
+            decrypt: l.C_Decrypt?,
+            lib,
+        };
+        // The handle now belongs to `direct`.
+        std::mem::forget(handle);
         Some(direct)
     }
 
-    fn list(&self) -> &CK_FUNCTION_LIST {
-        // SAFETY: checked non-null in `open`, valid while `self.lib` is held.
-        unsafe { &*self.list }
-    }
-
     pub fn sign(&self, s: &Session, mech: &Mechanism, key: ObjectHandle, data: &[u8]) -> Result<Vec<u8>, CkError> {
-        let l = self.list();
-        let (init, op) = (l.C_SignInit.expect("checked in open"), l.C_Sign.expect("checked in open"));
-        self.run(s, mech, key, data, (init, Function::SignInit), (op, Function::Sign))
+        self.run(s, mech, key, data, (self.sign_init, Function::SignInit), (self.sign, Function::Sign))
     }
 
     pub fn decrypt(&self, s: &Session, mech: &Mechanism, key: ObjectHandle, data: &[u8]) -> Result<Vec<u8>, CkError> {
-        let l = self.list();
-        let (init, op) = (l.C_DecryptInit.expect("checked in open"), l.C_Decrypt.expect("checked in open"));
-        self.run(s, mech, key, data, (init, Function::DecryptInit), (op, Function::Decrypt))
+        self.run(s, mech, key, data, (self.decrypt_init, Function::DecryptInit), (self.decrypt, Function::Decrypt))
     }
 
     fn run(&self, s: &Session, mech: &Mechanism, key: ObjectHandle, data: &[u8], init: (Init, Function), op: (Op, Function)) -> Result<Vec<u8>, CkError> {

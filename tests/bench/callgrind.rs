@@ -93,7 +93,7 @@ impl Valgrind {
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
-        for k in ["SOFTHSM2_CONF", "OPENSSL_CONF", "HSM_P11WRAP_LOG", "HSM_P11WRAP_CONTROL", "HSM_P11WRAP_SHM"] {
+        for k in SCRUBBED_ENV {
             cmd.env_remove(k);
         }
         for (k, v) in &apache.cfg.env {

@@ -20,6 +20,7 @@ pub struct Shm {
 // SAFETY: the mapping is shared memory accessed only through atomics; it
 // stays mapped for the life of the Shm.
 unsafe impl Send for Shm {}
+// SAFETY: as for Send; every access to the mapping is an atomic operation.
 unsafe impl Sync for Shm {}
 
 /// Call counts per function at one moment.

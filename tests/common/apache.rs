@@ -73,7 +73,7 @@ impl Default for ApacheConfig {
 }
 
 /// Env vars that must not leak from the test process into apache2.
-const SCRUBBED_ENV: &[&str] =
+pub const SCRUBBED_ENV: &[&str] =
     &["SOFTHSM2_CONF", "HSM_P11WRAP_LOG", "HSM_P11WRAP_CONTROL", "HSM_P11WRAP_TARGET", "HSM_P11WRAP_SHM", "OPENSSL_CONF"];
 
 impl ApacheConfig {
