@@ -130,6 +130,24 @@ fn hsmssl_directives_inside_a_virtualhost_are_a_configuration_error() {
 }
 
 #[test]
+fn hsmssl_value_errors_name_the_directive_and_what_it_takes() {
+    for (line, says) in [
+        ("HSMSSLDirectCalls maybe", "HSMSSLDirectCalls maybe: give On or Off"),
+        ("HSMSSLMaxSessions 0", "HSMSSLMaxSessions 0: give a number from 1 to 1024"),
+        ("HSMSSLOperationTimeout 0.01", "HSMSSLOperationTimeout 0.01: give seconds, from 0.1 to 600"),
+    ] {
+        let mut s = Site::new("values", Mpm::Event);
+        s.key("www-rsa", "rsa:2048");
+        s.vhost("localhost", &["www-rsa"]);
+        s.global(line);
+        let (code, out) = s.apache.configtest();
+        assert_ne!(code, 0, "{line}: configtest passed:\n{out}");
+        assert!(out.contains(says), "{line}:\n{out}");
+        assert!(out.contains("httpd.conf"), "{line}: no file named:\n{out}");
+    }
+}
+
+#[test]
 fn hsmssltoken_picks_the_token_when_the_uri_names_none() {
     let mut s = Site::new("tokendirective", Mpm::Event);
     s.key("www-rsa", "rsa:2048");

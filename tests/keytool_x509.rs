@@ -62,6 +62,7 @@ fn token_keys_sign_requests_and_self_signed_certificates() {
         default_token: Default::default(),
         max_sessions: 4,
         session_wait: Duration::from_secs(5),
+        direct_calls: false,
         op_timeout: Duration::from_secs(5),
     });
     // As the tool does: one open state for finding the keys, kept until

@@ -105,6 +105,44 @@ fn a_hanging_token_call_costs_a_handshake_at_most_the_bound_and_leaks_no_session
     assert!(open <= children * 3, "{open} sessions open for {children} children: a session leaked");
 }
 
+/// Threads named like the executor's helpers in the children of `s`.
+fn helper_threads(s: &Site) -> usize {
+    s.apache
+        .child_pids()
+        .iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flatten()
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).map(|c| c.trim() == "hsm_ssl-token").unwrap_or(false))
+        .count()
+}
+
+#[test]
+fn with_direct_calls_the_worker_calls_the_token_itself_and_a_slow_call_is_waited_for() {
+    // By default the calls run on helper threads (the bounded wait).
+    let s = rsa_site("helpers", Mpm::Event, "");
+    s.get(tls("1.3"));
+    assert!(helper_threads(&s) > 0, "no helper thread in the children with the default setting");
+    drop(s);
+
+    let s = rsa_site("direct", Mpm::Event, "HSMSSLDirectCalls On\nHSMSSLOperationTimeout 1\nLogLevel hsm_ssl:info");
+    for v in ["1.3", "1.2"] {
+        let r = s.get(tls(v));
+        assert_eq!(r.http_status, Some(200));
+    }
+    assert_eq!(helper_threads(&s), 0, "HSMSSLDirectCalls On, yet helper threads were started");
+    assert!(s.apache.error_log().contains("HSMSSLDirectCalls On"), "the setting is not logged:\n{}", s.apache.error_log());
+    // Not bounded: a 2.5 s call with a 1 s bound is waited for, and served.
+    s.p11.delay("C_Sign", 2500);
+    let t = Instant::now();
+    let r = s.try_get(ClientOpts { timeout: Some(Duration::from_secs(20)), ..tls("1.3") });
+    let waited = t.elapsed();
+    s.p11.clear_faults();
+    assert_eq!(r.http_status, Some(200), "a slow call failed the handshake with direct calls:\n{}", r.raw);
+    assert!(waited >= Duration::from_millis(2400), "the handshake took only {waited:?} over a 2.5 s call");
+    assert!(!s.apache.error_log().contains("did not answer within"), "{}", s.apache.error_log());
+}
+
 #[test]
 fn refused_pins_are_never_retried_by_any_child() {
     for rv in ["CKR_PIN_INCORRECT", "CKR_PIN_LOCKED", "CKR_PIN_EXPIRED"] {

@@ -23,10 +23,13 @@ pub struct GlobalConfig {
     pub token: Option<(TokenSelector, Origin)>,
     pub max_sessions: Option<usize>,
     pub operation_timeout: Option<std::time::Duration>,
+    /// HSMSSLDirectCalls: token calls of a handshake on the worker thread
+    /// itself, unbounded (default off).
+    pub direct_calls: Option<bool>,
 }
 
 static CONFIG: Mutex<GlobalConfig> =
-    Mutex::new(GlobalConfig { library: None, pin: None, token: None, max_sessions: None, operation_timeout: None });
+    Mutex::new(GlobalConfig { library: None, pin: None, token: None, max_sessions: None, operation_timeout: None, direct_calls: None });
 
 pub fn reset() {
     *CONFIG.lock() = GlobalConfig::default();
@@ -132,5 +135,41 @@ pub unsafe extern "C" fn set_operation_timeout(cmd: *mut cmd_parms, _m: *mut c_v
             CONFIG.lock().operation_timeout = Some(std::time::Duration::from_secs_f64(secs));
             Ok(())
         })
+    }
+}
+
+pub unsafe extern "C" fn set_direct_calls(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, _| {
+            CONFIG.lock().direct_calls = Some(parse_on_off(a).ok_or_else(|| format!("HSMSSLDirectCalls {a}: give On or Off"))?);
+            Ok(())
+        })
+    }
+}
+
+/// Apache's spelling of a flag: On or Off, in any case.
+fn parse_on_off(a: &str) -> Option<bool> {
+    if a.eq_ignore_ascii_case("on") {
+        Some(true)
+    } else if a.eq_ignore_ascii_case("off") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_on_or_off_in_any_case_and_nothing_else() {
+        assert_eq!(parse_on_off("On"), Some(true));
+        assert_eq!(parse_on_off("off"), Some(false));
+        assert_eq!(parse_on_off("OFF"), Some(false));
+        for bad in ["", "yes", "1", "true", "onn", " on"] {
+            assert_eq!(parse_on_off(bad), None, "{bad:?}");
+        }
     }
 }

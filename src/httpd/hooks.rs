@@ -163,6 +163,13 @@ impl Generation {
                         p
                     }
                 };
+                let direct_calls = self.config.direct_calls.unwrap_or(false);
+                if direct_calls && !is_first_pass() {
+                    log::info!(
+                        "HSMSSLDirectCalls On: handshakes call the token on their own thread; \
+                         HSMSSLOperationTimeout does not bound those calls"
+                    );
+                }
                 Ok(Arc::new(Binding {
                     library,
                     pin,
@@ -170,6 +177,7 @@ impl Generation {
                     max_sessions: self.config.max_sessions.unwrap_or_else(threads_per_child),
                     session_wait: self.config.operation_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
                     op_timeout: self.config.operation_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
+                    direct_calls,
                 }))
             })
             .clone()

@@ -24,7 +24,7 @@ const fn take1(
     }
 }
 
-struct Commands([command_rec; 6]);
+struct Commands([command_rec; 7]);
 // SAFETY: a read-only table of pointers to 'static strings and functions.
 unsafe impl Sync for Commands {}
 
@@ -34,6 +34,7 @@ static COMMANDS: Commands = Commands([
     take1(c"HSMSSLToken", config::set_token, c"token used when a key URI names none: a token label or pkcs11:token=...;serial=..."),
     take1(c"HSMSSLOperationTimeout", config::set_operation_timeout, c"seconds a PKCS#11 step may take at startup and configtest before it counts as failed (default 5)"),
     take1(c"HSMSSLMaxSessions", config::set_max_sessions, c"maximum PKCS#11 sessions per child process and token (default: the MPM's threads per child)"),
+    take1(c"HSMSSLDirectCalls", config::set_direct_calls, c"On: handshakes call the token on their own thread, with no HSMSSLOperationTimeout bound (for local tokens); default Off"),
     command_rec {
         name: ptr::null(),
         func: cmd_func { no_args: None },

@@ -291,6 +291,7 @@ impl Target {
             default_token: self.token.clone(),
             max_sessions: 2,
             session_wait: Duration::from_secs(30),
+            direct_calls: false,
             op_timeout: Duration::from_secs(30),
         }))
     }

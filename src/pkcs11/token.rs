@@ -37,6 +37,9 @@ pub struct Binding {
     pub session_wait: Duration,
     /// Bound of one PKCS#11 step at startup and configtest.
     pub op_timeout: Duration,
+    /// HSMSSLDirectCalls: in a child, token calls run on the calling
+    /// thread, not bounded by `op_timeout` (no helper thread, no hop).
+    pub direct_calls: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -718,6 +721,9 @@ impl Hsm {
     /// Makes sure the token of `key` is logged in and the key is found, so
     /// that the first handshake does not pay for it; bounded like `run`.
     pub fn prepare(self: &Arc<Self>, key: &Arc<KeyRef>) -> Result<(), OpError> {
+        if self.binding.direct_calls {
+            return self.key_handle(key).map(|_| ());
+        }
         let limit = self.binding.op_timeout;
         let (me, key) = (self.clone(), key.clone());
         super::executor::run(limit, move || me.key_handle(&key).map(|_| ())).unwrap_or(Err(OpError::Timeout(limit)))
@@ -728,12 +734,17 @@ impl Hsm {
     /// a re-initialization), waiting for a pooled session, the call itself.
     /// A session-level error drops the session and retries once on a fresh
     /// one. A call that outlives the wait gives its session back when it
-    /// ends.
+    /// ends. With HSMSSLDirectCalls the calling thread does all of it
+    /// itself, as long as it takes (only the wait for a session stays
+    /// bounded).
     fn run<T, F>(self: &Arc<Self>, key: &Arc<KeyRef>, op: F) -> Result<T, OpError>
     where
         T: Send + 'static,
         F: Fn(&Hsm, &Session, ObjectHandle) -> Result<T, CkError> + Send + 'static,
     {
+        if self.binding.direct_calls {
+            return self.run_here(key, op);
+        }
         let limit = self.binding.op_timeout;
         let (me, key) = (self.clone(), key.clone());
         super::executor::run(limit, move || me.run_here(&key, op)).unwrap_or(Err(OpError::Timeout(limit)))

@@ -176,6 +176,11 @@ pub struct Cell {
     pub p99_ms: f64,
     /// Server CPU (all httpd processes) per handshake, microseconds.
     pub cpu_us: f64,
+    /// Minor page faults and context switches (voluntary + involuntary)
+    /// of all httpd threads, per handshake: the kernel side, which
+    /// callgrind does not see.
+    pub faults_per_hs: f64,
+    pub switches_per_hs: f64,
     /// Token key operations and PKCS#11 calls per handshake (token setups).
     pub ops_per_hs: Option<f64>,
     pub calls_per_hs: Option<f64>,
@@ -197,6 +202,34 @@ fn cpu_seconds(pids: &[i32]) -> f64 {
         / tck
 }
 
+/// (minor faults, context switches) of `pids`: faults from
+/// /proc/<pid>/stat (all threads, exited ones included), switches summed
+/// over /proc/<pid>/task/*/status (httpd's threads live as long as the
+/// process in these runs).
+fn kernel_counts(pids: &[i32]) -> (u64, u64) {
+    let mut faults = 0;
+    let mut switches = 0;
+    for p in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            // Field 10 of stat(5); after the ')' the first field is 3.
+            faults += stat
+                .rfind(')')
+                .and_then(|i| stat[i + 2..].split_whitespace().nth(7)?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(t.path().join("status")) else { continue };
+            switches += status
+                .lines()
+                .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    (faults, switches)
+}
+
 fn run_cell(bench: &Bench, o: &Options, variant: Variant, scenario: Scenario, concurrency: usize, rep: usize) -> Cell {
     let server = bench.servers.iter().find(|s| s.kind == variant.kind).expect("server of the variant");
     if let Some(shm) = &server.shm {
@@ -206,6 +239,7 @@ fn run_cell(bench: &Bench, o: &Options, variant: Variant, scenario: Scenario, co
     let pids = server.apache.pids();
     let counts0 = server.shm.as_ref().map(|s| s.counts());
     let cpu0 = cpu_seconds(&pids);
+    let kernel0 = kernel_counts(&pids);
     let load = Load::start(server.apache.port, &connector, concurrency);
     std::thread::sleep(Duration::from_secs_f64(o.warmup));
     let t0 = Instant::now();
@@ -213,6 +247,7 @@ fn run_cell(bench: &Bench, o: &Options, variant: Variant, scenario: Scenario, co
     let t1 = Instant::now();
     let (attempts, first_error) = load.stop();
     let cpu = cpu_seconds(&pids) - cpu0;
+    let kernel1 = kernel_counts(&pids);
     let counts = server.shm.as_ref().zip(counts0).map(|(s, c0)| shm::diff(&c0, &s.counts()));
     if let Some(shm) = &server.shm {
         shm.set_latency_us(0);
@@ -237,6 +272,8 @@ fn run_cell(bench: &Bench, o: &Options, variant: Variant, scenario: Scenario, co
         p50_ms: client::quantile_ms(&window, 0.50),
         p99_ms: client::quantile_ms(&window, 0.99),
         cpu_us: if all_ok > 0 { cpu * 1e6 / all_ok as f64 } else { f64::NAN },
+        faults_per_hs: per_hs(kernel1.0.saturating_sub(kernel0.0)).unwrap_or(f64::NAN),
+        switches_per_hs: per_hs(kernel1.1.saturating_sub(kernel0.1)).unwrap_or(f64::NAN),
         ops_per_hs: counts.as_ref().and_then(|c| per_hs(shm::key_ops(c))),
         calls_per_hs: counts.as_ref().and_then(|c| per_hs(shm::calls(c))),
         first_error,
@@ -318,7 +355,7 @@ fn main() {
                     }
                     let cell = run_cell(&bench, &o, v, scenario, c, rep);
                     eprintln!(
-                        "[{}/{total}] rep {} {} c={} {}: {:.0} hs/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} us CPU/hs, ops/hs {:?}, {} failed",
+                        "[{}/{total}] rep {} {} c={} {}: {:.0} hs/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} us CPU/hs, {:.1} faults/hs, {:.1} switches/hs, ops/hs {:?}, {} failed",
                         cells.len() + 1,
                         rep + 1,
                         scenario.name(),
@@ -328,6 +365,8 @@ fn main() {
                         cell.p50_ms,
                         cell.p99_ms,
                         cell.cpu_us,
+                        cell.faults_per_hs,
+                        cell.switches_per_hs,
                         cell.ops_per_hs,
                         cell.failed
                     );

@@ -233,10 +233,13 @@ pub fn openssl_speed(secs: u32) -> String {
 pub struct Hop {
     pub cpu_us: f64,
     pub wall_us: f64,
+    /// Context switches (voluntary + involuntary, all threads) per call.
+    pub switches: f64,
 }
 
 pub fn executor_hop(secs: f64) -> Hop {
-    fn cpu_now() -> f64 {
+    /// (CPU seconds, context switches) of this process, all threads.
+    fn usage() -> (f64, f64) {
         // SAFETY: rusage is plain data (all-zero is valid); getrusage fills
         // the struct we pass for RUSAGE_SELF.
         let ru = unsafe {
@@ -245,12 +248,12 @@ pub fn executor_hop(secs: f64) -> Hop {
             ru
         };
         let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-        t(ru.ru_utime) + t(ru.ru_stime)
+        (t(ru.ru_utime) + t(ru.ru_stime), (ru.ru_nvcsw + ru.ru_nivcsw) as f64)
     }
     let limit = Duration::from_secs(5);
     // Warm up: the first call starts the helper thread.
     mod_hsm_ssl::pkcs11::executor::run(limit, || ()).expect("executor");
-    let (cpu0, t0) = (cpu_now(), Instant::now());
+    let (u0, t0) = (usage(), Instant::now());
     let mut n = 0u64;
     while t0.elapsed().as_secs_f64() < secs {
         for _ in 0..100 {
@@ -258,7 +261,15 @@ pub fn executor_hop(secs: f64) -> Hop {
         }
         n += 100;
     }
-    let hop = Hop { cpu_us: (cpu_now() - cpu0) * 1e6 / n as f64, wall_us: t0.elapsed().as_secs_f64() * 1e6 / n as f64 };
-    eprintln!("executor hop: {:.1} us CPU, {:.1} us wall per call ({n} calls)", hop.cpu_us, hop.wall_us);
+    let u1 = usage();
+    let hop = Hop {
+        cpu_us: (u1.0 - u0.0) * 1e6 / n as f64,
+        wall_us: t0.elapsed().as_secs_f64() * 1e6 / n as f64,
+        switches: (u1.1 - u0.1) / n as f64,
+    };
+    eprintln!(
+        "executor hop: {:.1} us CPU, {:.1} us wall, {:.2} context switches per call ({n} calls)",
+        hop.cpu_us, hop.wall_us, hop.switches
+    );
     hop
 }
