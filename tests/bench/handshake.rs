@@ -12,16 +12,17 @@
 //! --reps N            repetitions of the whole matrix (default 3)
 //! --concurrency LIST  e.g. 1,8,32 (default)
 //! --scenarios LIST    slugs: tls13-rsa-pss,tls12-ecdhe-rsa,tls12-rsa-kx,tls13-ecdsa-p256
-//! --setups LIST       file,module,engine,module-1ms,module-5ms (default: all)
+//! --setups LIST       file,module,module-direct,engine,module-1ms,engine-1ms,
+//!                     module-5ms,engine-5ms (default: all)
 //! --out DIR           results folder (default target/bench/<UTC time>)
 //! --callgrind N       connections per callgrind cell (default 20, short 3, 0: skip)
 //! --update-doc        also write BENCHMARKS.md and tests/bench/latest/
 //! ```
 //!
 //! The cells run interleaved: for each repetition, scenario and
-//! concurrency, the setups run one after the other (file, module, engine,
-//! module +1 ms, module +5 ms), so machine noise hits all alike; medians
-//! over the repetitions are reported. Speed never fails the run; a setup
+//! concurrency, the setups run one after the other (in the order of
+//! VARIANTS), so machine noise hits all alike; medians over the
+//! repetitions are reported. Speed never fails the run; a setup
 //! that should work and does not (file key and module in every scenario),
 //! or a module that does other than one token operation per handshake,
 //! makes it exit 1.
@@ -68,12 +69,15 @@ impl Variant {
     }
 }
 
-pub const VARIANTS: [Variant; 5] = [
+pub const VARIANTS: [Variant; 8] = [
     Variant { kind: Kind::FileKey, latency_ms: 0 },
     Variant { kind: Kind::Module, latency_ms: 0 },
+    Variant { kind: Kind::ModuleDirect, latency_ms: 0 },
     Variant { kind: Kind::Engine, latency_ms: 0 },
     Variant { kind: Kind::Module, latency_ms: 1 },
+    Variant { kind: Kind::Engine, latency_ms: 1 },
     Variant { kind: Kind::Module, latency_ms: 5 },
+    Variant { kind: Kind::Engine, latency_ms: 5 },
 ];
 
 pub struct Options {
@@ -321,7 +325,7 @@ fn main() {
     let bench = Bench::new();
 
     let mut preflight = Vec::new();
-    for kind in [Kind::FileKey, Kind::Module, Kind::Engine] {
+    for kind in setup::KINDS {
         let server = bench.servers.iter().find(|s| s.kind == kind).unwrap();
         for &scenario in &o.scenarios {
             let result = client::one_request(server.apache.port, &scenario.connector(&bench.ca)).map(|(_, n)| n);
@@ -332,7 +336,7 @@ fn main() {
     let works = |kind: Kind, scenario: Scenario| {
         preflight.iter().any(|p| p.kind == kind && p.scenario == scenario && p.result.is_ok())
     };
-    let profiles: Vec<CallProfile> = [Kind::Module, Kind::Engine]
+    let profiles: Vec<CallProfile> = [Kind::Module, Kind::ModuleDirect, Kind::Engine]
         .into_iter()
         .flat_map(|k| o.scenarios.iter().map(move |s| (k, *s)))
         .filter(|(k, s)| works(*k, *s))

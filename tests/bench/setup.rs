@@ -1,8 +1,10 @@
-//! The three servers of the benchmark, built from one token, one pair of
+//! The servers of the benchmark, built from one token, one pair of
 //! keys and one pair of certificates, so that only the key path differs:
 //!
 //! * file key: mod_ssl reads the PEM keys;
 //! * mod_hsm_ssl: the module, the keys inside the token;
+//! * mod_hsm_ssl with `HSMSSLDirectCalls On`: the same, token calls on
+//!   the worker thread (no helper-thread hop);
 //! * libp11 engine: mod_ssl with libp11's `pkcs11` ENGINE and the same
 //!   token keys, our module not loaded.
 //!
@@ -31,6 +33,8 @@ pub const LIBP11_ENGINE: &str = "/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so";
 pub enum Kind {
     FileKey,
     Module,
+    /// The module with `HSMSSLDirectCalls On` (no helper-thread hop).
+    ModuleDirect,
     Engine,
 }
 
@@ -39,6 +43,7 @@ impl Kind {
         match self {
             Kind::FileKey => "file",
             Kind::Module => "module",
+            Kind::ModuleDirect => "module-direct",
             Kind::Engine => "engine",
         }
     }
@@ -47,10 +52,19 @@ impl Kind {
         match self {
             Kind::FileKey => "file key",
             Kind::Module => "mod_hsm_ssl",
+            Kind::ModuleDirect => "mod_hsm_ssl direct calls",
             Kind::Engine => "libp11 engine",
         }
     }
+
+    /// Either form of the module.
+    pub fn is_module(self) -> bool {
+        matches!(self, Kind::Module | Kind::ModuleDirect)
+    }
 }
+
+/// Every server of the benchmark, in the order the cells run.
+pub const KINDS: [Kind; 4] = [Kind::FileKey, Kind::Module, Kind::ModuleDirect, Kind::Engine];
 
 pub struct Server {
     pub kind: Kind,
@@ -100,7 +114,7 @@ impl Bench {
         }
         let certs = [(rsa_cert, "bench-rsa"), (ec_cert, "bench-ec")];
         let mut bench = Bench { token, pki, ca, rsa_key, ec_key, servers: Vec::new(), certs };
-        for kind in [Kind::FileKey, Kind::Module, Kind::Engine] {
+        for kind in KINDS {
             let server = bench.server(kind, &bench.certs);
             bench.servers.push(server);
         }
@@ -131,17 +145,18 @@ impl Bench {
         for (cert, label) in certs {
             let key = match kind {
                 Kind::FileKey => (if *label == "bench-rsa" { &self.rsa_key } else { &self.ec_key }).display().to_string(),
-                Kind::Module | Kind::Engine => self.token.key_uri(label),
+                Kind::Module | Kind::ModuleDirect | Kind::Engine => self.token.key_uri(label),
             };
             body += &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"{key}\"\n", cert.display());
         }
         cfg = cfg.vhost(&ssl_vhost("localhost", &body));
         match kind {
             Kind::FileKey => cfg,
-            Kind::Module => cfg
+            Kind::Module | Kind::ModuleDirect => cfg
                 .token(&self.token)
                 .hsm_module()
                 .global(&format!("HSMSSLLibrary {}\nHSMSSLPin env:{PIN_ENV}", library.display()))
+                .global(if kind == Kind::ModuleDirect { "HSMSSLDirectCalls On" } else { "" })
                 .env(PIN_ENV, &self.token.pin),
             Kind::Engine => {
                 let conf = engine_openssl_conf(self.pki.path(), name, library, &self.token.pin);
