@@ -155,24 +155,25 @@ pub fn run<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
     let pool = pool();
     let mut inner = lock(&pool.inner);
     inner.jobs.push_back(job);
-    if needs_helper(&inner, pool.total.load(Ordering::Relaxed)) {
+    let spawn = needs_helper(&inner, pool.total.load(Ordering::Relaxed));
+    if spawn {
         let p = pool.clone();
         let spawned = std::thread::Builder::new().name("hsm_ssl-token".into()).spawn(move || worker(p));
         if spawned.is_ok() {
             inner.threads += 1;
             pool.total.fetch_add(1, Ordering::Relaxed);
         }
-        if inner.threads == 0 {
-            inner.jobs.clear();
-            return None;
-        }
-        drop(inner);
-    } else {
+    }
+    if inner.threads == 0 {
+        inner.jobs.clear();
+        return None;
+    }
+    drop(inner);
+    if !spawn {
         // Wake an idle helper after letting go of the lock, so that it
         // does not run only to block on the lock the caller still holds
         // (more thread switches per call). It cannot miss the job: a
         // helper looks at the queue under the lock before it waits.
-        drop(inner);
         pool.wake.notify_one();
     }
     let deadline = Instant::now() + limit;
