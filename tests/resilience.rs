@@ -110,10 +110,8 @@ fn helper_threads(s: &Site) -> usize {
     s.apache
         .child_pids()
         .iter()
-        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
-        .flatten()
-        .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).map(|c| c.trim() == "hsm_ssl-token").unwrap_or(false))
+        .flat_map(|&p| task_dirs(p))
+        .filter(|t| std::fs::read_to_string(t.join("comm")).map(|c| c.trim() == "hsm_ssl-token").unwrap_or(false))
         .count()
 }
 

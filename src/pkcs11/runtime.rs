@@ -79,16 +79,12 @@ fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
     }
     let b = binding.clone();
     let limit = binding.op_timeout;
-    let opened = if binding.direct_calls {
-        Hsm::open(b)
-    } else {
-        super::executor::run(limit, move || Hsm::open(b)).unwrap_or_else(|| {
-            Err(format!(
-                "loading and initializing the PKCS#11 library did not return within {} ms (HSMSSLOperationTimeout); is the HSM reachable?",
-                limit.as_millis()
-            ))
-        })
-    };
+    let opened = binding.call(move || Hsm::open(b)).unwrap_or_else(|| {
+        Err(format!(
+            "loading and initializing the PKCS#11 library did not return within {} ms (HSMSSLOperationTimeout); is the HSM reachable?",
+            limit.as_millis()
+        ))
+    });
     let mut cur = CURRENT.lock();
     match opened {
         Ok(h) => {

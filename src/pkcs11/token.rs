@@ -42,6 +42,20 @@ pub struct Binding {
     pub direct_calls: bool,
 }
 
+impl Binding {
+    /// Runs one token step of a child: on a helper thread, waited for at
+    /// most `op_timeout` (None if it did not finish in time; it then ends
+    /// on its own); with HSMSSLDirectCalls on the calling thread, as long
+    /// as it takes.
+    pub fn call<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        if self.direct_calls {
+            Some(f())
+        } else {
+            super::executor::run(self.op_timeout, f)
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublicKey {
     Rsa { n: Vec<u8>, e: Vec<u8> },
@@ -721,12 +735,8 @@ impl Hsm {
     /// Makes sure the token of `key` is logged in and the key is found, so
     /// that the first handshake does not pay for it; bounded like `run`.
     pub fn prepare(self: &Arc<Self>, key: &Arc<KeyRef>) -> Result<(), OpError> {
-        if self.binding.direct_calls {
-            return self.key_handle(key).map(|_| ());
-        }
-        let limit = self.binding.op_timeout;
         let (me, key) = (self.clone(), key.clone());
-        super::executor::run(limit, move || me.key_handle(&key).map(|_| ())).unwrap_or(Err(OpError::Timeout(limit)))
+        self.binding.call(move || me.key_handle(&key).map(|_| ())).unwrap_or(Err(OpError::Timeout(self.binding.op_timeout)))
     }
 
     /// Runs one token operation on a helper thread and waits at most
@@ -742,12 +752,8 @@ impl Hsm {
         T: Send + 'static,
         F: Fn(&Hsm, &Session, ObjectHandle) -> Result<T, CkError> + Send + 'static,
     {
-        if self.binding.direct_calls {
-            return self.run_here(key, op);
-        }
-        let limit = self.binding.op_timeout;
         let (me, key) = (self.clone(), key.clone());
-        super::executor::run(limit, move || me.run_here(&key, op)).unwrap_or(Err(OpError::Timeout(limit)))
+        self.binding.call(move || me.run_here(&key, op)).unwrap_or(Err(OpError::Timeout(self.binding.op_timeout)))
     }
 
     fn run_here<T>(&self, key: &KeyRef, op: impl Fn(&Hsm, &Session, ObjectHandle) -> Result<T, CkError>) -> Result<T, OpError> {

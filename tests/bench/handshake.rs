@@ -195,15 +195,8 @@ pub struct Cell {
 fn cpu_seconds(pids: &[i32]) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    pids.iter()
-        .filter_map(|p| {
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-            let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-            // Fields 14 and 15 of stat(5); f[0] is field 3.
-            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
-        })
-        .sum::<f64>()
-        / tck
+    // utime and stime: fields 14 and 15 of proc(5), in clock ticks.
+    pids.iter().filter_map(|&p| Some(common::stat_field::<f64>(p, 14)? + common::stat_field::<f64>(p, 15)?)).sum::<f64>() / tck
 }
 
 /// (minor faults, context switches) of `pids`: faults from
@@ -213,17 +206,11 @@ fn cpu_seconds(pids: &[i32]) -> f64 {
 fn kernel_counts(pids: &[i32]) -> (u64, u64) {
     let mut faults = 0;
     let mut switches = 0;
-    for p in pids {
-        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
-            // Field 10 of stat(5); after the ')' the first field is 3.
-            faults += stat
-                .rfind(')')
-                .and_then(|i| stat[i + 2..].split_whitespace().nth(7)?.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
-        for t in tasks.flatten() {
-            let Ok(status) = std::fs::read_to_string(t.path().join("status")) else { continue };
+    for &p in pids {
+        // minflt: field 10 of proc(5).
+        faults += common::stat_field::<u64>(p, 10).unwrap_or(0);
+        for t in common::task_dirs(p) {
+            let Ok(status) = std::fs::read_to_string(t.join("status")) else { continue };
             switches += status
                 .lines()
                 .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))

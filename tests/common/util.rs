@@ -101,11 +101,21 @@ pub fn pid_alive(pid: i32) -> bool {
     }
 }
 
+/// Field `n` of /proc/<pid>/stat, numbered as in proc(5) (3 is the state;
+/// the parenthesised command before it may contain spaces).
+pub fn stat_field<T: std::str::FromStr>(pid: i32, n: usize) -> Option<T> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+}
+
+/// The thread directories of a process (/proc/<pid>/task/<tid>).
+pub fn task_dirs(pid: i32) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+}
+
 /// Parent pid of a process, from /proc.
 pub fn ppid_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+    stat_field(pid, 4)
 }
 
 /// All live pids whose command line contains `needle` as one argument.
