@@ -46,7 +46,9 @@ struct Pool {
 
 /// The pools of this process by CPU (index 0: the unpinned pool, CPU n at
 /// n + 1), with their common thread count; fresh ones after fork (the
-/// parent's helpers do not exist in the child).
+/// parent's helpers do not exist in the child). Only callers of `run` take
+/// this lock, never a helper; in httpd's parent the one caller is the
+/// thread that forks, so a child never inherits it held.
 struct Pools {
     pid: u32,
     by_cpu: Vec<Option<Arc<Pool>>>,
@@ -270,11 +272,36 @@ mod tests {
 mod fork_tests {
     use super::*;
 
+    /// Set in the process that runs the test body on its own.
+    const ALONE: &str = "HSM_SSL_EXECUTOR_FORK_TEST";
+
     #[test]
     fn a_forked_child_gets_fresh_helpers() {
+        // fork() copies only the calling thread. Under the test harness the
+        // other tests' threads run this module too, and a lock one of them
+        // held at the fork (the pool table, a pool's queue) stays held in
+        // the child forever: CI once hung here. httpd's parent has no such
+        // threads (only idle helpers, which never take the pool table), so
+        // the body runs in a process of its own: this test binary again,
+        // with only this test and one test thread.
+        if std::env::var_os(ALONE).is_none() {
+            let me = "pkcs11::executor::fork_tests::a_forked_child_gets_fresh_helpers";
+            let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args([me, "--exact", "--test-threads=1"])
+                .env(ALONE, "1")
+                .output()
+                .expect("test binary runs");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "alone: {}\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr));
+            assert!(text.contains("1 passed"), "the test did not run alone:\n{text}");
+            return;
+        }
         assert_eq!(run(Duration::from_secs(1), || 1), Some(1));
-        // SAFETY: fork in a test; the child only runs our code and _exits.
+        // SAFETY: fork in a process whose only other threads are this
+        // module's idle helper and the harness's main thread waiting for
+        // this test; the child only runs our code and _exits.
         let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
         if pid == 0 {
             // Several calls: the later ones reuse an idle helper (the
             // wake-up path that must not reach the parent's threads).
@@ -286,9 +313,25 @@ mod fork_tests {
             // SAFETY: leave the child without running the parent's atexit work.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }
+        // A child that hangs fails the test instead of hanging the run.
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut status = 0;
-        // SAFETY: waiting for the child we forked.
-        unsafe { libc::waitpid(pid, &mut status, 0) };
+        loop {
+            // SAFETY: pid is our child; status is a valid out-pointer.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: pid is our own child, not yet reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, 0);
+                }
+                panic!("the forked child did not finish its calls within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
     }
 }
