@@ -32,6 +32,37 @@ fn back_within(s: &Site, limit: Duration) -> Duration {
     }
 }
 
+/// One event child with 16 threads (all handshakes meet the same PKCS#11
+/// state) and `HSMSSLOperationTimeout` of `timeout` seconds.
+fn one_child_site(name: &str, timeout: u32) -> Site {
+    rsa_site(
+        name,
+        Mpm::Event,
+        &format!(
+            "ServerLimit 1\nStartServers 1\nThreadLimit 16\nThreadsPerChild 16\nMaxRequestWorkers 16\n\
+             MinSpareThreads 1\nMaxSpareThreads 16\nHSMSSLOperationTimeout {timeout}"
+        ),
+    )
+}
+
+/// `n` TLS 1.3 handshakes at once (client i starts i * `stagger` later):
+/// each result with how long it took.
+fn timed_clients(s: &Site, n: u32, stagger: Duration) -> Vec<(TlsResult, Duration)> {
+    let port = s.apache.port;
+    let clients: Vec<_> = (0..n)
+        .map(|i| {
+            let ca = s.ca.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(stagger * i);
+                let t = Instant::now();
+                let r = tls_get(port, &ClientOpts { cafile: Some(ca), timeout: Some(Duration::from_secs(30)), ..tls("1.3") });
+                (r, t.elapsed())
+            })
+        })
+        .collect();
+    clients.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
 #[test]
 fn a_session_error_is_retried_on_a_new_session_and_the_client_never_notices() {
     for rv in ["CKR_SESSION_HANDLE_INVALID", "CKR_SESSION_CLOSED"] {
@@ -223,29 +254,12 @@ fn the_session_pool_is_bounded_by_hsmsslmaxsessions_and_waiters_are_served() {
 
 #[test]
 fn concurrent_handshakes_hitting_a_token_failure_do_not_stall() {
-    let s = rsa_site(
-        "concurrent-fail",
-        Mpm::Event,
-        "ServerLimit 1\nStartServers 1\nThreadLimit 16\nThreadsPerChild 16\nMaxRequestWorkers 16\n\
-         MinSpareThreads 1\nMaxSpareThreads 16\nHSMSSLOperationTimeout 3",
-    );
+    let s = one_child_site("concurrent-fail", 3);
     s.get(tls("1.3"));
     s.p11.delay("C_SignInit", 300);
     s.p11.fail("C_Sign", "CKR_DEVICE_ERROR");
-    let port = s.apache.port;
     let t = Instant::now();
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let ca = s.ca.clone();
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let r = tls_get(port, &ClientOpts { cafile: Some(ca), timeout: Some(Duration::from_secs(30)), ..tls("1.3") });
-                (r, t.elapsed())
-            })
-        })
-        .collect();
-    for c in clients {
-        let (r, took) = c.join().unwrap();
+    for (r, took) in timed_clients(&s, 8, Duration::ZERO) {
         assert!(r.http_status.is_none(), "served with a failing token");
         assert!(took < Duration::from_secs(5), "a failing handshake took {took:?}:\n{}", s.apache.error_log());
     }
@@ -253,4 +267,40 @@ fn concurrent_handshakes_hitting_a_token_failure_do_not_stall() {
     assert!(!s.apache.error_log().contains("still in use after"), "{}", s.apache.error_log());
     s.p11.clear_faults();
     back_within(&s, Duration::from_secs(2));
+}
+
+#[test]
+fn a_token_error_while_a_call_still_hangs_costs_a_handshake_at_most_the_bound() {
+    // The failover case of a network HSM: one call hangs past the bound,
+    // then the token answers the next calls with an error that needs a
+    // re-initialization. The old state cannot be finalized while the hung
+    // call still runs on it; handshakes must not wait for that.
+    let s = one_child_site("hang-then-fail", 1);
+    s.get(tls("1.3"));
+    s.p11.delay("C_Sign", 7000);
+    let hung = s.try_get(ClientOpts { timeout: Some(Duration::from_secs(20)), ..tls("1.3") });
+    assert!(hung.http_status.is_none(), "served through a hanging token");
+    // The hung C_Sign goes on for about 6 s more. New calls now fail.
+    let finalized = s.p11.count("C_Finalize");
+    s.p11.clear_faults();
+    s.p11.fail("C_Sign", "CKR_DEVICE_ERROR");
+    std::thread::sleep(Duration::from_millis(300));
+    for (r, took) in timed_clients(&s, 6, Duration::from_millis(100)) {
+        assert!(r.http_status.is_none(), "served with a failing token");
+        assert!(took < Duration::from_millis(2500), "a handshake took {took:?} with a 1 s bound:\n{}", s.apache.error_log());
+    }
+    // Once the hung call has returned and the faults are gone, the child
+    // serves again on a fresh state (no late C_Finalize breaking it).
+    s.p11.clear_faults();
+    std::thread::sleep(Duration::from_secs(7));
+    back_within(&s, Duration::from_secs(3));
+    for _ in 0..5 {
+        s.get(tls("1.3"));
+    }
+    // The state given up on never called C_Finalize under the new one
+    // (that would fail its calls with CKR_CRYPTOKI_NOT_INITIALIZED).
+    let log = s.apache.error_log();
+    assert!(log.contains("still in use after 5 s; leaving it to the calls still running"), "{log}");
+    assert_eq!(s.p11.count("C_Finalize"), finalized, "the library was finalized under the new state:\n{log}");
+    assert!(!log.contains("CKR_CRYPTOKI_NOT_INITIALIZED"), "{log}");
 }

@@ -21,6 +21,9 @@ struct Slot {
     /// Set once the token refused the PIN in this process: no further
     /// login is attempted (a locked CloudHSM crypto user needs an admin).
     denied: Option<String>,
+    /// States taken out by `invalidate` and not yet closed: no new state
+    /// is opened until they are (a late C_Finalize would break it).
+    closing: usize,
 }
 
 struct Down {
@@ -29,7 +32,7 @@ struct Down {
     reason: String,
 }
 
-static CURRENT: Mutex<Slot> = Mutex::new(Slot { hsm: None, down: None, denied: None });
+static CURRENT: Mutex<Slot> = Mutex::new(Slot { hsm: None, down: None, denied: None, closing: 0 });
 
 /// Held while one thread opens the library (C_Initialize, which can hang
 /// on a network HSM), so that others wait for it without holding CURRENT:
@@ -68,15 +71,51 @@ impl Slot {
 
 /// This process's `Hsm` for `binding`, opening it if needed. The flag says
 /// whether this call opened it.
+///
+/// Waiting for a state being closed, or for another thread opening one, is
+/// bounded by HSMSSLOperationTimeout (unless HSMSSLDirectCalls is on): a
+/// state cannot close while a hung call still runs on it, and no handshake
+/// waits for that longer than the bound.
 fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
-    if let Some(h) = usable(binding)? {
-        return Ok((h, false));
+    let limit = binding.op_timeout;
+    let deadline = (!binding.direct_calls).then(|| Instant::now() + limit);
+    loop {
+        if let Some(h) = usable(binding)? {
+            return Ok((h, false));
+        }
+        if CURRENT.lock().closing == 0 {
+            let opening = match deadline {
+                None => Some(OPENING.lock()),
+                Some(d) => OPENING.try_lock_until(d),
+            };
+            let Some(_opening) = opening else {
+                return Err(OpError::Setup(format!(
+                    "another thread has been opening the PKCS#11 library for over {} ms (HSMSSLOperationTimeout)",
+                    limit.as_millis()
+                )));
+            };
+            // Another thread may have opened it, or dropped it, meanwhile.
+            if let Some(h) = usable(binding)? {
+                return Ok((h, false));
+            }
+            if CURRENT.lock().closing == 0 {
+                return open(binding);
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let msg = format!(
+                "re-initializing PKCS#11: a call still running on the old state has not returned within {} ms (HSMSSLOperationTimeout)",
+                limit.as_millis()
+            );
+            CURRENT.lock().mark_down(msg.clone());
+            return Err(OpError::Setup(msg));
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
-    let _opening = OPENING.lock();
-    // Another thread may have opened it while we waited.
-    if let Some(h) = usable(binding)? {
-        return Ok((h, false));
-    }
+}
+
+/// Opens a new state; called with OPENING held and nothing to close.
+fn open(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
     let b = binding.clone();
     let limit = binding.op_timeout;
     let opened = binding.call(move || Hsm::open(b)).unwrap_or_else(|| {
@@ -185,24 +224,54 @@ pub fn pool_stats() -> Vec<(String, super::token::PoolStats)> {
 }
 
 /// Drops `hsm` as this process's state if it still is; the next use opens
-/// a new one. Its sessions close and C_Finalize runs when the last
-/// operation using it returns.
+/// a new one. Its sessions close and C_Finalize runs once the operations
+/// still using it return (see `close`). In a child that happens on a thread
+/// of its own: the caller (a handshake) goes on at once, and `current`
+/// waits for the close at most HSMSSLOperationTimeout.
 pub fn invalidate(hsm: Arc<Hsm>) {
     // Taken out under CURRENT (briefly: other threads holding the same
-    // state must be able to find it gone and drop their references), then
-    // closed under OPENING, so that no new state is initialized before the
-    // old one is finalized.
+    // state must be able to find it gone and drop their references) and
+    // counted as closing, then closed under OPENING, so that no new state
+    // is initialized before the old one is finalized.
     let taken = {
         let mut cur = CURRENT.lock();
         match &cur.hsm {
-            Some(h) if Arc::ptr_eq(h, &hsm) => cur.hsm.take(),
+            Some(h) if Arc::ptr_eq(h, &hsm) => {
+                cur.closing += 1;
+                cur.hsm.take()
+            }
             _ => None,
         }
     };
     drop(hsm);
     if let Some(h) = taken {
-        let _opening = OPENING.lock();
-        close(h);
+        let closing = Closing(Some(h));
+        if SERVING.load(std::sync::atomic::Ordering::Relaxed) {
+            // If no thread can be started, the closure (and so the close)
+            // is dropped, and runs, right here.
+            let _ = std::thread::Builder::new().name("hsm_ssl-close".into()).spawn(move || drop(closing));
+        } else {
+            // httpd's parent closes on the spot: it forks, and a child
+            // must not inherit OPENING held by a closing thread.
+            drop(closing);
+        }
+    }
+}
+
+/// A state taken out by `invalidate`: closed, and uncounted, when dropped.
+struct Closing(Option<Arc<Hsm>>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _opening = OPENING.lock();
+            // Uncounted even if closing panics (a bug): a count left behind
+            // would keep this process from ever opening the token again.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| close(h))).is_err() {
+                log::error!("closing a failed PKCS#11 state panicked; opening a new one regardless");
+            }
+        }
+        CURRENT.lock().closing -= 1;
     }
 }
 
@@ -246,9 +315,14 @@ fn close(h: Arc<Hsm>) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(shared) => {
-                // Still in use after the drain time: leave it to its last
-                // user (its Drop finalizes then).
-                log::warn!("PKCS#11 state still in use after {} s; finalizing when its operations return", DRAIN.as_secs());
+                // Still in use after the drain time (a hung call): leave it
+                // to its last user, without closing or finalizing anything
+                // then, since a new state may be open by that time.
+                log::warn!(
+                    "PKCS#11 state still in use after {} s; leaving it to the calls still running, a new state opens beside it",
+                    DRAIN.as_secs()
+                );
+                shared.abandon();
                 drop(shared);
                 return;
             }

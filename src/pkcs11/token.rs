@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -309,6 +310,11 @@ struct TokenState {
     pool: Pool,
 }
 
+/// Set when an abandoned state owned the library's C_Initialize: the next
+/// state opened finds the library still initialized and finalizes it later
+/// in its place.
+static INIT_LEFT_BEHIND: AtomicBool = AtomicBool::new(false);
+
 /// A process's PKCS#11 state. See the module docs.
 pub struct Hsm {
     ctx: Pkcs11,
@@ -317,7 +323,9 @@ pub struct Hsm {
     binding: Arc<Binding>,
     pid: u32,
     /// Whether we called C_Initialize (and so must call C_Finalize).
-    owns_init: bool,
+    owns_init: AtomicBool,
+    /// Given up on while calls still ran on it (see `abandon`).
+    abandoned: AtomicBool,
     tokens: Mutex<HashMap<u64, Arc<TokenState>>>,
     handles: Mutex<HashMap<KeyIdent, (Arc<TokenState>, ObjectHandle)>>,
 }
@@ -326,9 +334,17 @@ impl Drop for Hsm {
     /// Sessions first (they log out when the last one closes), then
     /// C_Finalize, in the process that initialized the library only.
     fn drop(&mut self) {
+        if self.abandoned.load(Ordering::Acquire) {
+            // A newer state may have re-initialized the library since: the
+            // session handles kept here may now name its sessions, so they
+            // are forgotten, never closed.
+            std::mem::forget(std::mem::take(&mut *self.handles.lock()));
+            std::mem::forget(std::mem::take(&mut *self.tokens.lock()));
+            return;
+        }
         self.handles.lock().clear();
         self.tokens.lock().clear();
-        if self.owns_init && self.pid == std::process::id() {
+        if self.owns_init.load(Ordering::Acquire) && self.pid == std::process::id() {
             if let Err(e) = self.ctx.clone().finalize() {
                 log::debug!("C_Finalize: {}", ck_error_text(&e));
             }
@@ -367,8 +383,14 @@ impl Hsm {
             other => format!("HSMSSLLibrary {shown}: {}", ck_error_text(&other)),
         })?;
         let owns_init = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) => true,
-            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => false,
+            Ok(()) => {
+                INIT_LEFT_BEHIND.store(false, Ordering::Release);
+                true
+            }
+            // Still initialized by an abandoned state of ours: this one
+            // finalizes it in its place. Otherwise someone else in the
+            // process initialized it and finalizes it.
+            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => INIT_LEFT_BEHIND.swap(false, Ordering::AcqRel),
             Err(e) => return Err(format!("HSMSSLLibrary {shown}: {}", ck_error_text(&e))),
         };
         log::debug!("PKCS#11 library {shown} initialized in pid {}", std::process::id());
@@ -381,7 +403,8 @@ impl Hsm {
             direct,
             binding,
             pid: std::process::id(),
-            owns_init,
+            owns_init: AtomicBool::new(owns_init),
+            abandoned: AtomicBool::new(false),
             tokens: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
         })
@@ -394,6 +417,18 @@ impl Hsm {
     /// The process this state belongs to.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// Gives this state up while calls still run on it (a hung call that
+    /// cannot be cancelled): when its last user lets go, it neither closes
+    /// its sessions nor calls C_Finalize, which would pull the library out
+    /// from under the state opened after it. The next state to open takes
+    /// over the C_Finalize this one owed.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+        if self.owns_init.swap(false, Ordering::AcqRel) {
+            INIT_LEFT_BEHIND.store(true, Ordering::Release);
+        }
     }
 
     /// Logs out, closes every session and calls C_Finalize (see `Drop`).
