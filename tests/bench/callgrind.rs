@@ -16,7 +16,6 @@
 //!
 //! is what the key path adds besides the key operation itself.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,18 +75,6 @@ impl Drop for Valgrind {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        // valgrind's gdbserver pipes in /tmp: created as root, so httpd's
-        // valgrind (www-data by then) cannot remove them at exit, and they
-        // would pile up for every pid ever used.
-        let tag = format!("-{}-by-", self.child.id());
-        if let Ok(d) = std::fs::read_dir("/tmp") {
-            for e in d.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with("vgdb-pipe-") && name.contains(&tag) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
     }
 }
 
@@ -99,7 +86,12 @@ impl Valgrind {
         chmod(&out_dir, 0o777);
         let log = std::fs::File::create(apache.root.join("logs/valgrind.out")).unwrap();
         let mut cmd = Command::new("valgrind");
-        cmd.args(["--tool=callgrind", "--instr-atstart=no", "--dump-before=ap_run_pre_connection"])
+        // Instrumented from the start. Turning it on later takes
+        // callgrind_control, whose vgdb makes valgrind reopen its FIFOs in
+        // /tmp after a lost connection; they are root's (made before httpd
+        // switched to www-data), so valgrind then dies ("vgdb FIFO cannot
+        // be opened"; seen in CI). --vgdb=no: no FIFOs at all.
+        cmd.args(["--tool=callgrind", "--vgdb=no", "--dump-before=ap_run_pre_connection"])
             .arg(format!("--callgrind-out-file={}", out_dir.join("cg.out").display()))
             .arg(APACHE_BIN)
             .args(["-X", "-d"])
@@ -116,14 +108,17 @@ impl Valgrind {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("run valgrind (scripts/install-deps.sh installs it)");
-        let v = Valgrind { child, out_dir, port: apache.port };
+        let mut v = Valgrind { child, out_dir, port: apache.port };
         v.wait_listening(&apache.root);
         v
     }
 
-    fn wait_listening(&self, root: &Path) {
+    fn wait_listening(&mut self, root: &Path) {
         let deadline = Instant::now() + Duration::from_secs(600);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("apache2 under valgrind ended ({st}) before it listened; see {}", root.join("logs").display());
+            }
             assert!(
                 Instant::now() < deadline,
                 "apache2 under valgrind did not listen within 10 minutes; see {}",
@@ -131,38 +126,6 @@ impl Valgrind {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
-    }
-
-    /// Turns instrumentation on: callgrind reads its commands only while
-    /// the process runs code, so requests keep it busy until it answers.
-    /// callgrind_control (through vgdb) now and then never gets an answer
-    /// (seen once in CI after many good runs): each attempt gets a minute,
-    /// then it is killed with its vgdb and tried again, five times at most.
-    fn instrument_on(&self, scenario: Scenario, ca: &Path) {
-        let connector = scenario.connector(ca);
-        for attempt in 1..=5 {
-            let mut ctl = Command::new("callgrind_control")
-                .args(["-i", "on", &self.child.id().to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .expect("run callgrind_control");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                if let Ok(Some(st)) = ctl.try_wait() {
-                    assert!(st.success(), "callgrind_control -i on failed");
-                    return;
-                }
-                let _ = client::one_request(self.port, &connector);
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            eprintln!("callgrind: no answer to the instrumentation command (attempt {attempt}); trying again");
-            // callgrind_control and the vgdb it started.
-            kill(-(ctl.id() as i32), libc::SIGKILL);
-            let _ = ctl.wait();
-        }
-        panic!("callgrind did not take the instrumentation command in 5 attempts");
     }
 
     fn dumps(&self) -> Vec<PathBuf> {
@@ -232,7 +195,6 @@ pub fn measure(bench: &Bench, scenarios: &[Scenario], works: impl Fn(Kind, Scena
         bench.token.share();
         eprintln!("callgrind: {} under valgrind (startup takes a while)", kind.name());
         let vg = Valgrind::start(&apache);
-        vg.instrument_on(todo[0], &bench.ca);
         for s in todo {
             let connector = s.connector(&bench.ca);
             for _ in 0..2 {
