@@ -533,6 +533,10 @@ impl Apache {
             return true;
         }
         self.started = false;
+        // A process that is exiting has no command line in /proc any more
+        // but is not a zombie yet: wait for the ones seen now to be gone too.
+        let mut seen = self.config_pids();
+        seen.extend(self.master);
         let (code, _out) = self.run_k("stop");
         if code != Some(0) {
             if let Some(m) = self.master.or_else(|| self.read_pidfile()) {
@@ -541,7 +545,7 @@ impl Apache {
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
-            if self.config_pids().is_empty() {
+            if self.config_pids().is_empty() && !seen.iter().any(|p| pid_alive(*p)) {
                 self.master = None;
                 return true;
             }
