@@ -307,4 +307,12 @@ fn a_token_error_while_a_call_still_hangs_costs_a_handshake_at_most_the_bound() 
     assert!(log.contains("still in use after 5 s; leaving it to the calls still running"), "{log}");
     assert_eq!(s.p11.count("C_Finalize"), finalized, "the library was finalized under the new state:\n{log}");
     assert!(!log.contains("CKR_CRYPTOKI_NOT_INITIALIZED"), "{log}");
+    // The state opened after it took over the C_Finalize the abandoned one
+    // owed: the next re-initialization finalizes the library (else the
+    // library would never be initialized afresh in this child again).
+    let before = s.p11.count("C_Finalize");
+    s.p11.fail_once("C_Sign", "CKR_DEVICE_ERROR");
+    s.get(tls("1.3"));
+    assert!(s.p11.fail_once_fired());
+    assert_eq!(s.p11.count("C_Finalize"), before + 1, "no C_Finalize at the next re-initialization:\n{}", s.apache.error_log());
 }

@@ -310,10 +310,10 @@ struct TokenState {
     pool: Pool,
 }
 
-/// Set when an abandoned state owned the library's C_Initialize: the next
-/// state opened finds the library still initialized and finalizes it later
-/// in its place.
-static INIT_LEFT_BEHIND: AtomicBool = AtomicBool::new(false);
+/// The library whose C_Initialize an abandoned state owned: the next state
+/// opened on it finds it still initialized and finalizes it later in its
+/// place.
+static INIT_LEFT_BEHIND: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// A process's PKCS#11 state. See the module docs.
 pub struct Hsm {
@@ -384,13 +384,23 @@ impl Hsm {
         })?;
         let owns_init = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) => {
-                INIT_LEFT_BEHIND.store(false, Ordering::Release);
+                let mut left = INIT_LEFT_BEHIND.lock();
+                if left.as_deref() == Some(lib.as_path()) {
+                    *left = None;
+                }
                 true
             }
             // Still initialized by an abandoned state of ours: this one
             // finalizes it in its place. Otherwise someone else in the
             // process initialized it and finalizes it.
-            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => INIT_LEFT_BEHIND.swap(false, Ordering::AcqRel),
+            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                let mut left = INIT_LEFT_BEHIND.lock();
+                let ours = left.as_deref() == Some(lib.as_path());
+                if ours {
+                    *left = None;
+                }
+                ours
+            }
             Err(e) => return Err(format!("HSMSSLLibrary {shown}: {}", ck_error_text(&e))),
         };
         log::debug!("PKCS#11 library {shown} initialized in pid {}", std::process::id());
@@ -427,7 +437,7 @@ impl Hsm {
     pub fn abandon(&self) {
         self.abandoned.store(true, Ordering::Release);
         if self.owns_init.swap(false, Ordering::AcqRel) {
-            INIT_LEFT_BEHIND.store(true, Ordering::Release);
+            *INIT_LEFT_BEHIND.lock() = Some(self.binding.library.clone());
         }
     }
 
