@@ -77,30 +77,34 @@ impl Slot {
 /// state cannot close while a hung call still runs on it, and no handshake
 /// waits for that longer than the bound.
 fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
+    let mut found = usable(binding)?;
+    if let Found::Ready(h) = found {
+        return Ok((h, false)); // every handshake but the first: no clock read
+    }
     let limit = binding.op_timeout;
     let deadline = (!binding.direct_calls).then(|| Instant::now() + limit);
     loop {
-        if let Some(h) = usable(binding)? {
-            return Ok((h, false));
-        }
-        if CURRENT.lock().closing == 0 {
-            let opening = match deadline {
-                None => Some(OPENING.lock()),
-                Some(d) => OPENING.try_lock_until(d),
-            };
-            let Some(_opening) = opening else {
-                return Err(OpError::Setup(format!(
-                    "another thread has been opening the PKCS#11 library for over {} ms (HSMSSLOperationTimeout)",
-                    limit.as_millis()
-                )));
-            };
-            // Another thread may have opened it, or dropped it, meanwhile.
-            if let Some(h) = usable(binding)? {
-                return Ok((h, false));
+        match found {
+            Found::Ready(h) => return Ok((h, false)),
+            Found::Absent => {
+                let opening = match deadline {
+                    None => Some(OPENING.lock()),
+                    Some(d) => OPENING.try_lock_until(d),
+                };
+                let Some(_opening) = opening else {
+                    return Err(OpError::Setup(format!(
+                        "another thread has been opening the PKCS#11 library for over {} ms (HSMSSLOperationTimeout)",
+                        limit.as_millis()
+                    )));
+                };
+                // Another thread may have opened it, or dropped it, meanwhile.
+                match usable(binding)? {
+                    Found::Ready(h) => return Ok((h, false)),
+                    Found::Absent => return open(binding),
+                    Found::Closing => {}
+                }
             }
-            if CURRENT.lock().closing == 0 {
-                return open(binding);
-            }
+            Found::Closing => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let msg = format!(
@@ -111,6 +115,7 @@ fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
             return Err(OpError::Setup(msg));
         }
         std::thread::sleep(Duration::from_millis(2));
+        found = usable(binding)?;
     }
 }
 
@@ -138,9 +143,19 @@ fn open(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
     }
 }
 
-/// The open `Hsm` if there is one for `binding`; an error while the PIN is
-/// refused or the token is marked down; None when it must be opened.
-fn usable(binding: &Arc<Binding>) -> Result<Option<Arc<Hsm>>, OpError> {
+/// What `usable` found.
+enum Found {
+    /// The open state for the binding.
+    Ready(Arc<Hsm>),
+    /// None yet: an invalidated state is still being closed.
+    Closing,
+    /// None: it must be opened.
+    Absent,
+}
+
+/// The open `Hsm` for `binding`, or why there is none; an error while the
+/// PIN is refused or the token is marked down.
+fn usable(binding: &Arc<Binding>) -> Result<Found, OpError> {
     let mut cur = CURRENT.lock();
     if let Some(msg) = &cur.denied {
         return Err(OpError::Denied(msg.clone()));
@@ -156,14 +171,15 @@ fn usable(binding: &Arc<Binding>) -> Result<Option<Arc<Hsm>>, OpError> {
             // Inherited through fork: the parent's state, unusable here.
             std::mem::forget(cur.hsm.take());
         } else if h.binding().library == binding.library {
-            return Ok(Some(h.clone()));
+            return Ok(Found::Ready(h.clone()));
         } else if let Some(old) = cur.hsm.take() {
             drop(cur);
             let _opening = OPENING.lock();
             close(old);
+            return Ok(Found::Absent);
         }
     }
-    Ok(None)
+    Ok(if cur.closing > 0 { Found::Closing } else { Found::Absent })
 }
 
 /// This process's `Hsm` for `binding`, opening it if needed.

@@ -55,6 +55,12 @@ impl Binding {
             super::executor::run(self.op_timeout, f)
         }
     }
+
+    /// `call` for a step that returns an `OpError`: not finishing in time
+    /// is `OpError::Timeout`.
+    pub fn call_op<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T, OpError> + Send + 'static) -> Result<T, OpError> {
+        self.call(f).unwrap_or(Err(OpError::Timeout(self.op_timeout)))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -315,6 +321,16 @@ struct TokenState {
 /// place.
 static INIT_LEFT_BEHIND: Mutex<Option<PathBuf>> = Mutex::new(None);
 
+/// Clears INIT_LEFT_BEHIND if it names `lib`; whether it did.
+fn take_left_behind(lib: &std::path::Path) -> bool {
+    let mut left = INIT_LEFT_BEHIND.lock();
+    let ours = left.as_deref() == Some(lib);
+    if ours {
+        *left = None;
+    }
+    ours
+}
+
 /// A process's PKCS#11 state. See the module docs.
 pub struct Hsm {
     ctx: Pkcs11,
@@ -384,23 +400,13 @@ impl Hsm {
         })?;
         let owns_init = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) => {
-                let mut left = INIT_LEFT_BEHIND.lock();
-                if left.as_deref() == Some(lib.as_path()) {
-                    *left = None;
-                }
+                take_left_behind(lib);
                 true
             }
             // Still initialized by an abandoned state of ours: this one
             // finalizes it in its place. Otherwise someone else in the
             // process initialized it and finalizes it.
-            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-                let mut left = INIT_LEFT_BEHIND.lock();
-                let ours = left.as_deref() == Some(lib.as_path());
-                if ours {
-                    *left = None;
-                }
-                ours
-            }
+            Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => take_left_behind(lib),
             Err(e) => return Err(format!("HSMSSLLibrary {shown}: {}", ck_error_text(&e))),
         };
         log::debug!("PKCS#11 library {shown} initialized in pid {}", std::process::id());
@@ -781,7 +787,7 @@ impl Hsm {
     /// that the first handshake does not pay for it; bounded like `run`.
     pub fn prepare(self: &Arc<Self>, key: &Arc<KeyRef>) -> Result<(), OpError> {
         let (me, key) = (self.clone(), key.clone());
-        self.binding.call(move || me.key_handle(&key).map(|_| ())).unwrap_or(Err(OpError::Timeout(self.binding.op_timeout)))
+        self.binding.call_op(move || me.key_handle(&key).map(|_| ()))
     }
 
     /// Runs one token operation on a helper thread and waits at most
@@ -798,7 +804,7 @@ impl Hsm {
         F: Fn(&Hsm, &Session, ObjectHandle) -> Result<T, CkError> + Send + 'static,
     {
         let (me, key) = (self.clone(), key.clone());
-        self.binding.call(move || me.run_here(&key, op)).unwrap_or(Err(OpError::Timeout(self.binding.op_timeout)))
+        self.binding.call_op(move || me.run_here(&key, op))
     }
 
     fn run_here<T>(&self, key: &KeyRef, op: impl Fn(&Hsm, &Session, ObjectHandle) -> Result<T, CkError>) -> Result<T, OpError> {

@@ -64,17 +64,14 @@ impl Drop for Valgrind {
     fn drop(&mut self) {
         kill(self.child.id() as i32, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut ended = false;
-        while !ended && Instant::now() < deadline {
-            ended = matches!(self.child.try_wait(), Ok(Some(_)));
-            if !ended {
-                std::thread::sleep(Duration::from_millis(200));
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        if !ended {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

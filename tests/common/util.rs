@@ -91,14 +91,8 @@ pub fn chmod(path: &Path, mode: u32) {
 
 /// Whether a process exists and is not a zombie.
 pub fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // Field 3 (after the parenthesised comm, which may contain spaces).
-        Ok(stat) => match stat.rfind(')') {
-            Some(i) => !matches!(stat[i + 1..].trim_start().chars().next(), Some('Z') | Some('X')),
-            None => false,
-        },
-        Err(_) => false,
-    }
+    // The state, field 3 of proc(5).
+    matches!(stat_field::<char>(pid, 3), Some(c) if c != 'Z' && c != 'X')
 }
 
 /// Field `n` of /proc/<pid>/stat, numbered as in proc(5) (3 is the state;
