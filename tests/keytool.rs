@@ -256,3 +256,28 @@ fn without_a_pin_source_the_tool_asks_on_the_terminal_without_echo() {
     assert!(text.contains("token 'kt': 0 private key(s)"), "{text}");
     assert!(!text.contains(&token.pin), "the PIN was echoed:\n{text}");
 }
+
+#[test]
+fn labels_that_no_key_uri_can_name_are_refused_before_the_token_is_touched() {
+    let token = Token::new("kt");
+    for label in ["", "www\nrsa", "www\u{1b}[2J"] {
+        for args in [
+            &["generate", "--label", label, "--type", "ec:P-256"][..],
+            &["delete", "--label", label, "--yes"],
+            &["csr", "--label", label, "--subject", "CN=x"],
+        ] {
+            let o = kt(&token, args);
+            assert!(o.stdout.is_empty(), "{args:?}: printed {}", String::from_utf8_lossy(&o.stdout));
+            let e = err(&o, 1);
+            assert!(e.contains("--label"), "{args:?}: {e}");
+            assert!(!e.contains('\u{1b}'), "{args:?}: the control character reached the terminal: {e:?}");
+        }
+    }
+    let o = token.pkcs11_tool_login().args(["--list-objects"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("Object"), "objects were created:\n{}", String::from_utf8_lossy(&o.stdout));
+    // A label with URI syntax in it is encoded, and httpd's parser reads it back.
+    let out = ok(&kt(&token, &["generate", "--label", "www rsa;v=2", "--type", "ec:P-256"]));
+    assert!(out.contains("\"pkcs11:token=kt;object=www%20rsa%3Bv%3D2\""), "{out}");
+    let uri = mod_hsm_ssl::pkcs11::uri::KeyUri::parse("pkcs11:token=kt;object=www%20rsa%3Bv%3D2").unwrap();
+    assert_eq!(uri.object.as_deref(), Some("www rsa;v=2"));
+}

@@ -58,7 +58,7 @@ fn sign_x509(o: &Opts, selfsigned: bool) -> Res<String> {
 }
 
 fn import_cmd(o: &Opts) -> Res<String> {
-    let label = o.need("--label")?.to_string();
+    let label = o.label()?.to_string();
     let path = std::path::PathBuf::from(o.need("--key")?);
     let pass_source = match o.get("--passphrase") {
         Some(p) => Some(
@@ -90,11 +90,10 @@ fn import_cmd(o: &Opts) -> Res<String> {
     };
     Ok(format!(
         "imported '{label}' (id {}) into token '{token}' ({how}); it is sensitive and not extractable\n\
-         key URI for SSLCertificateKeyFile: \"pkcs11:token={};object={}\"\n\
+         key URI for SSLCertificateKeyFile: \"{}\"\n\
          The key file still exists: remove it for good, e.g. shred -u {}\n",
         mod_hsm_ssl::pkcs11::uri::hex(&id),
-        mod_hsm_ssl::keytool::tool::pct(&token),
-        mod_hsm_ssl::keytool::tool::pct(&label),
+        mod_hsm_ssl::keytool::tool::key_uri(Some(&token), &label),
         o.get("--key").unwrap_or_default()
     ))
 }
@@ -146,8 +145,14 @@ static LOGGER: StderrLog = StderrLog;
 fn main() -> ExitCode {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Warn);
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match run(&args) {
+    // args() would panic on an argument that is not UTF-8 (a label from a
+    // Latin-1 shell): say which one instead.
+    let args: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();
+    let result = match args {
+        Ok(args) => run(&args),
+        Err(bad) => Err(fail(Code::Usage, format!("argument {bad:?} is not valid UTF-8"))),
+    };
+    match result {
         Ok(out) => {
             print!("{out}");
             ExitCode::SUCCESS

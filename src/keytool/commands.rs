@@ -9,7 +9,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::tool::{fail, pct, Code, Opts, Res, Target};
+use super::tool::{fail, key_uri, Code, Opts, Res, Target};
 use crate::pkcs11::token::{rsa_public, Hsm, KeyRef, PublicKey};
 use crate::pkcs11::uri::{hex, KeyUri};
 use crate::tls::certcheck;
@@ -89,7 +89,7 @@ fn random_id() -> Res<Vec<u8>> {
 }
 
 pub fn generate(o: &Opts) -> Res<String> {
-    let label = o.need("--label")?.to_string();
+    let label = o.label()?.to_string();
     let spec = parse_type(o.need("--type")?)?;
     let t = Target::from_opts(o)?;
     let (_ctx, s, token) = t.session()?;
@@ -145,7 +145,7 @@ pub fn generate(o: &Opts) -> Res<String> {
         KeySpec::Rsa(b) => format!("RSA {b}"),
         KeySpec::Ec(c, _) => format!("EC {c}"),
     };
-    let uri = format!("pkcs11:token={};object={}", pct(&token), pct(&label));
+    let uri = key_uri(Some(&token), &label);
     Ok(format!(
         "generated {kind} key '{label}' (id {}) in token '{token}': sensitive, not extractable\n\
          public key {fp}\n\
@@ -190,8 +190,7 @@ pub fn resolve(t: &Target, uri_text: &str) -> Res<(Arc<Hsm>, Arc<KeyRef>)> {
 
 /// The URI for `--label` on the selected token.
 pub fn label_uri(o: &Opts) -> Res<String> {
-    let label = o.need("--label")?;
-    Ok(format!("pkcs11:object={}", pct(label)))
+    Ok(key_uri(None, o.label()?))
 }
 
 pub fn check(o: &Opts) -> Res<String> {
@@ -209,7 +208,7 @@ pub fn check(o: &Opts) -> Res<String> {
 }
 
 pub fn config(o: &Opts) -> Res<String> {
-    let label = o.need("--label")?;
+    let label = o.label()?;
     let cert = o.need("--cert")?;
     let t = Target::from_opts(o)?;
     let uri = label_uri(o)?;
@@ -220,7 +219,7 @@ pub fn config(o: &Opts) -> Res<String> {
         Some(n) => n.to_string(),
         None => cert_common_name(&cert_abs).unwrap_or_else(|| "www.example.com".into()),
     };
-    let key_uri = format!("pkcs11:token={};object={}", pct(&k.token_label), pct(label));
+    let key_uri = key_uri(Some(&k.token_label), label);
     let pin = t.pin_source.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "env:CLOUDHSM_PIN".into());
     Ok(format!(
         "# mod_hsm_ssl: key '{label}' on token '{}'\n\
@@ -377,7 +376,7 @@ pub fn list(o: &Opts) -> Res<String> {
 }
 
 pub fn delete(o: &Opts) -> Res<String> {
-    let label = o.need("--label")?.to_string();
+    let label = o.label()?.to_string();
     let t = Target::from_opts(o)?;
     let (_ctx, s, token) = t.session()?;
     let objs = with_label(&s, &label)?;

@@ -15,7 +15,7 @@ use cryptoki::session::{Session, UserType};
 use crate::pkcs11::pin::PinSource;
 use crate::pkcs11::secret::Secret;
 use crate::pkcs11::token::{ck_error_text, find_token, Binding};
-use crate::pkcs11::uri::TokenSelector;
+use crate::pkcs11::uri::{KeyUri, TokenSelector};
 
 /// Exit codes (documented in `--help`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +101,13 @@ impl Opts {
 
     pub fn need(&self, name: &str) -> Res<&str> {
         self.get(name).ok_or_else(|| fail(Code::Usage, format!("{name} is required (see --help)")))
+    }
+
+    /// `--label`, checked with [`check_label`].
+    pub fn label(&self) -> Res<&str> {
+        let label = self.need("--label")?;
+        check_label(label)?;
+        Ok(label)
     }
 
     pub fn flag(&self, name: &str) -> bool {
@@ -343,6 +350,36 @@ pub fn pct(s: &str) -> String {
         .collect()
 }
 
+/// The key URI the tool prints for `label` (on `token` if given): every URI
+/// the tool shows or resolves is built here, so [`check_label`] can test
+/// exactly that form.
+pub fn key_uri(token: Option<&str>, label: &str) -> String {
+    match token {
+        Some(t) => format!("pkcs11:token={};object={}", pct(t), pct(label)),
+        None => format!("pkcs11:object={}", pct(label)),
+    }
+}
+
+/// Refuses a key label httpd could not find the key by: empty (the URI
+/// would end in `object=`, and an empty label matches every unlabelled
+/// object), with control characters (invisible in listings and logs), or
+/// one whose `pkcs11:` URI does not parse back, with the module's own
+/// parser, to the same label.
+pub fn check_label(label: &str) -> Res<()> {
+    if label.is_empty() {
+        return Err(fail(Code::Usage, "--label is empty: give the key a name, e.g. --label www-rsa (httpd finds the key by it: pkcs11:object=<label>)"));
+    }
+    if let Some(c) = label.chars().find(|c| c.is_control()) {
+        return Err(fail(Code::Usage, format!("--label {label:?} contains the control character U+{:04X}: use printable characters only", c as u32)));
+    }
+    let uri = key_uri(None, label);
+    match KeyUri::parse(&uri) {
+        Ok(parsed) if parsed.object.as_deref() == Some(label) => Ok(()),
+        Ok(parsed) => Err(fail(Code::Usage, format!("--label {label:?}: its key URI {uri} reads back as {:?}; choose another label", parsed.object))),
+        Err(e) => Err(fail(Code::Usage, format!("--label {label:?}: its key URI {uri} does not parse ({e}); choose another label"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,5 +415,19 @@ mod tests {
     #[test]
     fn labels_are_percent_encoded_for_uris() {
         assert_eq!(pct("www rsa;1"), "www%20rsa%3B1");
+        assert_eq!(key_uri(Some("web tier"), "www;rsa"), "pkcs11:token=web%20tier;object=www%3Brsa");
+    }
+
+    #[test]
+    fn labels_that_cannot_name_a_key_are_refused_as_usage_errors() {
+        for (label, needle) in [("", "--label is empty"), ("www\nrsa", "U+000A"), ("www\u{1b}[31m", "U+001B"), ("a\u{7f}", "U+007F")] {
+            let f = check_label(label).unwrap_err();
+            assert_eq!(f.code, Code::Usage, "{label:?}");
+            assert!(f.msg.contains(needle), "{label:?}: {}", f.msg);
+        }
+        // Whatever the URI syntax uses is percent-encoded and reads back.
+        for label in ["www-rsa", "www rsa;1", "a=b?c&d%20", "pkcs11:object=x", "caf\u{e9} \u{1f511}", " "] {
+            check_label(label).unwrap_or_else(|f| panic!("{label:?}: {}", f.msg));
+        }
     }
 }
