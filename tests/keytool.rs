@@ -281,3 +281,46 @@ fn labels_that_no_key_uri_can_name_are_refused_before_the_token_is_touched() {
     let uri = mod_hsm_ssl::pkcs11::uri::KeyUri::parse("pkcs11:token=kt;object=www%20rsa%3Bv%3D2").unwrap();
     assert_eq!(uri.object.as_deref(), Some("www rsa;v=2"));
 }
+
+#[test]
+fn out_never_writes_through_a_symlink_and_replaces_a_file_only_with_force() {
+    let token = Token::new("kt");
+    let dir = TestDir::new("kt-out");
+    ok(&kt(&token, &["generate", "--label", "www", "--type", "ec:P-256"]));
+    let precious = dir.path().join("shadow-copy");
+    std::fs::write(&precious, "not a certificate\n").unwrap();
+    let link = dir.path().join("www.csr");
+    std::os::unix::fs::symlink(&precious, &link).unwrap();
+    let csr = |out: &std::path::Path, more: &[&str]| {
+        let mut a = vec!["csr", "--label", "www", "--subject", "CN=www.example.com", "--out", out.to_str().unwrap()];
+        a.extend_from_slice(more);
+        kt(&token, &a)
+    };
+    for more in [&[][..], &["--force"]] {
+        let e = err(&csr(&link, more), 5);
+        assert!(e.contains("symbolic link"), "{e}");
+    }
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "not a certificate\n");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+
+    let crt = dir.path().join("www.crt");
+    std::fs::write(&crt, "the old certificate\n").unwrap();
+    let selfsign = |more: &[&str]| {
+        let mut a = vec!["selfsign", "--label", "www", "--subject", "CN=www.example.com", "--days", "2", "--out", crt.to_str().unwrap()];
+        a.extend_from_slice(more);
+        kt(&token, &a)
+    };
+    let e = err(&selfsign(&[]), 5);
+    assert!(e.contains("already exists; add --force"), "{e}");
+    assert_eq!(std::fs::read_to_string(&crt).unwrap(), "the old certificate\n");
+    let before = std::fs::metadata(&crt).unwrap();
+    ok(&selfsign(&["--force"]));
+    let after = std::fs::metadata(&crt).unwrap();
+    assert!(std::fs::read_to_string(&crt).unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+    // Replaced by a rename (a new inode), not rewritten in place.
+    use std::os::unix::fs::MetadataExt;
+    assert_ne!(before.ino(), after.ino(), "the file was rewritten in place");
+    let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["shadow-copy", "www.crt", "www.csr"], "temporary files left behind");
+}

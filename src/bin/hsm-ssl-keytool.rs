@@ -1,10 +1,11 @@
 //! hsm-ssl-keytool: generate, import and certify web-server keys that never
 //! leave the HSM. See `hsm-ssl-keytool --help` and the README.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use mod_hsm_ssl::keytool::commands::{self, USAGE};
-use mod_hsm_ssl::keytool::tool::{fail, Code, Opts, Res, Target};
+use mod_hsm_ssl::keytool::tool::{check_out_path, fail, write_out_file, Code, Opts, Res, Target};
 use mod_hsm_ssl::keytool::{import, x509};
 
 /// Options each command accepts besides the common ones.
@@ -12,8 +13,8 @@ fn allowed(cmd: &str) -> Option<&'static [&'static str]> {
     Some(match cmd {
         "generate" => &["--label", "--type"],
         "import" => &["--label", "--key", "--passphrase"],
-        "csr" => &["--label", "--subject", "--san", "--out"],
-        "selfsign" => &["--label", "--subject", "--san", "--days", "--out"],
+        "csr" => &["--label", "--subject", "--san", "--out", "--force"],
+        "selfsign" => &["--label", "--subject", "--san", "--days", "--out", "--force"],
         "list" => &["--cert", "--json"],
         "check" => &["--cert", "--key"],
         "delete" => &["--label", "--yes"],
@@ -22,10 +23,11 @@ fn allowed(cmd: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+/// `--out` (see `tool::write_out_file`), or stdout without it.
 fn write_out(o: &Opts, pem: String, what: &str) -> Res<String> {
     match o.get("--out") {
         Some(path) => {
-            std::fs::write(path, &pem).map_err(|e| fail(Code::Other, format!("writing {path}: {e}")))?;
+            write_out_file(Path::new(path), pem.as_bytes(), o.flag("--force"))?;
             Ok(format!("{what} written to {path}\n"))
         }
         None => Ok(pem),
@@ -39,6 +41,10 @@ fn sign_x509(o: &Opts, selfsigned: bool) -> Res<String> {
         None => Vec::new(),
     };
     x509::parse_subject(subject).map_err(|e| fail(Code::Usage, format!("--subject: {e}")))?;
+    if let Some(out) = o.get("--out") {
+        // Before the token signs anything.
+        check_out_path(Path::new(out), o.flag("--force"))?;
+    }
     let days: u32 = match (selfsigned, o.get("--days")) {
         (false, _) => 0,
         (true, Some(d)) => d.parse().ok().filter(|d| (1..=36500).contains(d)).ok_or_else(|| fail(Code::Usage, "--days: a number of days from 1 to 36500"))?,

@@ -60,7 +60,7 @@ pub struct Opts {
 }
 
 /// Options that take no value.
-const FLAGS: &[&str] = &["--yes", "--json", "--help"];
+const FLAGS: &[&str] = &["--yes", "--json", "--help", "--force"];
 
 impl Opts {
     pub fn parse(args: &[String], allowed: &[&str]) -> Res<Opts> {
@@ -335,6 +335,103 @@ impl Target {
     }
 }
 
+/// Why `path` may not be written as `--out`: a symbolic link (never written
+/// through, even with `--force`), not a regular file, or an existing file
+/// without `replace`. Checked before the token is used and again, atomically,
+/// by [`write_out_file`].
+pub fn check_out_path(path: &Path, replace: bool) -> Res<()> {
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            Err(fail(Code::Other, format!("--out {shown} is a symbolic link; not writing through it: give the path of the file itself")))
+        }
+        Ok(m) if !m.is_file() => Err(fail(Code::Other, format!("--out {shown} exists and is not a regular file"))),
+        Ok(_) if !replace => Err(fail(Code::Other, format!("--out {shown} already exists; add --force to replace it"))),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(fail(Code::Other, format!("--out {shown}: {e}"))),
+    }
+}
+
+/// Writes `data` (a certificate or request: mode 0644 less the umask) to
+/// `path` so that nothing is ever lost or half written: into a new
+/// temporary file in the same directory (O_CREAT|O_EXCL|O_NOFOLLOW),
+/// fsynced, then renamed to `path`. Without `replace` the rename refuses an
+/// existing `path` itself (RENAME_NOREPLACE, or link(2) where the file
+/// system lacks it), so a file that appeared after [`check_out_path`] is
+/// not replaced either; with `replace` the old file is swapped for the new
+/// one in one step. A rename never follows a symbolic link at `path`.
+pub fn write_out_file(path: &Path, data: &[u8], replace: bool) -> Res<()> {
+    check_out_path(path, replace)?;
+    let shown = path.display();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let (tmp, mut file) = create_temp_beside(path, dir)?;
+    let written = file.write_all(data).and_then(|()| file.sync_all());
+    drop(file);
+    let moved = written.and_then(|()| if replace { std::fs::rename(&tmp, path) } else { rename_noreplace(&tmp, path) });
+    if let Err(e) = moved {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(match e.kind() {
+            std::io::ErrorKind::AlreadyExists => fail(Code::Other, format!("--out {shown} already exists; add --force to replace it")),
+            _ => fail(Code::Other, format!("writing {shown}: {e}")),
+        });
+    }
+    // The rename is on disk once the directory is.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A new, empty file `.<name>.<random>.tmp` in `dir`.
+fn create_temp_beside(path: &Path, dir: &Path) -> Res<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path.file_name().ok_or_else(|| fail(Code::Other, format!("--out {}: not a file name", path.display())))?;
+    let mut last = None;
+    for _ in 0..16 {
+        let mut r = [0u8; 6];
+        openssl::rand::rand_bytes(&mut r).map_err(|e| fail(Code::Other, format!("no random bytes from OpenSSL: {e}")))?;
+        let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), crate::pkcs11::uri::hex(&r)));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(fail(Code::Other, format!("cannot create a file in {}: {e}", dir.display()))),
+        }
+    }
+    Err(fail(Code::Other, format!("cannot create a temporary file in {}: {}", dir.display(), last.map(|e| e.to_string()).unwrap_or_default())))
+}
+
+/// rename(2) that fails with AlreadyExists instead of replacing `to`.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that live until the call returns.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        // The file system (or kernel) has no RENAME_NOREPLACE: link(2)
+        // refuses an existing name too.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        _ => Err(e),
+    }
+}
+
 /// The PIN-source messages speak of httpd; the tool runs in a shell.
 pub fn for_the_tool(msg: &str) -> String {
     match msg.find("is not set in httpd's environment") {
@@ -409,6 +506,65 @@ mod tests {
         assert_eq!(x.library.as_deref(), Some("/lib/p11.so"));
         assert_eq!(x.pin.as_deref(), Some("env:CLOUDHSM_PIN"));
         assert_eq!(x.token.as_deref(), Some("web"));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("keytool-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn entries(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn out_files_are_never_written_through_a_symlink_or_over_a_file_without_force() {
+        let d = scratch("out");
+        let target = d.join("precious");
+        std::fs::write(&target, "keep me").unwrap();
+        let link = d.join("www.csr");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for force in [false, true] {
+            let f = write_out_file(&link, b"new", force).unwrap_err();
+            assert!(f.code == Code::Other && f.msg.contains("symbolic link"), "{}", f.msg);
+        }
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+
+        let f = write_out_file(&target, b"new", false).unwrap_err();
+        assert!(f.msg.contains("already exists; add --force"), "{}", f.msg);
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        let f = write_out_file(&d, b"new", true).unwrap_err();
+        assert!(f.msg.contains("not a regular file"), "{}", f.msg);
+
+        write_out_file(&target, b"replaced", true).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "replaced");
+        let fresh = d.join("fresh.crt");
+        write_out_file(&fresh, b"cert", false).unwrap();
+        assert_eq!(std::fs::read_to_string(&fresh).unwrap(), "cert");
+        // No temporary file is left behind.
+        assert_eq!(entries(&d), ["fresh.crt", "precious", "www.csr"]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_final_rename_refuses_a_file_that_appeared_after_the_check() {
+        let d = scratch("race");
+        let (from, to) = (d.join("tmp"), d.join("target"));
+        std::fs::write(&from, "new").unwrap();
+        std::fs::write(&to, "appeared meanwhile").unwrap();
+        assert_eq!(rename_noreplace(&from, &to).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&to).unwrap(), "appeared meanwhile");
+        // A dangling symlink is a name that exists, too.
+        std::fs::remove_file(&to).unwrap();
+        std::os::unix::fs::symlink(d.join("nowhere"), &to).unwrap();
+        assert_eq!(rename_noreplace(&from, &to).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(!d.join("nowhere").exists());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
