@@ -131,9 +131,14 @@ fn list_check_delete_and_config_work_and_mismatches_exit_4() {
     assert!(conf.contains("ServerName www.example.com") && conf.contains("SSLCertificateKeyFile \"pkcs11:token=kt;object=www-rsa\""), "{conf}");
     assert!(conf.contains(&format!("HSMSSLLibrary {SOFTHSM}")) && !conf.contains(&token.pin), "{conf}");
 
-    let e = err(&kt(&token, &["delete", "--label", "www-ec"]), 6);
+    // Without --yes and without a terminal: listed, not deleted.
+    let o = kt(&token, &["delete", "--label", "www-ec"]);
+    let e = err(&o, 6);
     assert!(e.contains("--yes"), "{e}");
+    let listed = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(listed.contains("to delete from token 'kt':") && listed.contains("private key  'www-ec' id "), "{listed}");
     let out = ok(&kt(&token, &["delete", "--label", "www-ec", "--yes"]));
+    assert!(out.contains("private key  'www-ec'") && out.contains("public key   'www-ec'"), "--yes skips the question, not the listing: {out}");
     assert!(out.contains("deleted 2 object(s)"), "{out}");
     let json = ok(&kt(&token, &["list", "--json"]));
     assert!(!json.contains("www-ec"), "{json}");
@@ -323,4 +328,118 @@ fn out_never_writes_through_a_symlink_and_replaces_a_file_only_with_force() {
     let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();
     assert_eq!(names, ["shadow-copy", "www.crt", "www.csr"], "temporary files left behind");
+}
+
+/// `pkcs11-tool --list-objects` (logged in) of the token.
+fn objects(token: &Token) -> String {
+    let o = token.pkcs11_tool_login().args(["--list-objects"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+/// How many objects pkcs11-tool lists with a header starting with `kind`
+/// ("Data object", "Private Key Object", ...), `label` and (if given) `id`.
+fn count_objects(listing: &str, kind: &str, label: &str, id: Option<&str>) -> usize {
+    let mut blocks: Vec<Vec<&str>> = Vec::new();
+    for line in listing.lines() {
+        match blocks.last_mut() {
+            Some(b) if line.starts_with(' ') => b.push(line),
+            _ => blocks.push(vec![line]),
+        }
+    }
+    let field = |b: &[&str], name: &str| -> Option<String> {
+        b.iter().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().trim_matches('\'').to_string()))
+    };
+    blocks
+        .iter()
+        .filter(|b| b[0].starts_with(kind))
+        .filter(|b| field(b, "label:").as_deref() == Some(label))
+        .filter(|b| id.is_none_or(|id| field(b, "ID:").as_deref() == Some(id)))
+        .count()
+}
+
+fn key_id(token: &Token, label: &str) -> String {
+    private_block(token, label).lines().find_map(|l| l.trim().strip_prefix("ID:").map(|v| v.trim().to_string())).unwrap()
+}
+
+#[test]
+fn delete_removes_the_key_pair_and_its_certificate_and_no_other_object_with_the_label() {
+    let token = Token::new("kt");
+    let dir = TestDir::new("kt-delete");
+    ok(&kt(&token, &["generate", "--label", "www", "--type", "ec:P-256"]));
+    let id = key_id(&token, "www");
+    // Its certificate on the token, as other tools store it (same label and id).
+    let crt = dir.path().join("www.crt");
+    ok(&kt(&token, &["selfsign", "--label", "www", "--subject", "CN=www", "--days", "2", "--out", crt.to_str().unwrap()]));
+    let der = dir.path().join("www.der");
+    assert!(openssl(&["x509", "-in", crt.to_str().unwrap(), "-outform", "DER", "-out", der.to_str().unwrap()]).status.success());
+    run_ok(token.pkcs11_tool_login().args(["--write-object", der.to_str().unwrap(), "--type", "cert", "--label", "www", "--id", &id]));
+    // What other tools put under the same label: a data object and an AES key.
+    let data = dir.path().join("data.bin");
+    std::fs::write(&data, "another tool's settings").unwrap();
+    run_ok(token.pkcs11_tool_login().args(["--write-object", data.to_str().unwrap(), "--type", "data", "--label", "www", "--private"]));
+    run_ok(token.pkcs11_tool_login().args(["--keygen", "--key-type", "AES:16", "--label", "www", "--id", &id]));
+    let before = objects(&token);
+    assert_eq!(count_objects(&before, "Data object", "www", None), 1, "{before}");
+    assert_eq!(count_objects(&before, "Secret Key Object", "www", None), 1, "{before}");
+    assert_eq!(count_objects(&before, "Certificate Object", "www", Some(&id)), 1, "{before}");
+
+    let out = ok(&kt(&token, &["delete", "--label", "www", "--yes"]));
+    for line in [
+        format!("  private key  'www' id {id}"),
+        format!("  public key   'www' id {id}"),
+        format!("  certificate  'www' id {id}"),
+        "  kept: data object  'www' id (none)".to_string(),
+        format!("  kept: secret key   'www' id {id}"),
+        "deleted 3 object(s) from token 'kt'".to_string(),
+    ] {
+        assert!(out.lines().any(|l| l == line), "no line {line:?} in:\n{out}");
+    }
+    let after = objects(&token);
+    assert_eq!(count_objects(&after, "Data object", "www", None), 1, "the data object was deleted:\n{after}");
+    assert_eq!(count_objects(&after, "Secret Key Object", "www", None), 1, "the secret key was deleted:\n{after}");
+    for kind in ["Private Key Object", "Public Key Object", "Certificate Object"] {
+        assert_eq!(count_objects(&after, kind, "www", None), 0, "{kind} left:\n{after}");
+    }
+    // Only other classes are left: nothing more to delete, and they stay.
+    let e = err(&kt(&token, &["delete", "--label", "www", "--yes"]), 3);
+    assert!(e.contains("no private key labelled 'www'") && e.contains("data object") && e.contains("nothing deleted"), "{e}");
+    assert_eq!(objects(&token), after);
+}
+
+#[test]
+fn delete_refuses_an_ambiguous_label_until_id_names_the_key_pair() {
+    let token = Token::new("kt");
+    // Two key pairs with one label (ids 01 and 02), as pkcs11-tool allows.
+    token.gen_ec("dup", "prime256v1");
+    token.gen_ec("dup", "prime256v1");
+    let o = kt(&token, &["delete", "--label", "dup", "--yes"]);
+    let e = err(&o, 3);
+    assert!(e.contains("2 private keys are labelled 'dup' (ids 01, 02)") && e.contains("--id"), "{e}");
+    assert!(o.stdout.is_empty(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert_eq!(count_objects(&objects(&token), "Private Key Object", "dup", None), 2);
+
+    let out = ok(&kt(&token, &["delete", "--label", "dup", "--id", "02", "--yes"]));
+    assert!(out.contains("  private key  'dup' id 02\n  public key   'dup' id 02\n"), "{out}");
+    assert!(out.contains("kept: private key  'dup' id 01") && out.contains("deleted 2 object(s)"), "{out}");
+    let after = objects(&token);
+    assert_eq!(count_objects(&after, "Private Key Object", "dup", Some("01")), 1, "{after}");
+    assert_eq!(count_objects(&after, "Public Key Object", "dup", Some("01")), 1, "{after}");
+    assert_eq!(count_objects(&after, "Private Key Object", "dup", Some("02")), 0, "{after}");
+    assert_eq!(count_objects(&after, "Public Key Object", "dup", Some("02")), 0, "{after}");
+
+    // One private key left, but a certificate with the label and another id:
+    // whose is it? Refused until --id says.
+    let dir = TestDir::new("kt-delete-stray");
+    let pem = dir.path().join("other.crt");
+    let der = dir.path().join("other.der");
+    assert!(openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", dir.path().join("k").to_str().unwrap(), "-subj", "/CN=other", "-days", "1", "-out", pem.to_str().unwrap()]).status.success());
+    assert!(openssl(&["x509", "-in", pem.to_str().unwrap(), "-outform", "DER", "-out", der.to_str().unwrap()]).status.success());
+    run_ok(token.pkcs11_tool_login().args(["--write-object", der.to_str().unwrap(), "--type", "cert", "--label", "dup", "--id", "ff"]));
+    let e = err(&kt(&token, &["delete", "--label", "dup", "--yes"]), 3);
+    assert!(e.contains("another CKA_ID") && e.contains("certificate (id ff)") && e.contains("--id 01"), "{e}");
+    let out = ok(&kt(&token, &["delete", "--label", "dup", "--id", "01", "--yes"]));
+    assert!(out.contains("kept: certificate  'dup' id ff") && out.contains("deleted 2 object(s)"), "{out}");
+    assert_eq!(count_objects(&objects(&token), "Certificate Object", "dup", Some("ff")), 1);
+    let e = err(&kt(&token, &["delete", "--label", "dup", "--id", "0g"]), 1);
+    assert!(e.contains("--id 0g"), "{e}");
 }

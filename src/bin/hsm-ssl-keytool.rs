@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use mod_hsm_ssl::keytool::commands::{self, USAGE};
 use mod_hsm_ssl::keytool::tool::{check_out_path, fail, write_out_file, Code, Opts, Res, Target};
-use mod_hsm_ssl::keytool::{import, x509};
+use mod_hsm_ssl::keytool::{delete, import, x509};
 
 /// Options each command accepts besides the common ones.
 fn allowed(cmd: &str) -> Option<&'static [&'static str]> {
@@ -17,7 +17,7 @@ fn allowed(cmd: &str) -> Option<&'static [&'static str]> {
         "selfsign" => &["--label", "--subject", "--san", "--days", "--out", "--force"],
         "list" => &["--cert", "--json"],
         "check" => &["--cert", "--key"],
-        "delete" => &["--label", "--yes"],
+        "delete" => &["--label", "--id", "--yes"],
         "config" => &["--label", "--cert", "--server-name"],
         _ => return None,
     })
@@ -125,7 +125,7 @@ fn run(args: &[String]) -> Res<String> {
         "selfsign" => sign_x509(&o, true),
         "list" => commands::list(&o),
         "check" => commands::check(&o),
-        "delete" => commands::delete(&o),
+        "delete" => delete::delete(&o),
         "config" => commands::config(&o),
         _ => unreachable!("allowed() covers every command"),
     }

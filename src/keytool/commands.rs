@@ -374,23 +374,3 @@ pub fn list(o: &Opts) -> Res<String> {
     }
     Ok(out)
 }
-
-pub fn delete(o: &Opts) -> Res<String> {
-    let label = o.label()?.to_string();
-    let t = Target::from_opts(o)?;
-    let (_ctx, s, token) = t.session()?;
-    let objs = with_label(&s, &label)?;
-    if objs.is_empty() {
-        return Err(fail(Code::Key, format!("token '{token}' has no object labelled '{label}'")));
-    }
-    if !o.flag("--yes") {
-        let answer = super::tool::prompt_visible(&format!("Delete {} object(s) labelled '{label}' from token '{token}'? This cannot be undone. [y/N] ", objs.len()))?;
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Err(fail(Code::Cancelled, "not deleted"));
-        }
-    }
-    for h in &objs {
-        s.destroy_object(*h).map_err(|e| ck("deleting", e))?;
-    }
-    Ok(format!("deleted {} object(s) labelled '{label}' from token '{token}'\n", objs.len()))
-}

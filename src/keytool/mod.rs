@@ -3,6 +3,7 @@
 //! shell around this module.
 
 pub mod commands;
+pub mod delete;
 pub mod import;
 pub mod tool;
 pub mod x509;
