@@ -48,20 +48,35 @@ fn private_block(token: &Token, label: &str) -> String {
 #[test]
 fn generate_makes_sensitive_non_extractable_key_pairs_and_refuses_a_taken_label() {
     let token = Token::new("kt");
-    for (label, ty, kind) in [("www-rsa", "rsa:2048", "RSA"), ("www-ec", "ec:P-256", "EC"), ("www-ec384", "ec:P-384", "EC")] {
-        let out = ok(&kt(&token, &["generate", "--label", label, "--type", ty]));
+    for (label, ty, kind, usage_opt) in [
+        ("www-rsa", "rsa:2048", "RSA", None),
+        ("www-rsa-kx", "rsa:2048", "RSA", Some("sign,decrypt")),
+        ("www-ec", "ec:P-256", "EC", None),
+        ("www-ec384", "ec:P-384", "EC", Some("sign")),
+    ] {
+        let mut args = vec!["generate", "--label", label, "--type", ty];
+        args.extend(usage_opt.iter().flat_map(|u| ["--usage", u]));
+        let o = kt(&token, &args);
+        let out = ok(&o);
         assert!(out.contains(&format!("key URI for SSLCertificateKeyFile: \"pkcs11:token=kt;object={label}\"")), "{out}");
+        let decrypt = usage_opt == Some("sign,decrypt");
+        let said = if decrypt { "usage: sign, decrypt\n" } else { "usage: sign\n" };
+        assert!(out.contains(&format!("sensitive, not extractable, not modifiable, not copyable; {said}")), "{out}");
+        // SoftHSM2 2.6 takes CKA_MODIFIABLE/CKA_COPYABLE false: no warning.
+        assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
         let b = private_block(&token, label);
         assert!(b.contains(kind), "{b}");
         assert!(b.contains("sensitive") && b.contains("never extractable"), "not protected:\n{b}");
         assert!(b.contains("sign"), "{b}");
         let usage = b.lines().find(|l| l.trim_start().starts_with("Usage:")).unwrap_or_default().to_string();
-        if kind == "RSA" {
-            assert!(usage.contains("decrypt"), "{usage}");
-        } else {
-            assert!(!usage.contains("decrypt") && !usage.contains("derive"), "EC key may do more than sign: {usage}");
-        }
-        assert!(!usage.contains("unwrap"), "{usage}");
+        // Decrypt only on request (TLS 1.2 RSA key exchange), never for EC.
+        assert_eq!(usage.contains("decrypt"), decrypt, "{label}: {usage}");
+        assert!(!usage.contains("derive") && !usage.contains("unwrap"), "{label} may do more than TLS needs: {usage}");
+        // Not modifiable: the token refuses to change it (pkcs11-tool shows
+        // no CKA_MODIFIABLE, so change CKA_ID and expect CKR_ACTION_PROHIBITED).
+        let set = token.pkcs11_tool_login().args(["--type", "privkey", "--label", label, "--set-id", "77"]).output().unwrap();
+        let text = String::from_utf8_lossy(&set.stderr).to_string() + &String::from_utf8_lossy(&set.stdout);
+        assert!(!set.status.success() && text.contains("C_SetAttributeValue failed") && text.contains("0x1b"), "{label} was modified:\n{text}");
         token.assert_private_key_protected(label);
         // The public key is there too, with the same id.
         let id = b.lines().find_map(|l| l.trim().strip_prefix("ID:").map(|v| v.trim().to_string())).unwrap();
@@ -72,6 +87,13 @@ fn generate_makes_sensitive_non_extractable_key_pairs_and_refuses_a_taken_label(
     assert!(e.contains("already has objects labelled 'www-rsa'"), "{e}");
     let e = err(&kt(&token, &["generate", "--label", "x", "--type", "dsa:1024"]), 1);
     assert!(e.contains("--type dsa:1024"), "{e}");
+    let e = err(&kt(&token, &["generate", "--label", "x", "--type", "ec:P-256", "--usage", "sign,decrypt"]), 1);
+    assert!(e.contains("EC keys never decrypt"), "{e}");
+    let e = err(&kt(&token, &["generate", "--label", "x", "--type", "rsa:2048", "--usage", "decrypt"]), 1);
+    assert!(e.contains("--usage decrypt: use sign (the default) or sign,decrypt"), "{e}");
+    // --help says why one would want decrypt.
+    let help = ok(&kt(&token, &["--help"]));
+    assert!(help.contains("--usage sign,decrypt  an RSA key may also decrypt") && help.contains("AES128-GCM-SHA256") && help.contains("EC keys never decrypt"), "{help}");
 }
 
 #[test]
@@ -213,8 +235,11 @@ fn import_puts_an_encrypted_pem_key_into_the_token_and_says_how_to_remove_the_fi
     let text = ok(&out);
     assert!(text.contains("imported 'old'") && text.contains("shred -u"), "{text}");
     assert!(!text.contains("file-secret"), "{text}");
+    assert!(text.contains("it is sensitive, not extractable, not modifiable, not copyable; usage: sign\n"), "{text}");
     let b = private_block(&token, "old");
     assert!(b.contains("sensitive"), "{b}");
+    let usage = b.lines().find(|l| l.trim_start().starts_with("Usage:")).unwrap_or_default().to_string();
+    assert!(usage.contains("sign") && !usage.contains("decrypt"), "decrypt without --usage sign,decrypt: {usage}");
     // The token key is the file's key: a certificate for it checks out.
     let crt = dir.path().join("old.crt");
     ok(&kt(&token, &["selfsign", "--label", "old", "--subject", "CN=old.example", "--days", "5", "--out", crt.to_str().unwrap()]));

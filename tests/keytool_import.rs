@@ -17,7 +17,8 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use mod_hsm_ssl::keytool::import::{import_key, read_private_key_pem, ImportPath};
+use mod_hsm_ssl::keytool::import::{import_key, read_private_key_pem, ImportPath, Imported};
+use mod_hsm_ssl::keytool::policy::{Frozen, Usage};
 use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;
 use openssl::hash::{hash, MessageDigest};
@@ -27,6 +28,10 @@ use openssl::sign::Verifier;
 use zeroize::Zeroizing;
 
 const PASS: &str = "Corr3ct-horse";
+
+/// Unwrapped keys are frozen too (SoftHSM2 2.6 takes CKA_MODIFIABLE=false
+/// in a C_UnwrapKey template only as the last attribute).
+const UNWRAPPED: Frozen = Frozen::FULLY;
 const WRONG: &str = "not-the-passphrase";
 
 /// `openssl <args>` in `dir`, must succeed.
@@ -88,7 +93,9 @@ fn bool_attr(session: &Session, obj: ObjectHandle, t: AttributeType) -> bool {
             | Attribute::Sign(b)
             | Attribute::Decrypt(b)
             | Attribute::Verify(b)
-            | Attribute::Encrypt(b),
+            | Attribute::Encrypt(b)
+            | Attribute::Modifiable(b)
+            | Attribute::Copyable(b),
         ) => *b,
         other => panic!("attribute {t:?} not readable: {other:?}"),
     }
@@ -113,10 +120,13 @@ fn access_line(token: &Token, label: &str) -> String {
 
 /// Everything an imported key must be: one private and one public object
 /// with the label and id, the private one sensitive / not extractable /
-/// private / sign (+ decrypt for RSA), pkcs11-tool agreeing, the token's
-/// public key equal to the PEM's, and a token signature (and for RSA a token
-/// decryption) that the PEM's public key verifies.
-fn check_imported(session: &Session, token: &Token, label: &str, id: &[u8], pem: &Path, pass: Option<&str>) {
+/// private / sign (+ decrypt only if `decrypt`), not modifiable / not
+/// copyable as `frozen` says, pkcs11-tool agreeing, the token's public key equal to the
+/// PEM's, and a token signature (and with `decrypt` a token decryption) that
+/// the PEM's public key verifies; without `decrypt` the token refuses to
+/// decrypt with it.
+#[allow(clippy::too_many_arguments)]
+fn check_imported(session: &Session, token: &Token, label: &str, id: &[u8], pem: &Path, pass: Option<&str>, decrypt: bool, frozen: Frozen) {
     let privs = find(session, ObjectClass::PRIVATE_KEY, label);
     assert_eq!(privs.len(), 1, "{label}: private keys with the label");
     let pubs = find(session, ObjectClass::PUBLIC_KEY, label);
@@ -136,7 +146,9 @@ fn check_imported(session: &Session, token: &Token, label: &str, id: &[u8], pem:
         (AttributeType::Sensitive, true),
         (AttributeType::Extractable, false),
         (AttributeType::Sign, true),
-        (AttributeType::Decrypt, is_rsa),
+        (AttributeType::Decrypt, decrypt),
+        (AttributeType::Modifiable, !frozen.unmodifiable),
+        (AttributeType::Copyable, !frozen.uncopyable),
         // Imported keys were not always sensitive / never extractable.
         (AttributeType::AlwaysSensitive, false),
         (AttributeType::NeverExtractable, false),
@@ -148,7 +160,7 @@ fn check_imported(session: &Session, token: &Token, label: &str, id: &[u8], pem:
         assert_eq!(bool_attr(session, pk, t), want, "{label}: public key {t:?}");
     }
     if is_rsa {
-        assert!(bool_attr(session, pk, AttributeType::Encrypt), "{label}: public key CKA_ENCRYPT");
+        assert_eq!(bool_attr(session, pk, AttributeType::Encrypt), decrypt, "{label}: public key CKA_ENCRYPT");
     }
     assert_eq!(id_attr(session, pk), id, "{label}: public CKA_ID");
 
@@ -178,14 +190,21 @@ fn check_imported(session: &Session, token: &Token, label: &str, id: &[u8], pem:
     assert!(verifier.verify_oneshot(&der_sig, &data).unwrap(), "{label}: signature does not verify");
 
     if is_rsa {
-        // And it decrypts what the PEM's public key encrypted.
+        // It decrypts what the PEM's public key encrypted, if allowed to.
         let rsa = public.rsa().unwrap();
         let secret = b"premaster secret of a test";
         let mut ct = vec![0u8; rsa.size() as usize];
         let n = rsa.public_encrypt(secret, &mut ct, Padding::PKCS1).unwrap();
         ct.truncate(n);
-        let pt = session.decrypt(&Mechanism::RsaPkcs, sk, &ct).expect("RSA decrypt on the token");
-        assert_eq!(pt, secret, "{label}: decryption");
+        match session.decrypt(&Mechanism::RsaPkcs, sk, &ct) {
+            Ok(pt) if decrypt => assert_eq!(pt, secret, "{label}: decryption"),
+            Ok(_) => panic!("{label}: the token decrypted with a sign-only key"),
+            Err(e) if decrypt => panic!("{label}: RSA decrypt on the token: {e}"),
+            Err(e) => assert!(
+                matches!(e, cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::KeyFunctionNotPermitted, _)),
+                "{label}: {e}"
+            ),
+        }
     }
 }
 
@@ -256,28 +275,34 @@ fn import_pem_keys() {
 
     // --- formats that C_CreateObject takes directly -----------------------
     let mut imported = 0;
+    // Decrypt only where asked for (--usage sign,decrypt).
     let plain = [
-        ("rsa-pkcs8.pem", "rsa-pkcs8", &[0x01u8][..]),
-        ("rsa-pkcs1.pem", "rsa-pkcs1", &[0x02]),
-        ("ec-sec1.pem", "ec-sec1", &[0x03]),
-        ("ec384-pkcs8.pem", "ec384-pkcs8", &[0x04]),
+        ("rsa-pkcs8.pem", "rsa-pkcs8", &[0x01u8][..], false),
+        ("rsa-pkcs1.pem", "rsa-pkcs1", &[0x02], true),
+        ("ec-sec1.pem", "ec-sec1", &[0x03], false),
+        ("ec384-pkcs8.pem", "ec384-pkcs8", &[0x04], false),
     ];
-    for (file, label, id) in plain {
+    for (file, label, id, decrypt) in plain {
         let key = read_plain(&dir.join(file));
-        let path = import_key(&session, &key, label, id).unwrap_or_else(|e| panic!("import {file}: {e}"));
-        assert_eq!(path, ImportPath::Created, "{file}");
+        let done = import_key(&session, &key, label, id, Usage { decrypt }).unwrap_or_else(|e| panic!("import {file}: {e}"));
+        assert_eq!(done, Imported { path: ImportPath::Created, frozen: Frozen::FULLY }, "{file}");
         imported += 1;
-        check_imported(&session, &token, label, id, &dir.join(file), None);
+        check_imported(&session, &token, label, id, &dir.join(file), None, decrypt, Frozen::FULLY);
     }
-    for (file, label, id) in [
-        ("rsa-enc-pkcs8.pem", "rsa-enc-pkcs8", &[0x05u8][..]),
-        ("rsa-legacy-enc.pem", "rsa-legacy-enc", &[0x06]),
+    for (file, label, id, decrypt) in [
+        ("rsa-enc-pkcs8.pem", "rsa-enc-pkcs8", &[0x05u8][..], true),
+        ("rsa-legacy-enc.pem", "rsa-legacy-enc", &[0x06], false),
     ] {
         let key = read_encrypted(&dir.join(file));
-        assert_eq!(import_key(&session, &key, label, id), Ok(ImportPath::Created), "{file}");
+        assert_eq!(import_key(&session, &key, label, id, Usage { decrypt }), Ok(Imported { path: ImportPath::Created, frozen: Frozen::FULLY }), "{file}");
         imported += 1;
-        check_imported(&session, &token, label, id, &dir.join(file), Some(PASS));
+        check_imported(&session, &token, label, id, &dir.join(file), Some(PASS), decrypt, Frozen::FULLY);
     }
+    // EC keys never decrypt: refused before anything is created.
+    p11.reset();
+    let err = import_key(&session, &read_plain(&dir.join("ec-b.pem")), "ec-decrypt", &[0x0e], Usage { decrypt: true }).unwrap_err();
+    assert!(err.contains("EC keys never decrypt"), "{err}");
+    assert_eq!(p11.count("C_CreateObject"), 0);
     check_no_leftovers(&session, imported, "after the direct imports");
     eprintln!("[keytool_import] created key, pkcs11-tool says: {}", access_line(&token, "rsa-pkcs8"));
 
@@ -343,7 +368,7 @@ fn import_pem_keys() {
         .expect("create a certificate object");
     p11.reset();
     for (label, what) in [("rsa-pkcs8", "private key"), ("pub-only", "public key"), ("cert-only", "certificate")] {
-        let err = import_key(&session, &spare, label, &[0x42]).unwrap_err();
+        let err = import_key(&session, &spare, label, &[0x42], Usage::default()).unwrap_err();
         assert!(err.contains(&format!("already has a {what} labelled \"{label}\"")), "{label}: {err}");
     }
     assert_eq!(p11.count("C_CreateObject"), 0, "objects created despite a taken label");
@@ -352,23 +377,24 @@ fn import_pem_keys() {
 
     // --- fallback a: plaintext private keys refused, AES session key taken --
     set_control(&p11, "failclass C_CreateObject CKO_PRIVATE_KEY CKR_TEMPLATE_INCONSISTENT\n");
-    for (file, label, id, pass) in [
-        ("rsa3072-pkcs8.pem", "rsa3072-unwrapped", &[0x07u8][..], None),
-        ("ec521-enc-pkcs8.pem", "ec521-unwrapped", &[0x08], Some(PASS)),
+    for (file, label, id, pass, decrypt) in [
+        ("rsa3072-pkcs8.pem", "rsa3072-unwrapped", &[0x07u8][..], None, true),
+        ("ec521-enc-pkcs8.pem", "ec521-unwrapped", &[0x08], Some(PASS), false),
     ] {
         let key = if pass.is_some() { read_encrypted(&dir.join(file)) } else { read_plain(&dir.join(file)) };
         p11.reset();
-        let path = import_key(&session, &key, label, id).unwrap_or_else(|e| panic!("import {file}: {e}"));
-        assert_eq!(path, ImportPath::Unwrapped, "{file}");
+        let done = import_key(&session, &key, label, id, Usage { decrypt }).unwrap_or_else(|e| panic!("import {file}: {e}"));
+        assert_eq!(done, Imported { path: ImportPath::Unwrapped, frozen: UNWRAPPED }, "{file}");
         let counts = p11.counts();
         eprintln!("[keytool_import] fallback a ({file}): {counts:?}");
-        // Private key refused, AES key created, public key created.
-        assert_eq!(p11.count("C_CreateObject"), 3, "{file}: {counts:?}");
+        // Private key refused (frozen, each freezing attribute alone, plain),
+        // AES key created, public key created.
+        assert_eq!(p11.count("C_CreateObject"), 6, "{file}: {counts:?}");
         assert_eq!(p11.count("C_UnwrapKey"), 1, "{file}: {counts:?}");
         assert_eq!(p11.count("C_GenerateKeyPair"), 0, "{file}: {counts:?}");
         assert_eq!(p11.count("C_DestroyObject"), 1, "{file}: the AES key is destroyed: {counts:?}");
         imported += 1;
-        check_imported(&session, &token, label, id, &dir.join(file), pass);
+        check_imported(&session, &token, label, id, &dir.join(file), pass, decrypt, UNWRAPPED);
         check_no_leftovers(&session, imported, file);
     }
     eprintln!("[keytool_import] unwrapped key, pkcs11-tool says: {}", access_line(&token, "rsa3072-unwrapped"));
@@ -382,18 +408,19 @@ fn import_pem_keys() {
     for (file, label, id) in [("rsa-b.pem", "rsa-unwrapped-b", &[0x09u8][..]), ("ec-b.pem", "ec-unwrapped-b", &[0x0a])] {
         let key = read_plain(&dir.join(file));
         p11.reset();
-        let path = import_key(&session, &key, label, id).unwrap_or_else(|e| panic!("import {file}: {e}"));
-        assert_eq!(path, ImportPath::Unwrapped, "{file}");
+        let done = import_key(&session, &key, label, id, Usage::default()).unwrap_or_else(|e| panic!("import {file}: {e}"));
+        assert_eq!(done, Imported { path: ImportPath::Unwrapped, frozen: UNWRAPPED }, "{file}");
         let counts = p11.counts();
         eprintln!("[keytool_import] fallback b ({file}): {counts:?}");
-        assert_eq!(p11.count("C_CreateObject"), 3, "{file}: {counts:?}");
+        // Private key refused 4 times (as above), AES key refused, public key created.
+        assert_eq!(p11.count("C_CreateObject"), 6, "{file}: {counts:?}");
         assert_eq!(p11.count("C_GenerateKeyPair"), 1, "{file}: {counts:?}");
         // OAEP-SHA-256 (SoftHSM2 2.6 refuses it), OAEP-SHA-1, AES key wrap pad.
         assert!(p11.count("C_UnwrapKey") >= 2, "{file}: {counts:?}");
         // AES key and both halves of the RSA transport pair.
         assert_eq!(p11.count("C_DestroyObject"), 3, "{file}: {counts:?}");
         imported += 1;
-        check_imported(&session, &token, label, id, &dir.join(file), None);
+        check_imported(&session, &token, label, id, &dir.join(file), None, false, UNWRAPPED);
         check_no_leftovers(&session, imported, file);
     }
 
@@ -402,7 +429,7 @@ fn import_pem_keys() {
     // unwrapping, the public key cannot, so the private key is removed again.
     set_control(&p11, "fail C_CreateObject CKR_TEMPLATE_INCONSISTENT\n");
     p11.reset();
-    let err = import_key(&session, &spare, "no-public", &[0x0b]).unwrap_err();
+    let err = import_key(&session, &spare, "no-public", &[0x0b], Usage::default()).unwrap_err();
     assert!(err.contains("cannot create the public key") && err.contains("removed again"), "{err}");
     assert_eq!(p11.count("C_DestroyObject"), 4, "{:?}", p11.counts());
     nothing_labelled(&session, "no-public");
@@ -414,7 +441,7 @@ fn import_pem_keys() {
         "failclass C_CreateObject CKO_PRIVATE_KEY CKR_TEMPLATE_INCONSISTENT\nfail C_UnwrapKey CKR_DEVICE_ERROR\n",
     );
     p11.reset();
-    let err = import_key(&session, &spare, "unwrap-fails", &[0x0c]).unwrap_err();
+    let err = import_key(&session, &spare, "unwrap-fails", &[0x0c], Usage::default()).unwrap_err();
     assert!(err.contains("cannot unwrap the private key") && err.contains("CKR_DEVICE_ERROR"), "{err}");
     assert_eq!(p11.count("C_DestroyObject"), 1, "{:?}", p11.counts());
     nothing_labelled(&session, "unwrap-fails");
@@ -423,17 +450,53 @@ fn import_pem_keys() {
     // An error that is not a refusal does not trigger the fallback.
     set_control(&p11, "failclass C_CreateObject CKO_PRIVATE_KEY CKR_DEVICE_ERROR\n");
     p11.reset();
-    let err = import_key(&session, &spare, "device-error", &[0x0d]).unwrap_err();
+    let err = import_key(&session, &spare, "device-error", &[0x0d], Usage::default()).unwrap_err();
     assert!(err.contains("cannot create the private key") && err.contains("CKR_DEVICE_ERROR"), "{err}");
     assert_eq!(p11.count("C_UnwrapKey"), 0, "{:?}", p11.counts());
     nothing_labelled(&session, "device-error");
 
     // And with the faults gone the same key imports directly.
     p11.clear_faults();
-    assert_eq!(import_key(&session, &spare, "device-error", &[0x0d]), Ok(ImportPath::Created));
+    assert_eq!(import_key(&session, &spare, "device-error", &[0x0d], Usage::default()), Ok(Imported { path: ImportPath::Created, frozen: Frozen::FULLY }));
     imported += 1;
-    check_imported(&session, &token, "device-error", &[0x0d], &dir.join("rsa-fail.pem"), None);
+    check_imported(&session, &token, "device-error", &[0x0d], &dir.join("rsa-fail.pem"), None, false, Frozen::FULLY);
     check_no_leftovers(&session, imported, "at the end");
+
+    // --- the command line: generate and import, attributes read back -------
+    // (pkcs11-tool shows neither CKA_MODIFIABLE nor CKA_COPYABLE.)
+    let tool = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+            .args(args)
+            .args(["--library", SOFTHSM_LIB, "--token", &token.label, "--pin", "env:KT_PIN", "--httpd-conf", "/dev/null"])
+            .env("KT_PIN", &token.pin)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    for (args, label, decrypt) in [
+        (&["generate", "--label", "gen-rsa", "--type", "rsa:2048"][..], "gen-rsa", false),
+        (&["generate", "--label", "gen-rsa-kx", "--type", "rsa:3072", "--usage", "sign,decrypt"], "gen-rsa-kx", true),
+        (&["generate", "--label", "gen-ec", "--type", "ec:P-384"], "gen-ec", false),
+        (&["import", "--label", "cli-rsa", "--key", dir.join("rsa-b.pem").to_str().unwrap(), "--usage", "sign,decrypt"], "cli-rsa", true),
+        (&["import", "--label", "cli-ec", "--key", dir.join("ec-b.pem").to_str().unwrap()], "cli-ec", false),
+    ] {
+        let text = tool(args);
+        assert!(text.contains("not modifiable, not copyable") && !text.contains("warning"), "{args:?}: {text}");
+        let privs = find(&session, ObjectClass::PRIVATE_KEY, label);
+        assert_eq!(privs.len(), 1, "{label}");
+        for (t, want) in [
+            (AttributeType::Sensitive, true),
+            (AttributeType::Extractable, false),
+            (AttributeType::Sign, true),
+            (AttributeType::Decrypt, decrypt),
+            (AttributeType::Modifiable, false),
+            (AttributeType::Copyable, false),
+        ] {
+            assert_eq!(bool_attr(&session, privs[0], t), want, "{label}: private key {t:?}");
+        }
+    }
 
     session.logout().ok();
 }

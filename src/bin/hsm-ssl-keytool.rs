@@ -5,14 +5,15 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use mod_hsm_ssl::keytool::commands::{self, USAGE};
+use mod_hsm_ssl::keytool::policy::Usage;
 use mod_hsm_ssl::keytool::tool::{check_out_path, fail, write_out_file, Code, Opts, Res, Target};
 use mod_hsm_ssl::keytool::{delete, import, x509};
 
 /// Options each command accepts besides the common ones.
 fn allowed(cmd: &str) -> Option<&'static [&'static str]> {
     Some(match cmd {
-        "generate" => &["--label", "--type"],
-        "import" => &["--label", "--key", "--passphrase"],
+        "generate" => &["--label", "--type", "--usage"],
+        "import" => &["--label", "--key", "--passphrase", "--usage"],
         "csr" => &["--label", "--subject", "--san", "--out", "--force"],
         "selfsign" => &["--label", "--subject", "--san", "--days", "--out", "--force"],
         "list" => &["--cert", "--json"],
@@ -81,24 +82,23 @@ fn import_cmd(o: &Opts) -> Res<String> {
             None => mod_hsm_ssl::keytool::tool::prompt_hidden(&format!("Passphrase for {}: ", path.display())).map_err(|f| f.msg),
         }
     };
+    let usage = Usage::parse(o.get("--usage"))?;
     let key = import::read_private_key_pem(&path_of(o)?, &mut ask).map_err(|e| fail(Code::Key, e))?;
+    usage.check_for(key.id() == openssl::pkey::Id::RSA)?;
     let t = Target::from_opts(o)?;
     let (_ctx, s, token) = t.session()?;
-    let mut id = vec![0u8; 8];
-    // SAFETY: id is a writable buffer of 8 bytes.
-    if unsafe { openssl_sys::RAND_bytes(id.as_mut_ptr(), 8) } != 1 {
-        return Err(fail(Code::Other, "no random bytes from OpenSSL"));
-    }
-    let how = import::import_key(&s, &key, &label, &id).map_err(|e| fail(if e.contains("already") { Code::Key } else { Code::Setup }, e))?;
-    let how = match how {
+    let id = commands::random_id()?;
+    let done = import::import_key(&s, &key, &label, &id, usage).map_err(|e| fail(if e.contains("already") { Code::Key } else { Code::Setup }, e))?;
+    let how = match done.path {
         import::ImportPath::Created => "created directly",
         import::ImportPath::Unwrapped => "unwrapped under a one-time session key",
     };
     Ok(format!(
-        "imported '{label}' (id {}) into token '{token}' ({how}); it is sensitive and not extractable\n\
+        "imported '{label}' (id {}) into token '{token}' ({how}); it is {}\n\
          key URI for SSLCertificateKeyFile: \"{}\"\n\
          The key file still exists: remove it for good, e.g. shred -u {}\n",
         mod_hsm_ssl::pkcs11::uri::hex(&id),
+        commands::protection(usage, done.frozen),
         mod_hsm_ssl::keytool::tool::key_uri(Some(&token), &label),
         o.get("--key").unwrap_or_default()
     ))

@@ -9,6 +9,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
+use super::policy::{make_frozen, Frozen, Usage};
 use super::tool::{fail, key_uri, Code, Opts, Res, Target};
 use crate::pkcs11::token::{rsa_public, Hsm, KeyRef, PublicKey};
 use crate::pkcs11::uri::{hex, KeyUri};
@@ -20,9 +21,10 @@ hsm-ssl-keytool: keys for mod_hsm_ssl that never leave the HSM
 usage: hsm-ssl-keytool <command> [options]
 
 commands:
-  generate --label L --type rsa:2048|rsa:3072|rsa:4096|ec:P-256|ec:P-384
-                        generate a key pair inside the token (sensitive, not extractable)
-  import   --label L --key key.pem [--passphrase env:VAR|file:/path]
+  generate --label L --type rsa:2048|rsa:3072|rsa:4096|ec:P-256|ec:P-384 [--usage U]
+                        generate a key pair inside the token (sensitive, not extractable,
+                        not modifiable, not copyable)
+  import   --label L --key key.pem [--passphrase env:VAR|file:/path] [--usage U]
                         put an existing PEM private key into the token (asks for the
                         passphrase of an encrypted key); then remove the file for good
   csr      --label L --subject \"CN=www.example.com,O=...\" [--san DNS:...,IP:...] [--out F]
@@ -33,10 +35,23 @@ commands:
                         the token's private keys; with --cert, which one matches it
   check    --cert www.crt --key \"pkcs11:object=L\"
                         the key exists and belongs to the certificate (as configtest checks)
-  delete   --label L [--yes]
-                        delete the key pair (and certificate objects) with that label
+  delete   --label L [--id HEX] [--yes]
+                        delete the key pair httpd would use for that label (its private key,
+                        and the public key and certificate with the same label and CKA_ID);
+                        objects of other classes stay. Lists what goes, then asks; --yes
+                        only skips the question. Two key pairs (or a public key or
+                        certificate of another CKA_ID) with the label: name one with --id
   config   --label L --cert www.crt [--server-name NAME]
                         print the Apache lines for a vhost serving that key
+
+  --usage sign          (the default) the key only signs: all TLS 1.3 and ECDHE handshakes
+  --usage sign,decrypt  an RSA key may also decrypt. Only TLS 1.2 RSA key exchange needs
+                        that (ciphers like AES128-GCM-SHA256, without forward secrecy), for
+                        clients that cannot do ECDHE. EC keys never decrypt.
+  --out F [--force]     write to F instead of stdout: never through a symbolic link, and
+                        an existing F only with --force (replaced whole, by a rename)
+  --label L             not empty, no control characters: httpd finds the key by it
+                        (pkcs11:object=L, with L percent-encoded)
 
 token and PIN (as in httpd.conf; by default read from the HSMSSLLibrary, HSMSSLPin
 and HSMSSLToken lines of the Apache configuration):
@@ -47,9 +62,10 @@ and HSMSSLToken lines of the Apache configuration):
   --httpd-conf PATH     Apache configuration to read (default /etc/httpd/conf/httpd.conf
                         or /etc/apache2/apache2.conf)
 
-exit codes: 0 done; 1 bad command line; 2 library, token, PIN or login; 3 the key
-(not found, label taken, unsupported); 4 certificate and key do not match;
-5 files or anything else; 6 not confirmed. The PIN is never printed.
+exit codes: 0 done; 1 bad command line (also a label no key URI can name); 2 library,
+token, PIN or login; 3 the key (not found, label taken, unsupported, or for delete
+ambiguous); 4 certificate and key do not match; 5 files (--out exists, is a symbolic
+link, cannot be written) or anything else; 6 not confirmed. The PIN is never printed.
 ";
 
 /// A key type `generate` makes.
@@ -79,7 +95,8 @@ fn with_label(s: &Session, label: &str) -> Res<Vec<ObjectHandle>> {
     s.find_objects(&[Attribute::Label(label.as_bytes().to_vec())]).map_err(|e| ck("searching the token", e))
 }
 
-fn random_id() -> Res<Vec<u8>> {
+/// A random 8-byte CKA_ID for a new key pair.
+pub fn random_id() -> Res<Vec<u8>> {
     let mut id = vec![0u8; 8];
     // SAFETY: id is a writable buffer of 8 bytes.
     if unsafe { openssl_sys::RAND_bytes(id.as_mut_ptr(), 8) } != 1 {
@@ -91,6 +108,8 @@ fn random_id() -> Res<Vec<u8>> {
 pub fn generate(o: &Opts) -> Res<String> {
     let label = o.label()?.to_string();
     let spec = parse_type(o.need("--type")?)?;
+    let usage = Usage::parse(o.get("--usage"))?;
+    usage.check_for(matches!(spec, KeySpec::Rsa(_)))?;
     let t = Target::from_opts(o)?;
     let (_ctx, s, token) = t.session()?;
     if !with_label(&s, &label)?.is_empty() {
@@ -110,7 +129,9 @@ pub fn generate(o: &Opts) -> Res<String> {
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
-        // Nothing but what TLS needs: no unwrapping, no derivation.
+        // Nothing but what TLS needs: no unwrapping, no derivation, and
+        // decryption only on request (see policy).
+        Attribute::Decrypt(usage.decrypt),
         Attribute::Unwrap(false),
         Attribute::Derive(false),
         Attribute::Label(label.as_bytes().to_vec()),
@@ -119,25 +140,20 @@ pub fn generate(o: &Opts) -> Res<String> {
     let (mech, mut pubt, mut privt) = match spec {
         KeySpec::Rsa(bits) => {
             let mut p = common_pub.clone();
-            p.push(Attribute::Encrypt(true));
+            p.push(Attribute::Encrypt(usage.decrypt));
             p.push(Attribute::ModulusBits(cryptoki::types::Ulong::from(bits as std::ffi::c_ulong)));
             p.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-            let mut q = common_priv.clone();
-            q.push(Attribute::Decrypt(true));
-            (Mechanism::RsaPkcsKeyPairGen, p, q)
+            (Mechanism::RsaPkcsKeyPairGen, p, common_priv)
         }
         KeySpec::Ec(_, oid) => {
             let mut p = common_pub.clone();
             p.push(Attribute::EcParams(oid.to_vec()));
-            let mut q = common_priv.clone();
-            q.push(Attribute::Decrypt(false));
-            (Mechanism::EccKeyPairGen, p, q)
+            (Mechanism::EccKeyPairGen, p, common_priv)
         }
     };
     pubt.shrink_to_fit();
     privt.shrink_to_fit();
-    let (pub_h, _) = s
-        .generate_key_pair(&mech, &pubt, &privt)
+    let ((pub_h, _), frozen) = make_frozen(&format!("the private key '{label}'"), |extra| s.generate_key_pair(&mech, &pubt, &[&privt[..], extra].concat()))
         .map_err(|e| fail(Code::Key, format!("generating the key pair in token '{token}': {}", crate::pkcs11::token::ck_error_text(&e))))?;
     let public = read_public(&s, pub_h, spec)?;
     let fp = certcheck::token_fingerprint(&public).unwrap_or_else(|e| format!("({e})"));
@@ -147,12 +163,18 @@ pub fn generate(o: &Opts) -> Res<String> {
     };
     let uri = key_uri(Some(&token), &label);
     Ok(format!(
-        "generated {kind} key '{label}' (id {}) in token '{token}': sensitive, not extractable\n\
+        "generated {kind} key '{label}' (id {}) in token '{token}': {}\n\
          public key {fp}\n\
          key URI for SSLCertificateKeyFile: \"{uri}\"\n\
          next: hsm-ssl-keytool csr --label {label} --subject \"CN=...\"   (or selfsign)\n",
-        hex(&id)
+        hex(&id),
+        protection(usage, frozen)
     ))
+}
+
+/// How the new private key is protected, for the tool's output.
+pub fn protection(usage: Usage, frozen: Frozen) -> String {
+    format!("sensitive, not extractable, {}; usage: {}", frozen.describe(), usage.describe())
 }
 
 fn read_public(s: &Session, h: ObjectHandle, spec: KeySpec) -> Res<PublicKey> {

@@ -5,8 +5,9 @@
 //! module serves: RSA of 2048 bits or more, EC on P-256, P-384 or P-521.
 //!
 //! [`import_key`] puts it on the token as a sensitive, non-extractable
-//! private key (CKA_SENSITIVE true, CKA_EXTRACTABLE false) plus the matching
-//! public key object:
+//! private key (CKA_SENSITIVE true, CKA_EXTRACTABLE false; CKA_MODIFIABLE and
+//! CKA_COPYABLE false where the token takes them; decrypt only on request,
+//! see `policy`) plus the matching public key object:
 //!
 //! 1. `C_CreateObject` with the plaintext private key ([`ImportPath::Created`]).
 //! 2. If the token refuses plaintext private keys (AWS CloudHSM wants private
@@ -59,6 +60,7 @@ use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::{Padding, Rsa};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::policy::{is_refusal, make_frozen, Frozen, Usage};
 use crate::pkcs11::token::ck_error_text;
 
 /// What the key types this tool accepts are, for error messages.
@@ -307,43 +309,39 @@ impl Drop for TempObject<'_> {
     }
 }
 
-/// Errors with which a token says "not like this" to a template, rather
-/// than "something broke": the cue to try another way in.
-fn is_refusal(e: &CkError) -> bool {
-    matches!(
-        e,
-        CkError::Pkcs11(
-            RvError::TemplateInconsistent
-                | RvError::TemplateIncomplete
-                | RvError::AttributeValueInvalid
-                | RvError::AttributeTypeInvalid
-                | RvError::AttributeReadOnly
-                | RvError::FunctionNotSupported
-                | RvError::ActionProhibited,
-            _
-        )
-    )
+/// What [`import_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub path: ImportPath,
+    /// Which of CKA_MODIFIABLE and CKA_COPYABLE false the token took.
+    pub frozen: Frozen,
 }
 
-/// Import `key` as a token private key (sensitive, not extractable, sign;
-/// RSA also decrypt) plus its public key object, both with `label` and `id`.
+/// Import `key` as a token private key (sensitive, not extractable, not
+/// modifiable or copyable where the token allows, sign; decrypt only with
+/// `usage.decrypt`, RSA only) plus its public key object, both with `label`
+/// and `id`.
 ///
 /// `session` must be R/W and logged in as the user. A `label` already used
 /// by a private key, public key or certificate on the token is refused
 /// before anything is created. Tries `C_CreateObject` first and falls back
 /// to wrapping + `C_UnwrapKey` when the token refuses plaintext private keys
-/// (see the module docs); returns which way worked. If the public key cannot
-/// be created, the private key just created is destroyed again.
+/// (see the module docs); each way is tried with the freezing attributes
+/// first and, if the token refuses that template, without them. Returns
+/// which way worked. If the public key cannot be created, the private key
+/// just created is destroyed again.
 pub fn import_key(
     session: &Session,
     key: &PKeyRef<Private>,
     label: &str,
     id: &[u8],
-) -> Result<ImportPath, String> {
+    usage: Usage,
+) -> Result<Imported, String> {
     if label.is_empty() {
         return Err("the key label must not be empty".into());
     }
     let info = key_info(key)?;
+    usage.check_for(matches!(info, KeyInfo::Rsa(_))).map_err(|f| f.msg)?;
     refuse_taken_label(session, label)?;
 
     let common = |class: ObjectClass, key_type: KeyType| {
@@ -359,7 +357,6 @@ pub fn import_key(
         KeyInfo::Rsa(_) => KeyType::RSA,
         KeyInfo::Ec { .. } => KeyType::EC,
     };
-    let is_rsa = matches!(info, KeyInfo::Rsa(_));
     // The private key's attributes without the key material: also the
     // C_UnwrapKey template (the material then comes from the PKCS#8).
     let mut private_base = common(ObjectClass::PRIVATE_KEY, key_type);
@@ -368,7 +365,7 @@ pub fn import_key(
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Sign(true),
-        Attribute::Decrypt(is_rsa),
+        Attribute::Decrypt(usage.decrypt),
     ]);
 
     let mut private = SecretTemplate(private_base.clone());
@@ -389,7 +386,7 @@ pub fn import_key(
                 Attribute::Coefficient(part(rsa.iqmp())),
             ]);
             public.extend([
-                Attribute::Encrypt(true),
+                Attribute::Encrypt(usage.decrypt),
                 Attribute::Modulus(rsa.n().to_vec()),
                 Attribute::PublicExponent(rsa.e().to_vec()),
             ]);
@@ -409,16 +406,25 @@ pub fn import_key(
         }
     }
 
-    let created = session.create_object(&private.0);
+    let what = format!("the private key \"{label}\"");
+    // The freezing attributes go on the end of the template itself: a copy
+    // would be key material that is not wiped.
+    let base_len = private.0.len();
+    private.0.reserve(2);
+    let created = make_frozen(&what, |extra| {
+        private.0.truncate(base_len);
+        private.0.extend_from_slice(extra);
+        session.create_object(&private.0)
+    });
     drop(private);
-    let (private_handle, path) = match created {
+    let ((private_handle, frozen), path) = match created {
         Ok(h) => (h, ImportPath::Created),
         Err(e) if is_refusal(&e) => {
             log::info!(
                 "import: the token refuses plaintext private keys ({}); importing \"{label}\" by unwrapping",
                 ck_error_text(&e)
             );
-            (import_by_unwrap(session, key, &private_base)?, ImportPath::Unwrapped)
+            (import_by_unwrap(session, key, &what, &private_base)?, ImportPath::Unwrapped)
         }
         Err(e) => return Err(format!("cannot create the private key \"{label}\": {}", ck_error_text(&e))),
     };
@@ -434,7 +440,7 @@ pub fn import_key(
             ),
         });
     }
-    Ok(path)
+    Ok(Imported { path, frozen })
 }
 
 /// Error if a private key, public key or certificate already has `label`.
@@ -477,8 +483,9 @@ const KEK_LEN: usize = 32;
 fn import_by_unwrap(
     session: &Session,
     key: &PKeyRef<Private>,
+    what: &str,
     template: &[Attribute],
-) -> Result<ObjectHandle, String> {
+) -> Result<(ObjectHandle, Frozen), String> {
     let pkcs8 = Zeroizing::new(
         key.private_key_to_pkcs8()
             .map_err(|e| format!("cannot encode the key as PKCS#8 ({})", openssl_reason(&e)))?,
@@ -490,8 +497,7 @@ fn import_by_unwrap(
     drop(pkcs8);
     let unwrapping_key = session_aes_key(session, &kek)?;
     drop(kek);
-    session
-        .unwrap_key(&Mechanism::AesKeyWrapPad, unwrapping_key.handle, &wrapped, template)
+    make_frozen(what, |extra| session.unwrap_key(&Mechanism::AesKeyWrapPad, unwrapping_key.handle, &wrapped, &[template, extra].concat()))
         .map_err(|e| format!("cannot unwrap the private key into the token: {}", ck_error_text(&e)))
     // unwrapping_key is dropped (destroyed) here, on success and on error.
 }

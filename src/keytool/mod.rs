@@ -5,5 +5,6 @@
 pub mod commands;
 pub mod delete;
 pub mod import;
+pub mod policy;
 pub mod tool;
 pub mod x509;

@@ -93,12 +93,13 @@ impl Bench {
         let ca = ca_cert(pki.path());
         let (rsa_key, rsa_pub) = file_key(pki.path(), "bench-rsa", "rsa:2048");
         let (ec_key, ec_pub) = file_key(pki.path(), "bench-ec", "ec:prime256v1");
-        for (label, key) in [("bench-rsa", &rsa_key), ("bench-ec", &ec_key)] {
+        // The RSA key decrypts: the benchmark measures TLS 1.2 RSA key exchange.
+        for (label, key, usage) in [("bench-rsa", &rsa_key, "sign,decrypt"), ("bench-ec", &ec_key, "sign")] {
             // The tool removes nothing; the file-key server still needs it.
             run_ok(
                 Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
                     .args(["import", "--library", SOFTHSM_LIB, "--token", &token.label, "--pin", &format!("env:{PIN_ENV}")])
-                    .args(["--label", label, "--key"])
+                    .args(["--label", label, "--usage", usage, "--key"])
                     .arg(key)
                     .env("SOFTHSM2_CONF", &token.conf)
                     .env(PIN_ENV, &token.pin),
