@@ -378,7 +378,7 @@ fn count_objects(listing: &str, kind: &str, label: &str, id: Option<&str>) -> us
         .iter()
         .filter(|b| b[0].starts_with(kind))
         .filter(|b| field(b, "label:").as_deref() == Some(label))
-        .filter(|b| id.is_none_or(|id| field(b, "ID:").as_deref() == Some(id)))
+        .filter(|b| id.map_or(true, |id| field(b, "ID:").as_deref() == Some(id)))
         .count()
 }
 

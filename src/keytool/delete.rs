@@ -52,7 +52,7 @@ fn is_pair_class(c: Option<ObjectClass>) -> bool {
 pub fn plan<H: Clone + PartialEq>(label: &str, objs: &[Obj<H>], id: Option<&[u8]>) -> Result<Plan<H>, String> {
     let privs: Vec<&Obj<H>> = objs
         .iter()
-        .filter(|o| o.class == Some(ObjectClass::PRIVATE_KEY) && id.is_none_or(|want| o.id.as_deref() == Some(want)))
+        .filter(|o| o.class == Some(ObjectClass::PRIVATE_KEY) && id.map_or(true, |want| o.id.as_deref() == Some(want)))
         .collect();
     let key = match privs.as_slice() {
         [one] => *one,
