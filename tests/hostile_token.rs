@@ -17,20 +17,21 @@ const FOUR_GIB: u64 = 1 << 32;
 const CHILD_RSS_LIMIT_KIB: u64 = 128 * 1024;
 
 /// One event child (every handshake meets the same PKCS#11 state and
-/// session pool) serving the token key "www" of type `key`.
-fn site(name: &str, key: &str, extra: &str) -> Site {
+/// session pool) serving the token key "www" of type `key`, with
+/// HSMSSLOperationTimeout `timeout` s.
+fn site(name: &str, key: &str, timeout: u32) -> Site {
     let mut s = Site::new(name, Mpm::Event);
     s.key("www", key);
     s.vhost("localhost", &["www"]);
     s.global(&format!(
         "ServerLimit 1\nStartServers 1\nThreadLimit 16\nThreadsPerChild 16\nMaxRequestWorkers 16\n\
-         MinSpareThreads 1\nMaxSpareThreads 16\nHSMSSLOperationTimeout 2\n{extra}"
+         MinSpareThreads 1\nMaxSpareThreads 16\nHSMSSLOperationTimeout {timeout}"
     ));
     s
 }
 
 fn started(name: &str, key: &str) -> Site {
-    let mut s = site(name, key, "");
+    let mut s = site(name, key, 2);
     s.start();
     s.get(tls("1.3"));
     s
@@ -155,7 +156,7 @@ fn huge_key_attributes_fail_configtest_and_startup_naming_the_attribute_and_size
         ("rsa:2048", &[("0x120", "CKA_MODULUS"), ("0x122", "CKA_PUBLIC_EXPONENT"), ("0x102", "CKA_ID"), ("0x3", "CKA_LABEL")][..]),
         ("ec:P-256", &[("0x181", "CKA_EC_POINT"), ("0x180", "CKA_EC_PARAMS")][..]),
     ] {
-        let mut s = site(&format!("attr-{}", &key[..2]), key, "");
+        let mut s = site(&format!("attr-{}", &key[..2]), key, 2);
         for &(cka, name) in attrs {
             for n in [4 << 20, FOUR_GIB] {
                 s.p11.clear_faults();
@@ -192,7 +193,7 @@ fn an_rsa_key_under_2048_bits_is_refused_at_startup() {
 
 #[test]
 fn a_relogin_that_never_returns_costs_a_handshake_at_most_the_bound() {
-    let mut s = site("relogin-hang", "rsa:2048", "HSMSSLOperationTimeout 1");
+    let mut s = site("relogin-hang", "rsa:2048", 1);
     s.start();
     s.get(tls("1.3"));
     // The token is lost; logging in again (after the re-initialization)
