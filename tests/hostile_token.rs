@@ -67,6 +67,7 @@ fn handshake_refused(s: &Site, what: &str, client: &ClientOpts, needle: &str) {
     assert!(!children.is_empty(), "{what}: no child left");
     for pid in children {
         let rss = rss_kib(pid);
+        eprintln!("{what}: child {pid} RSS {rss} KiB");
         assert!(rss < CHILD_RSS_LIMIT_KIB, "{what}: child {pid} grew to {rss} KiB");
     }
     s.p11.clear_faults();
@@ -168,6 +169,7 @@ fn huge_key_attributes_fail_configtest_and_startup_naming_the_attribute_and_size
                 assert!(out.contains(&needle), "{name} of {n} bytes: no line with '{needle}':\n{out}");
                 assert!(t.elapsed() < Duration::from_secs(15), "{name}: configtest took {:?}", t.elapsed());
                 let rss = children_max_rss_kib();
+                eprintln!("{name} of {n} bytes: configtest in {:?}, peak RSS of waited-for children {rss} KiB", t.elapsed());
                 assert!(rss < 256 * 1024, "{name} of {n} bytes: a child of this test reached {rss} KiB");
             }
             // Startup reads the key the same way and fails the same way.
