@@ -1008,6 +1008,30 @@ mod tests {
     }
 
     #[test]
+    fn rsa_keys_of_2048_to_8192_bits_are_served_and_others_refused() {
+        let rsa = |bytes: usize, top: u8| {
+            let mut n = vec![0xff; bytes];
+            n[0] = top;
+            PublicKey::Rsa { n, e: vec![1, 0, 1] }
+        };
+        assert!(check_rsa_size(&rsa(256, 0x80)).is_ok());
+        assert!(check_rsa_size(&rsa(1024, 0xc1)).is_ok());
+        // A leading zero byte does not count.
+        let mut padded = rsa(256, 0x80);
+        if let PublicKey::Rsa { n, .. } = &mut padded {
+            n.insert(0, 0);
+        }
+        assert!(check_rsa_size(&padded).is_ok());
+        assert_eq!(
+            check_rsa_size(&rsa(256, 0x7f)).unwrap_err(),
+            "the RSA key has 2047 bits; mod_hsm_ssl serves RSA keys of 2048 to 8192 bits"
+        );
+        assert!(check_rsa_size(&rsa(128, 0x80)).unwrap_err().contains("1024 bits"));
+        assert!(check_rsa_size(&rsa(1025, 0x01)).unwrap_err().contains("8193 bits"));
+        assert!(check_rsa_size(&PublicKey::Ec { params: vec![], point: vec![] }).is_ok());
+    }
+
+    #[test]
     fn error_names_are_ckr_constants() {
         assert_eq!(rv_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
         assert_eq!(rv_name(RvError::SessionHandleInvalid), "CKR_SESSION_HANDLE_INVALID");
