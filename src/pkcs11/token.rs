@@ -161,6 +161,7 @@ pub fn ck_error_text(e: &CkError) -> String {
         CkError::Pkcs11(rv, func) => format!("{} returned {}", func, rv_name(*rv)),
         CkError::LibraryLoading(le) => format!("cannot load the PKCS#11 library: {le}"),
         CkError::MissingSymbol(s) => format!("the library has no {s}: it is not a PKCS#11 library"),
+        CkError::InvalidValue => "the token answered with a length or value out of range (a token or library bug)".into(),
         other => other.to_string(),
     }
 }
@@ -334,8 +335,9 @@ fn take_left_behind(lib: &std::path::Path) -> bool {
 /// A process's PKCS#11 state. See the module docs.
 pub struct Hsm {
     ctx: Pkcs11,
-    /// One-call sign/decrypt (see direct.rs); None: cryptoki's two calls.
-    direct: Option<super::direct::Direct>,
+    /// Sign, decrypt and attribute reads with buffers the token does not
+    /// size (see direct.rs).
+    direct: super::direct::Direct,
     binding: Arc<Binding>,
     pid: u32,
     /// Whether we called C_Initialize (and so must call C_Finalize).
@@ -398,6 +400,14 @@ impl Hsm {
             ),
             other => format!("HSMSSLLibrary {shown}: {}", ck_error_text(&other)),
         })?;
+        // The only way the module signs, decrypts and reads key attributes
+        // (never cryptoki's, which size buffers as the token says: see
+        // direct.rs). It is the library cryptoki just loaded, by the same
+        // path, so its function list is always there; if not, something
+        // is badly wrong and nothing is initialized yet.
+        let direct = super::direct::Direct::open(lib).map_err(|e| {
+            format!("HSMSSLLibrary {shown}: cannot take the library's function list ({e}); is it a PKCS#11 library?")
+        })?;
         let owns_init = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) => {
                 take_left_behind(lib);
@@ -410,10 +420,6 @@ impl Hsm {
             Err(e) => return Err(format!("HSMSSLLibrary {shown}: {}", ck_error_text(&e))),
         };
         log::debug!("PKCS#11 library {shown} initialized in pid {}", std::process::id());
-        let direct = super::direct::Direct::open(lib);
-        if direct.is_none() {
-            log::debug!("PKCS#11 library {shown}: its function list is not reachable directly; signing with a size query first");
-        }
         Ok(Hsm {
             ctx,
             direct,
@@ -552,9 +558,8 @@ impl Hsm {
             n => {
                 let ids: Vec<String> = found
                     .iter()
-                    .filter_map(|h| s.get_attributes(*h, &[AttributeType::Id]).ok())
-                    .map(|a| match a.first() {
-                        Some(Attribute::Id(id)) => hex(id),
+                    .map(|h| match self.attribute(s, *h, AttributeType::Id) {
+                        Ok(Some(id)) => hex(&id),
                         _ => "?".into(),
                     })
                     .collect();
@@ -565,44 +570,25 @@ impl Hsm {
                 ));
             }
         };
-        let attrs = s
-            .get_attributes(
-                handle,
-                &[AttributeType::KeyType, AttributeType::Id, AttributeType::Label, AttributeType::Sign, AttributeType::Decrypt],
-            )
-            .map_err(|e| format!("reading key attributes: {}", ck_error_text(&e)))?;
-        let mut key_type = None;
-        let mut id = Vec::new();
-        let mut label = None;
-        let (mut can_sign, mut can_decrypt) = (false, false);
-        for a in attrs {
-            match a {
-                Attribute::Sign(b) => can_sign = b,
-                Attribute::Decrypt(b) => can_decrypt = b,
-                Attribute::KeyType(k) => key_type = Some(k),
-                Attribute::Id(v) => id = v,
-                Attribute::Label(v) => label = Some(String::from_utf8_lossy(&v).into_owned()),
-                _ => {}
-            }
-        }
+        let key_type = self.key_type(s, handle)?;
+        let id = self.attribute(s, handle, AttributeType::Id)?.unwrap_or_default();
+        let label = self.attribute(s, handle, AttributeType::Label)?.map(|v| String::from_utf8_lossy(&v).into_owned());
+        let can_sign = self.flag(s, handle, AttributeType::Sign)?;
+        let can_decrypt = self.flag(s, handle, AttributeType::Decrypt)?;
         let public = match key_type {
             Some(KeyType::RSA) => {
-                let public = rsa_public(s, handle).map_err(|e| format!("reading the RSA public key: {}", ck_error_text(&e)))?;
+                let public = self.rsa_public(s, handle)?;
                 if matches!(&public, PublicKey::Rsa { n, e } if n.is_empty() || e.is_empty()) {
                     return Err("the token does not reveal the RSA key's modulus and exponent".into());
                 }
+                check_rsa_size(&public)?;
                 public
             }
             Some(KeyType::EC) => {
-                let params = match s.get_attributes(handle, &[AttributeType::EcParams]) {
-                    Ok(v) => v.into_iter().find_map(|a| match a {
-                        Attribute::EcParams(p) => Some(p),
-                        _ => None,
-                    }),
-                    Err(e) => return Err(format!("reading the EC key's curve: {}", ck_error_text(&e))),
-                }
-                .ok_or("the token does not reveal the EC key's curve (CKA_EC_PARAMS)")?;
-                let point = self.ec_point(s, handle, &id, label.as_deref()).ok_or_else(|| {
+                let params = self
+                    .attribute(s, handle, AttributeType::EcParams)?
+                    .ok_or("the token does not reveal the EC key's curve (CKA_EC_PARAMS)")?;
+                let point = self.ec_point(s, handle, &id, label.as_deref())?.ok_or_else(|| {
                     format!(
                         "no public key object with the same CKA_ID ({}) as the EC private key; \
                          store the public key on the token beside the private key",
@@ -613,7 +599,7 @@ impl Hsm {
             }
             Some(other) => {
                 return Err(format!(
-                    "the key is of type {other}, which mod_hsm_ssl does not serve; supported: RSA (2048 bits and up), EC P-256, P-384, P-521"
+                    "the key is of type {other}, which mod_hsm_ssl does not serve; {SUPPORTED}"
                 ))
             }
             None => return Err("the token does not say what type the key is".into()),
@@ -632,48 +618,77 @@ impl Hsm {
         })
     }
 
-    fn ec_point(&self, s: &Session, priv_handle: ObjectHandle, id: &[u8], label: Option<&str>) -> Option<Vec<u8>> {
+    /// The EC point of the private key, or of the EC public key object with
+    /// its CKA_ID (or label); None if there is none. An error only when the
+    /// token answers with something unusable (see `attribute`).
+    fn ec_point(&self, s: &Session, priv_handle: ObjectHandle, id: &[u8], label: Option<&str>) -> Result<Option<Vec<u8>>, String> {
         // Some tokens keep CKA_EC_POINT on the private key too.
-        let from_attrs = |h: ObjectHandle| -> Option<Vec<u8>> {
-            s.get_attributes(h, &[AttributeType::EcPoint]).ok()?.into_iter().find_map(|a| match a {
-                Attribute::EcPoint(p) => unwrap_octet_string(&p),
-                _ => None,
-            })
+        let from_attrs = |h: ObjectHandle| -> Result<Option<Vec<u8>>, String> {
+            Ok(self.attribute(s, h, AttributeType::EcPoint)?.and_then(|p| unwrap_octet_string(&p)))
         };
-        if let Some(p) = from_attrs(priv_handle) {
-            return Some(p);
+        if let Some(p) = from_attrs(priv_handle)? {
+            return Ok(Some(p));
         }
         let mut tmpl = vec![Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::KeyType(KeyType::EC)];
         if !id.is_empty() {
             tmpl.push(Attribute::Id(id.to_vec()));
+        } else if let Some(label) = label {
+            tmpl.push(Attribute::Label(label.as_bytes().to_vec()));
         } else {
-            tmpl.push(Attribute::Label(label?.as_bytes().to_vec()));
+            return Ok(None);
         }
-        let found = s.find_objects(&tmpl).ok()?;
-        match found.as_slice() {
+        match s.find_objects(&tmpl).unwrap_or_default().as_slice() {
             [h] => from_attrs(*h),
-            _ => None,
+            _ => Ok(None),
         }
     }
 
     fn describe_objects(&self, s: &Session, class: ObjectClass) -> Vec<String> {
+        let text = |h, ty| self.attribute(s, h, ty).ok().flatten().unwrap_or_default();
         s.find_objects(&[Attribute::Class(class)])
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|h| s.get_attributes(h, &[AttributeType::Label, AttributeType::Id]).ok())
-            .map(|attrs| {
-                let mut l = String::new();
-                let mut i = String::new();
-                for a in attrs {
-                    match a {
-                        Attribute::Label(v) => l = String::from_utf8_lossy(&v).into_owned(),
-                        Attribute::Id(v) => i = hex(&v),
-                        _ => {}
-                    }
-                }
-                format!("'{l}' (id {i})")
+            .map(|h| {
+                let l = String::from_utf8_lossy(&text(h, AttributeType::Label)).into_owned();
+                format!("'{l}' (id {})", hex(&text(h, AttributeType::Id)))
             })
             .collect()
+    }
+
+    /// Attribute `ty` of object `h` read with a bounded buffer (see
+    /// direct.rs): every attribute the module reads goes through here, so
+    /// a token claiming a huge value costs an error, not the memory. (The
+    /// key tool's own commands still read with cryptoki.)
+    fn attribute(&self, s: &Session, h: ObjectHandle, ty: AttributeType) -> Result<Option<Vec<u8>>, String> {
+        self.direct.attribute(s, h, ty)
+    }
+
+    /// A CK_BBOOL attribute; false if the object has none.
+    fn flag(&self, s: &Session, h: ObjectHandle, ty: AttributeType) -> Result<bool, String> {
+        match self.attribute(s, h, ty)?.as_deref() {
+            None => Ok(false),
+            Some([b]) => Ok(*b != 0),
+            Some(v) => Err(format!("the token returned {} bytes for {ty}, a CK_BBOOL of 1 byte (a token or library bug)", v.len())),
+        }
+    }
+
+    /// CKA_KEY_TYPE; None if the token does not say.
+    fn key_type(&self, s: &Session, h: ObjectHandle) -> Result<Option<KeyType>, String> {
+        let Some(v) = self.attribute(s, h, AttributeType::KeyType)? else { return Ok(None) };
+        let raw: [u8; std::mem::size_of::<cryptoki_sys::CK_KEY_TYPE>()] = v.as_slice().try_into().map_err(|_| {
+            format!("the token returned {} bytes for CKA_KEY_TYPE, a CK_ULONG (a token or library bug)", v.len())
+        })?;
+        let raw = cryptoki_sys::CK_KEY_TYPE::from_ne_bytes(raw);
+        KeyType::try_from(raw).map(Some).map_err(|_| format!("the key is of type {raw:#x}, which mod_hsm_ssl does not serve; {SUPPORTED}"))
+    }
+
+    /// CKA_MODULUS and CKA_PUBLIC_EXPONENT of an RSA key object (private or
+    /// public), bounded like every attribute; empty when the token does not
+    /// reveal them.
+    fn rsa_public(&self, s: &Session, h: ObjectHandle) -> Result<PublicKey, String> {
+        let n = self.attribute(s, h, AttributeType::Modulus)?.unwrap_or_default();
+        let e = self.attribute(s, h, AttributeType::PublicExponent)?.unwrap_or_default();
+        Ok(PublicKey::Rsa { n, e })
     }
 
     /// " (but a public key / certificate with that name exists)" when the
@@ -814,6 +829,10 @@ impl Hsm {
             let session = tok.pool.take(&self.ctx, tok.slot)?;
             let r = op(self, &session, handle);
             match r {
+                Err(e) if super::direct::spoils_session(&e) => {
+                    tok.pool.discard(session);
+                    return Err(OpError::Token(e));
+                }
                 Err(e) if is_session_error(&e) => {
                     tok.pool.discard(session);
                     if retried {
@@ -833,18 +852,12 @@ impl Hsm {
     /// C_Sign with `mech` over `data` (a digest or DigestInfo: hashing is
     /// done by the caller).
     pub fn sign(self: &Arc<Self>, key: &Arc<KeyRef>, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
-        self.run(key, move |me, s, h| match &me.direct {
-            Some(d) => d.sign(s, &mech.to_ck(), h, &data),
-            None => s.sign(&mech.to_ck(), h, &data),
-        })
+        self.run(key, move |me, s, h| me.direct.sign(s, &mech.to_ck(), h, &data))
     }
 
     /// C_Decrypt with `mech`.
     pub fn decrypt(self: &Arc<Self>, key: &Arc<KeyRef>, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
-        self.run(key, move |me, s, h| match &me.direct {
-            Some(d) => d.decrypt(s, &mech.to_ck(), h, &data),
-            None => s.decrypt(&mech.to_ck(), h, &data),
-        })
+        self.run(key, move |me, s, h| me.direct.decrypt(s, &mech.to_ck(), h, &data))
     }
 
     /// Session pool counters per token label.
@@ -921,8 +934,32 @@ pub fn find_token(ctx: &Pkcs11, sel: &TokenSelector, library: &std::path::Path) 
 }
 
 
+/// The keys the module serves, for error messages.
+const SUPPORTED: &str = "supported: RSA of 2048 to 8192 bits, EC P-256, P-384, P-521";
+
+/// RSA moduli the module serves, in bits: 2048 as the key tool's import,
+/// 8192 as the largest output direct.rs makes room for.
+pub const RSA_BITS: std::ops::RangeInclusive<u32> = 2048..=8192;
+
+/// Refuses an RSA key of a size the module does not serve.
+fn check_rsa_size(public: &PublicKey) -> Result<(), String> {
+    let PublicKey::Rsa { n, .. } = public else { return Ok(()) };
+    let n = &n[n.iter().position(|&b| b != 0).unwrap_or(n.len())..];
+    let bits = n.first().map_or(0, |&b| n.len() as u32 * 8 - b.leading_zeros());
+    if RSA_BITS.contains(&bits) {
+        return Ok(());
+    }
+    Err(format!(
+        "the RSA key has {bits} bits; mod_hsm_ssl serves RSA keys of {} to {} bits",
+        RSA_BITS.start(),
+        RSA_BITS.end()
+    ))
+}
+
 /// CKA_MODULUS and CKA_PUBLIC_EXPONENT of an RSA key object (private or
-/// public); empty when the token does not reveal them.
+/// public); empty when the token does not reveal them. For the key tool:
+/// cryptoki's read, whose buffers the token sizes (the module reads with
+/// `Hsm::rsa_public`, bounded).
 pub fn rsa_public(s: &Session, h: ObjectHandle) -> Result<PublicKey, CkError> {
     let (mut n, mut e) = (Vec::new(), Vec::new());
     for x in s.get_attributes(h, &[AttributeType::Modulus, AttributeType::PublicExponent])? {
@@ -968,6 +1005,30 @@ mod tests {
         assert_eq!(unwrap_octet_string(&der).unwrap(), raw);
         assert_eq!(unwrap_octet_string(&raw).unwrap(), raw);
         assert!(unwrap_octet_string(&[0x30, 0x01, 0x00]).is_none());
+    }
+
+    #[test]
+    fn rsa_keys_of_2048_to_8192_bits_are_served_and_others_refused() {
+        let rsa = |bytes: usize, top: u8| {
+            let mut n = vec![0xff; bytes];
+            n[0] = top;
+            PublicKey::Rsa { n, e: vec![1, 0, 1] }
+        };
+        assert!(check_rsa_size(&rsa(256, 0x80)).is_ok());
+        assert!(check_rsa_size(&rsa(1024, 0xc1)).is_ok());
+        // A leading zero byte does not count.
+        let mut padded = rsa(256, 0x80);
+        if let PublicKey::Rsa { n, .. } = &mut padded {
+            n.insert(0, 0);
+        }
+        assert!(check_rsa_size(&padded).is_ok());
+        assert_eq!(
+            check_rsa_size(&rsa(256, 0x7f)).unwrap_err(),
+            "the RSA key has 2047 bits; mod_hsm_ssl serves RSA keys of 2048 to 8192 bits"
+        );
+        assert!(check_rsa_size(&rsa(128, 0x80)).unwrap_err().contains("1024 bits"));
+        assert!(check_rsa_size(&rsa(1025, 0x01)).unwrap_err().contains("8193 bits"));
+        assert!(check_rsa_size(&PublicKey::Ec { params: vec![], point: vec![] }).is_ok());
     }
 
     #[test]

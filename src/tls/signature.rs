@@ -89,7 +89,14 @@ impl SigCtx {
                 }
                 (Kind::Ec, Public::Ec { curve, .. }) => {
                     let rs = sign(Mech::Ecdsa, digest)?;
-                    ecdsa_der(&rs, curve.field_bytes).ok_or_else(|| "the token returned a malformed ECDSA signature".into())
+                    ecdsa_der(&rs, curve.field_bytes).ok_or_else(|| {
+                        format!(
+                            "the token returned an ECDSA signature of {} bytes; P-{} needs {} (r || s)",
+                            rs.len(),
+                            curve.bits,
+                            2 * curve.field_bytes
+                        )
+                    })
                 }
                 _ => Err("key type mismatch".into()),
             }

@@ -127,6 +127,38 @@ impl P11Log {
         self.write_control(&text);
     }
 
+    /// Make `function` (C_Sign or C_Decrypt) answer exactly `n` bytes: the
+    /// real result cut or zero-padded (e.g. an ECDSA signature of 2n±1
+    /// bytes, a 47-byte premaster).
+    pub fn out_len(&self, function: &str, n: u64) {
+        self.add_control_line(&format!("outlen {function} {n}"));
+    }
+
+    /// Make `function` (C_Sign or C_Decrypt) return CKR_OK claiming `n`
+    /// bytes of output, more than the caller's buffer.
+    pub fn lie_out_len(&self, function: &str, n: u64) {
+        self.add_control_line(&format!("lieoutlen {function} {n}"));
+    }
+
+    /// Make `function` (C_Sign or C_Decrypt) answer CKR_BUFFER_TOO_SMALL
+    /// asking for `n` bytes, whatever buffer it is given.
+    pub fn too_small(&self, function: &str, n: u64) {
+        self.add_control_line(&format!("toosmall {function} {n}"));
+    }
+
+    /// Make C_GetAttributeValue say attribute `cka` (hex, e.g. "0x120"
+    /// CKA_MODULUS, "0x181" CKA_EC_POINT) of every object is `n` bytes long.
+    pub fn attr_len(&self, cka: &str, n: u64) {
+        self.add_control_line(&format!("attrlen {cka} {n}"));
+    }
+
+    fn add_control_line(&self, line: &str) {
+        let mut text = std::fs::read_to_string(&self.control).unwrap_or_default();
+        text.push_str(line);
+        text.push('\n');
+        self.write_control(&text);
+    }
+
     /// Make the next call of `function` (in any process) fail with `rv`,
     /// once.
     pub fn fail_once(&self, function: &str, rv: &str) {

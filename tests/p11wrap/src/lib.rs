@@ -24,6 +24,21 @@
 //!    that class, e.g. to make a token refuse plaintext private keys while
 //!    it still takes public and secret keys.
 //!
+//!    Lengths a broken or hostile token might answer with (`<fn>` is
+//!    `C_Sign` or `C_Decrypt`, `<n>` a decimal byte count up to 2^64-1):
+//!    - `outlen <fn> <n>`: exactly n bytes of output (the real result cut or
+//!      zero-padded), e.g. ECDSA signatures of 2n±1 bytes or a 47-byte
+//!      premaster; a size query answers n, a smaller buffer gets
+//!      CKR_BUFFER_TOO_SMALL.
+//!    - `lieoutlen <fn> <n>`: the real call, then CKR_OK with `*pulLen = n`,
+//!      more than the buffer holds and than was written.
+//!    - `toosmall <fn> <n>`: CKR_BUFFER_TOO_SMALL with `*pulLen = n` for any
+//!      buffer, the real operation left active.
+//!    - `attrlen <CKA hex> <n>`: C_GetAttributeValue says that attribute of
+//!      any object is n bytes long; a buffer that large is filled (the real
+//!      value, then 0xa5 bytes), a smaller one gets CKR_BUFFER_TOO_SMALL.
+//!      E.g. `attrlen 0x120 4294967296`: a 4 GiB CKA_MODULUS.
+//!
 //! 3. **benchmark mode**: if env `HSM_P11WRAP_SHM` names a file of at least
 //!    4096 bytes whose first word holds the magic (layout in [`shm_layout`]),
 //!    the wrapper maps it `MAP_SHARED` at its first call and, per wrapped
@@ -132,6 +147,15 @@ fn load() -> Result<Lists, String> {
     }
     if real.C_CreateObject.is_some() {
         copy.C_CreateObject = Some(create_object_failing_class);
+    }
+    if real.C_Sign.is_some() {
+        copy.C_Sign = Some(sign_shaped);
+    }
+    if real.C_Decrypt.is_some() {
+        copy.C_Decrypt = Some(decrypt_shaped);
+    }
+    if real.C_GetAttributeValue.is_some() {
+        copy.C_GetAttributeValue = Some(get_attribute_value_sized);
     }
     Ok(Lists { real, wrapped: Box::leak(copy) })
 }
@@ -293,11 +317,16 @@ fn ckr_by_name(s: &str) -> Option<CK_RV> {
 
 /// If the control file has `delay <name> <ms>`, the added latency.
 fn delay_for(name: &str) -> Option<u64> {
+    knob("delay", name)
+}
+
+/// The number of the first control line `<verb> <name> <number>`.
+fn knob(verb: &str, name: &str) -> Option<u64> {
     let path = control_path()?;
     let text = std::fs::read_to_string(path).ok()?;
     text.lines().find_map(|line| {
         let mut w = line.split_whitespace();
-        (w.next() == Some("delay") && w.next() == Some(name)).then(|| w.next()?.parse().ok()).flatten()
+        (w.next() == Some(verb) && w.next() == Some(name)).then(|| w.next()?.parse().ok()).flatten()
     })
 }
 
@@ -727,6 +756,187 @@ unsafe extern "C" fn get_mechanism_list_hiding(slot: CK_SLOT_ID, mechs: *mut CK_
         *count = all.len() as CK_ULONG;
     }
     CKR_OK
+}
+
+// ---------------------------------------------------------------------------
+// A token that answers with wrong lengths
+// ---------------------------------------------------------------------------
+
+/// How `outlen`, `lieoutlen` and `toosmall` lines make C_Sign / C_Decrypt
+/// answer (the first of them that names the function wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `outlen <fn> <n>`: an honest-looking answer of exactly n bytes (the
+    /// real result cut or zero-padded to n), e.g. an ECDSA signature of
+    /// 2n±1 bytes or a 47-byte premaster. A size query answers n; a buffer
+    /// under n gets CKR_BUFFER_TOO_SMALL with the operation left active.
+    Exact(CK_ULONG),
+    /// `lieoutlen <fn> <n>`: the real call into the caller's buffer, then
+    /// CKR_OK with *pulLen = n (more than was written, up to 2^64-1).
+    Lie(CK_ULONG),
+    /// `toosmall <fn> <n>`: CKR_BUFFER_TOO_SMALL with *pulLen = n whatever
+    /// the buffer (a size query gets CKR_OK and n), never forwarded, so the
+    /// real operation stays active as the standard says.
+    TooSmall(CK_ULONG),
+}
+
+fn shape_for(name: &str) -> Option<Shape> {
+    let path = control_path()?;
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|line| {
+        let mut w = line.split_whitespace();
+        let shape: fn(CK_ULONG) -> Shape = match w.next()? {
+            "outlen" => Shape::Exact,
+            "lieoutlen" => Shape::Lie,
+            "toosmall" => Shape::TooSmall,
+            _ => return None,
+        };
+        (w.next()? == name).then(|| Some(shape(w.next()?.parse().ok()?))).flatten()
+    })
+}
+
+/// C_Sign / C_Decrypt (`name`) under the `Shape` the control file asks for.
+/// `forward(out, out_len)` is the logged, faultable wrapper of the real
+/// call with the caller's session and input.
+///
+/// # Safety
+/// `out` and `out_len` as in the C_Sign contract: `out_len` valid, `out`
+/// NULL or writable for `*out_len` bytes.
+unsafe fn shaped(name: &str, out: *mut CK_BYTE, out_len: *mut CK_ULONG, forward: impl Fn(*mut CK_BYTE, *mut CK_ULONG) -> CK_RV) -> CK_RV {
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let shape = shape_for(name);
+        if shape.is_none() || out_len.is_null() {
+            return forward(out, out_len);
+        }
+        // SAFETY (block): out_len is non-null and valid, out is NULL or has
+        // *out_len writable bytes (our contract).
+        unsafe {
+            match shape {
+                Some(Shape::TooSmall(n)) => {
+                    log_call(name);
+                    *out_len = n;
+                    if out.is_null() {
+                        CKR_OK
+                    } else {
+                        CKR_BUFFER_TOO_SMALL
+                    }
+                }
+                Some(Shape::Lie(n)) => {
+                    let rv = forward(out, out_len);
+                    if rv == CKR_OK && !out.is_null() {
+                        *out_len = n;
+                    }
+                    rv
+                }
+                Some(Shape::Exact(n)) => {
+                    if out.is_null() || *out_len < n {
+                        log_call(name);
+                        let rv = if out.is_null() { CKR_OK } else { CKR_BUFFER_TOO_SMALL };
+                        *out_len = n;
+                        return rv;
+                    }
+                    let mut buf = vec![0u8; SCRATCH];
+                    let mut got = SCRATCH as CK_ULONG;
+                    let rv = forward(buf.as_mut_ptr(), &mut got);
+                    if rv != CKR_OK {
+                        return rv;
+                    }
+                    let n_bytes = n as usize;
+                    buf.resize(n_bytes.max(SCRATCH), 0);
+                    buf[(got as usize).min(n_bytes)..n_bytes].fill(0);
+                    std::ptr::copy_nonoverlapping(buf.as_ptr(), out, n_bytes);
+                    *out_len = n;
+                    CKR_OK
+                }
+                None => unreachable!("checked above"),
+            }
+        }
+    }));
+    r.unwrap_or(CKR_GENERAL_ERROR)
+}
+
+/// C_Sign, logged, faultable, and shaped by `outlen` / `lieoutlen` /
+/// `toosmall`.
+///
+/// # Safety
+/// Same contract as C_Sign.
+unsafe extern "C" fn sign_shaped(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, sig: *mut CK_BYTE, sig_len: *mut CK_ULONG) -> CK_RV {
+    // SAFETY: the caller honours the C_Sign contract, which `shaped` and
+    // the forwarded call need.
+    unsafe { shaped("C_Sign", sig, sig_len, |o, l| w::C_Sign(session, data, len, o, l)) }
+}
+
+/// C_Decrypt, as [`sign_shaped`].
+///
+/// # Safety
+/// Same contract as C_Decrypt.
+unsafe extern "C" fn decrypt_shaped(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG) -> CK_RV {
+    // SAFETY: as in sign_shaped, for C_Decrypt.
+    unsafe { shaped("C_Decrypt", out, out_len, |o, l| w::C_Decrypt(session, data, len, o, l)) }
+}
+
+/// `attrlen <CKA hex> <n>` lines: the length C_GetAttributeValue gives for
+/// that attribute type, of any object.
+fn attribute_lengths() -> Vec<(CK_ATTRIBUTE_TYPE, CK_ULONG)> {
+    let Some(path) = control_path() else { return Vec::new() };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            if w.next()? != "attrlen" {
+                return None;
+            }
+            let ty = CK_ATTRIBUTE_TYPE::from_str_radix(w.next()?.trim_start_matches("0x"), 16).ok()?;
+            Some((ty, w.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Byte the `attrlen` knob fills a value with beyond the real one.
+const ATTR_FILL: u8 = 0xa5;
+
+/// C_GetAttributeValue, logged, faultable, with `attrlen` applied: a size
+/// query (NULL pValue) answers n; a buffer of n bytes or more gets the real
+/// value followed by `ATTR_FILL` up to n bytes and the length n; a smaller
+/// one gets CK_UNAVAILABLE_INFORMATION and CKR_BUFFER_TOO_SMALL. This makes
+/// a token with a multi-megabyte (or 2^32-byte) modulus or EC point.
+///
+/// # Safety
+/// Same contract as C_GetAttributeValue.
+unsafe extern "C" fn get_attribute_value_sized(session: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE, tmpl: *mut CK_ATTRIBUTE, count: CK_ULONG) -> CK_RV {
+    let lengths = catch_unwind(attribute_lengths).unwrap_or_default();
+    if lengths.is_empty() || tmpl.is_null() {
+        // SAFETY: forwarding the caller's arguments to the wrapped function.
+        return unsafe { w::C_GetAttributeValue(session, obj, tmpl, count) };
+    }
+    // SAFETY: tmpl is non-null and, per the C_GetAttributeValue contract,
+    // holds `count` attributes, each pValue NULL or writable for
+    // ulValueLen bytes.
+    let attrs = unsafe { std::slice::from_raw_parts_mut(tmpl, count as usize) };
+    let given: Vec<CK_ULONG> = attrs.iter().map(|a| a.ulValueLen).collect();
+    // SAFETY: forwarding the caller's arguments to the wrapped function.
+    let mut rv = unsafe { w::C_GetAttributeValue(session, obj, tmpl, count) };
+    if !matches!(rv, CKR_OK | CKR_BUFFER_TOO_SMALL | CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID) {
+        return rv;
+    }
+    for (a, given) in attrs.iter_mut().zip(given) {
+        let Some(&(_, n)) = lengths.iter().find(|(t, _)| *t == a.type_) else { continue };
+        if a.pValue.is_null() {
+            a.ulValueLen = n;
+        } else if given >= n {
+            let real = if a.ulValueLen == CK_UNAVAILABLE_INFORMATION { 0 } else { a.ulValueLen.min(n) };
+            // SAFETY: pValue has `given` >= n writable bytes (the contract),
+            // and real <= n.
+            unsafe { std::ptr::write_bytes((a.pValue as *mut u8).add(real as usize), ATTR_FILL, (n - real) as usize) };
+            a.ulValueLen = n;
+        } else {
+            a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+            if rv == CKR_OK {
+                rv = CKR_BUFFER_TOO_SMALL;
+            }
+        }
+    }
+    rv
 }
 
 /// The one exported symbol.
