@@ -127,6 +127,31 @@ impl P11Log {
         self.write_control(&text);
     }
 
+    /// Make C_Decrypt a Bleichenbacher oracle: it returns `rv` exactly when
+    /// the ciphertext's PKCS#1 v1.5 padding is bad (the wrapper decrypts it
+    /// raw to tell), whatever mechanism the caller used.
+    pub fn decrypt_oracle(&self, rv: &str) {
+        self.add_control(&format!("oracle C_Decrypt {rv}"));
+    }
+
+    /// Make C_Decrypt return `rv` for ciphertexts whose last byte is odd
+    /// (about half of them); those calls log `C_Decrypt faildata`.
+    pub fn fail_decrypt_for_some_data(&self, rv: &str) {
+        self.add_control(&format!("faildata C_Decrypt {rv}"));
+    }
+
+    /// Make every successful C_Decrypt report `n` bytes.
+    pub fn decrypt_len(&self, n: usize) {
+        self.add_control(&format!("decryptlen {n}"));
+    }
+
+    fn add_control(&self, line: &str) {
+        let mut text = std::fs::read_to_string(&self.control).unwrap_or_default();
+        text.push_str(line);
+        text.push('\n');
+        self.write_control(&text);
+    }
+
     /// Make the next call of `function` (in any process) fail with `rv`,
     /// once.
     pub fn fail_once(&self, function: &str, rv: &str) {
