@@ -300,23 +300,33 @@ fn probe_loop() {
             }
         };
         let started = Instant::now();
-        let what = format!(
-            "premaster decrypt with {} failed ({error}; {count} time{} since the last check); \
-             the client saw the same as for a bad premaster",
-            key.uri_text,
-            if count == 1 { "" } else { "s" }
-        );
-        match with_hsm(&key.binding, |hsm| hsm.probe(&key)) {
-            Ok(()) => log::warn!(
-                "{what}; a check of token '{}' that uses no client data (C_GetSessionInfo, C_GetAttributeValue) passed: the token stays in use",
-                key.token_label
-            ),
-            Err(e) => log::warn!(
-                "{what}; a check of token '{}' that uses no client data failed too ({e}): handled as token trouble",
-                key.token_label
-            ),
+        // A panic (a bug) must not end the thread: the flag says it runs.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probe_once(&key, &error, count)));
+        if checked.is_err() {
+            log::error!("the token check after a failed premaster decrypt panicked; checking again at the next failure");
         }
         std::thread::sleep(PROBE_INTERVAL.saturating_sub(started.elapsed()));
+    }
+}
+
+/// One check of the token after `count` premaster decrypt errors, the
+/// first of which was `error`; logs the outcome.
+fn probe_once(key: &Arc<KeyRef>, error: &OpError, count: u64) {
+    let what = format!(
+        "premaster decrypt with {} failed ({error}; {count} time{} since the last check); \
+         the client saw the same as for a bad premaster",
+        key.uri_text,
+        if count == 1 { "" } else { "s" }
+    );
+    match with_hsm(&key.binding, |hsm| hsm.probe(key)) {
+        Ok(()) => log::warn!(
+            "{what}; a check of token '{}' that uses no client data (C_GetSessionInfo, C_GetAttributeValue) passed: the token stays in use",
+            key.token_label
+        ),
+        Err(e) => log::warn!(
+            "{what}; a check of token '{}' that uses no client data failed too ({e}): handled as token trouble",
+            key.token_label
+        ),
     }
 }
 
