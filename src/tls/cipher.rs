@@ -79,9 +79,10 @@ impl CipherCtx {
         let versions = Versions { client: self.client_version, alt: self.alt_version };
         let (premaster, error) = premaster_from(answer, mech, public.max_sig_size(), versions, &random);
         // After the choice, and only on the token's error code: in raw mode
-        // no error depends on the plaintext; with CKM_RSA_PKCS the token's
-        // own answer already differs in kind and timing far more than the
-        // few instructions of this wake-up.
+        // an honest token's errors do not depend on the plaintext; with
+        // CKM_RSA_PKCS (or a token that is an oracle) the token's own
+        // answer already differs in kind and timing far more than this
+        // wake-up (a lock and a condvar signal).
         if let Some(e) = error.filter(|e| !is_data_error(e)) {
             runtime::wake_probe(key, e);
         }
