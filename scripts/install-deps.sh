@@ -32,11 +32,23 @@ PACKAGES=(
     cpio
     rpmlint          # lints the RPM (tests/packaging_rpm.rs)
     shellcheck       # rpm/build.sh must stay shellcheck clean
+    python3-venv     # the venv that holds sslyze (below)
 )
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update
 apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+
+# sslyze (PyPI), whose ROBOT check tests/rsa_kx.rs runs against the RSA
+# key-exchange vhost: pinned, in a venv of Debian's python3 of its own so
+# the system Python stays untouched; the tests look for it there.
+SSLYZE_VERSION=6.3.1
+VENV=/opt/mod_hsm_ssl-venv
+if [ "$("$VENV/bin/pip" show sslyze 2>/dev/null | sed -n 's/^Version: //p')" != "$SSLYZE_VERSION" ]; then
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet "sslyze==$SSLYZE_VERSION"
+fi
+"$VENV/bin/sslyze" --help >/dev/null
 
 # Debian's apache2 package starts (and enables) the system apache2 on port 80.
 # The tests start their own private instances and do not need it; leave it be,

@@ -102,8 +102,10 @@ fn check_key(binding: &Arc<Binding>, uri_text: &str, cert: Option<&str>) -> Resu
     if let Some(cert) = cert {
         crate::tls::certcheck::check(cert, &key.public)?;
     }
-    let (h, k) = (hsm, key.clone());
+    let (h, k) = (hsm.clone(), key.clone());
     let warnings = runtime::bounded(limit, "listing the token's mechanisms", move || h.check_mechanisms(&k))??;
+    let (h, k) = (hsm, key.clone());
+    runtime::bounded(limit, "choosing how RSA key exchange decrypts", move || h.choose_premaster_mech(&k))??;
     Ok((key, warnings))
 }
 
@@ -206,6 +208,9 @@ impl Generation {
                     k.token_label,
                     crate::pkcs11::uri::hex(&k.id)
                 );
+                if let Some(m) = k.premaster.get() {
+                    log::info!("{vhost}: key {uri_text}: TLS 1.2 RSA key exchange: {}", m.describe());
+                }
                 self.keys.lock().push(k.clone());
                 Some(k)
             }

@@ -190,7 +190,7 @@ impl Direct {
     /// [`max_len`] bytes of buffer: None if the object has no such
     /// attribute or the token will not reveal it; an error naming the
     /// attribute if reading fails or the token claims a longer value.
-    pub fn attribute(&self, s: &Session, h: ObjectHandle, ty: AttributeType) -> Result<Option<Vec<u8>>, String> {
+    pub fn attribute(&self, s: &Session, h: ObjectHandle, ty: AttributeType) -> Result<Option<Vec<u8>>, AttrError> {
         let max = max_len(ty);
         let mut a = CK_ATTRIBUTE { type_: ty.into(), pValue: std::ptr::null_mut(), ulValueLen: 0 };
         // SAFETY: a live session and object handle of this library; `a` is
@@ -199,16 +199,14 @@ impl Direct {
         match rv {
             CKR_OK => {}
             CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID => return Ok(None),
-            other => return Err(read_error(ty, other)),
+            other => return Err(AttrError::Token(ty, Rv::from(other).into_result(Function::GetAttributeValue).err().unwrap_or(CkError::InvalidValue))),
         }
         if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
             return Ok(None);
         }
         let claimed = a.ulValueLen;
         if claimed > max as CK_ULONG {
-            return Err(format!(
-                "the token claims {ty} is {claimed} bytes long; mod_hsm_ssl reads at most {max} (a token or library bug, or not a key it serves)"
-            ));
+            return Err(AttrError::TooLong { ty, claimed, max });
         }
         let mut buf = vec![0u8; claimed as usize];
         a.pValue = buf.as_mut_ptr().cast();
@@ -217,10 +215,10 @@ impl Direct {
         match rv {
             CKR_OK => {}
             CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID => return Ok(None),
-            other => return Err(read_error(ty, other)),
+            other => return Err(AttrError::Token(ty, Rv::from(other).into_result(Function::GetAttributeValue).err().unwrap_or(CkError::InvalidValue))),
         }
         if a.ulValueLen > claimed {
-            return Err(format!("the token returned {} bytes of {ty} in a {claimed}-byte buffer (a token or library bug)", a.ulValueLen));
+            return Err(AttrError::Overrun { ty, got: a.ulValueLen, claimed });
         }
         buf.truncate(a.ulValueLen as usize);
         Ok(Some(buf))
@@ -232,13 +230,49 @@ fn c_name(f: Function) -> String {
     format!("C_{f:?}")
 }
 
-/// "reading CKA_…: C_GetAttributeValue returned CKR_…".
-fn read_error(ty: AttributeType, rv: CK_RV) -> String {
-    let text = match Rv::from(rv).into_result(Function::GetAttributeValue) {
-        Err(e) => ck_error_text(&e),
-        Ok(()) => format!("{rv:#x}"),
-    };
-    format!("reading {ty}: {text}")
+/// Why an attribute could not be read.
+#[derive(Debug)]
+pub enum AttrError {
+    /// C_GetAttributeValue failed (the code says whether the token, the
+    /// session or the handle is at fault).
+    Token(AttributeType, CkError),
+    /// The token claims a value longer than any key the module serves has.
+    TooLong { ty: AttributeType, claimed: CK_ULONG, max: usize },
+    /// The token wrote more than the buffer it was given.
+    Overrun { ty: AttributeType, got: CK_ULONG, claimed: CK_ULONG },
+}
+
+impl AttrError {
+    /// The error as a cryptoki error, for callers that classify by CKR
+    /// code: a token that lies about lengths is `InvalidValue`, which
+    /// closes the session it used ([`spoils_session`]).
+    pub fn into_ck(self) -> CkError {
+        match self {
+            AttrError::Token(_, e) => e,
+            AttrError::TooLong { .. } | AttrError::Overrun { .. } => CkError::InvalidValue,
+        }
+    }
+}
+
+impl std::fmt::Display for AttrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttrError::Token(ty, e) => write!(f, "reading {ty}: {}", ck_error_text(e)),
+            AttrError::TooLong { ty, claimed, max } => write!(
+                f,
+                "the token claims {ty} is {claimed} bytes long; mod_hsm_ssl reads at most {max} (a token or library bug, or not a key it serves)"
+            ),
+            AttrError::Overrun { ty, got, claimed } => {
+                write!(f, "the token returned {got} bytes of {ty} in a {claimed}-byte buffer (a token or library bug)")
+            }
+        }
+    }
+}
+
+impl From<AttrError> for String {
+    fn from(e: AttrError) -> String {
+        e.to_string()
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::token::{Binding, Hsm, OpError};
+use super::token::{Binding, Hsm, KeyRef, Mech, OpError, TokenAnswer};
 
 struct Slot {
     hsm: Option<Arc<Hsm>>,
@@ -231,6 +231,102 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Arc<Hsm>) -> Result<T, O
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Decrypts a TLS premaster secret. `with_hsm` handles what happens before
+/// the token sees the ciphertext (library, login, key lookup, a free
+/// session: none depends on the ciphertext). The token's answer to the
+/// C_Decrypt itself, whatever it is, comes back as `Ok` and causes no
+/// retry, re-initialization or backoff here, so it cannot change the
+/// handshake's outcome or timing (Bleichenbacher / ROBOT): the caller
+/// treats every answer alike and, after an error, calls [`wake_probe`].
+pub fn decrypt_premaster(key: &Arc<KeyRef>, mech: Mech, data: &[u8]) -> Result<TokenAnswer, OpError> {
+    with_hsm(&key.binding, |hsm| hsm.decrypt_premaster(key, mech, data.to_vec()))
+}
+
+/// The probe of this process: what woke it, and whether its thread runs.
+struct Probe {
+    /// The process the thread belongs to: a record inherited through fork
+    /// names a thread that does not exist in the child.
+    pid: u32,
+    /// The first error since the last probe and its key.
+    pending: Option<(Arc<KeyRef>, OpError)>,
+    /// Errors since the last probe.
+    count: u64,
+    thread: bool,
+}
+
+static PROBE: Mutex<Probe> = Mutex::new(Probe { pid: 0, pending: None, count: 0, thread: false });
+static PROBE_WAKE: parking_lot::Condvar = parking_lot::Condvar::new();
+
+/// Least time between two probes: a client that makes every premaster
+/// decrypt fail costs the token at most one probe per second per child.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Wakes (never waits for) this process's probe after a premaster
+/// C_Decrypt returned `error`: one probe at a time, on a thread of its own,
+/// with calls that carry no client data (`Hsm::probe`). Only the probe's
+/// own failure goes through the normal path (`with_hsm`: re-initialize,
+/// mark the token down), so a client cannot make the token look down for
+/// everyone by sending bad ciphertexts, while real token trouble is still
+/// found. The probe logs the decrypt error (its CKR name, never the data).
+pub fn wake_probe(key: &Arc<KeyRef>, error: OpError) {
+    let pid = std::process::id();
+    let mut p = PROBE.lock();
+    if p.pid != pid {
+        *p = Probe { pid, pending: None, count: 0, thread: false };
+    }
+    p.count += 1;
+    if p.pending.is_none() {
+        p.pending = Some((key.clone(), error));
+    }
+    if !p.thread {
+        p.thread = std::thread::Builder::new().name("hsm_ssl-probe".into()).spawn(probe_loop).is_ok();
+    }
+    drop(p);
+    PROBE_WAKE.notify_one();
+}
+
+fn probe_loop() {
+    loop {
+        let (key, error, count) = {
+            let mut p = PROBE.lock();
+            loop {
+                if let Some((k, e)) = p.pending.take() {
+                    break (k, e, std::mem::take(&mut p.count));
+                }
+                PROBE_WAKE.wait(&mut p);
+            }
+        };
+        let started = Instant::now();
+        // A panic (a bug) must not end the thread: the flag says it runs.
+        let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probe_once(&key, &error, count)));
+        if checked.is_err() {
+            log::error!("the token check after a failed premaster decrypt panicked; checking again at the next failure");
+        }
+        std::thread::sleep(PROBE_INTERVAL.saturating_sub(started.elapsed()));
+    }
+}
+
+/// One check of the token after `count` premaster decrypt errors, the
+/// first of which was `error`; logs the outcome.
+fn probe_once(key: &Arc<KeyRef>, error: &OpError, count: u64) {
+    let what = format!(
+        "premaster decrypt with {} failed ({error}; {count} time{} since the last check); \
+         the client saw the same as for a bad premaster",
+        key.uri_text,
+        if count == 1 { "" } else { "s" }
+    );
+    match with_hsm(&key.binding, |hsm| hsm.probe(key)) {
+        Ok(()) => log::warn!(
+            "{what}; a check of token '{}' that uses no client data (C_GetSessionInfo, C_GetAttributeValue) passed: the token stays in use",
+            key.token_label
+        ),
+        Err(e) => log::warn!(
+            "{what}; a check of token '{}' that uses no client data failed too ({e}): handled as token trouble",
+            key.token_label
+        ),
     }
 }
 

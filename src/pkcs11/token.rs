@@ -85,6 +85,10 @@ pub struct KeyRef {
     pub can_sign: bool,
     pub can_decrypt: bool,
     pub binding: Arc<Binding>,
+    /// How TLS 1.2 RSA key exchange decrypts with this key: chosen once in
+    /// the parent by [`Hsm::choose_premaster_mech`] (children inherit it
+    /// through fork); unset means CKM_RSA_PKCS.
+    pub premaster: std::sync::OnceLock<PremasterMech>,
     /// Token serial, CKA_ID, CKA_LABEL: the key of the per-process handle
     /// cache, built once so a handshake's lookup copies nothing.
     ident: KeyIdent,
@@ -92,6 +96,48 @@ pub struct KeyRef {
 
 /// How a child finds a key again: token serial, CKA_ID, CKA_LABEL.
 type KeyIdent = (String, Vec<u8>, Option<String>);
+
+impl KeyRef {
+    /// The mechanism that decrypts this key's TLS premaster secrets.
+    pub fn premaster_mech(&self) -> PremasterMech {
+        self.premaster.get().copied().unwrap_or(PremasterMech::Pkcs1)
+    }
+}
+
+/// How the premaster secret of TLS 1.2 RSA key exchange is decrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PremasterMech {
+    /// CKM_RSA_X_509: the token returns the whole PKCS#1 block and the
+    /// module checks its padding in constant time, so neither the token's
+    /// padding check nor its timing is on the network path.
+    Raw,
+    /// CKM_RSA_PKCS: the token checks the padding; only for tokens that
+    /// offer no raw RSA decryption.
+    Pkcs1,
+}
+
+impl PremasterMech {
+    pub fn mech(self) -> Mech {
+        match self {
+            PremasterMech::Raw => Mech::RsaX509,
+            PremasterMech::Pkcs1 => Mech::RsaPkcs,
+        }
+    }
+
+    /// For the startup log line.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PremasterMech::Raw => "raw RSA (CKM_RSA_X_509), padding checked in constant time in the module",
+            PremasterMech::Pkcs1 => {
+                "the token offers no CKM_RSA_X_509 for decryption: the token checks the padding (CKM_RSA_PKCS)"
+            }
+        }
+    }
+}
+
+/// What the token answered to one premaster C_Decrypt: its output, or its
+/// error (also a timeout of the call itself), not yet classified.
+pub type TokenAnswer = Result<Vec<u8>, OpError>;
 
 /// An error of a private-key operation, classified by what can be done
 /// about it.
@@ -197,6 +243,8 @@ fn is_session_error(e: &CkError) -> bool {
 pub enum Mech {
     /// CKM_RSA_PKCS (PKCS#1 v1.5 sign of a DigestInfo, or decrypt).
     RsaPkcs,
+    /// CKM_RSA_X_509: raw RSA (decrypt of a TLS premaster block).
+    RsaX509,
     /// CKM_RSA_PKCS_PSS over a digest.
     RsaPss { hash: cryptoki::mechanism::MechanismType, mgf: cryptoki::mechanism::rsa::PkcsMgfType, salt: u64 },
     /// CKM_ECDSA over a digest.
@@ -207,6 +255,7 @@ impl Mech {
     fn to_ck(self) -> Mechanism<'static> {
         match self {
             Mech::RsaPkcs => Mechanism::RsaPkcs,
+            Mech::RsaX509 => Mechanism::RsaX509,
             Mech::RsaPss { hash, mgf, salt } => Mechanism::RsaPkcsPss(cryptoki::mechanism::rsa::PkcsPssParams {
                 hash_alg: hash,
                 mgf,
@@ -615,6 +664,7 @@ impl Hsm {
             can_sign,
             can_decrypt,
             binding: self.binding.clone(),
+            premaster: std::sync::OnceLock::new(),
         })
     }
 
@@ -660,7 +710,7 @@ impl Hsm {
     /// a token claiming a huge value costs an error, not the memory. (The
     /// key tool's own commands still read with cryptoki.)
     fn attribute(&self, s: &Session, h: ObjectHandle, ty: AttributeType) -> Result<Option<Vec<u8>>, String> {
-        self.direct.attribute(s, h, ty)
+        Ok(self.direct.attribute(s, h, ty)?)
     }
 
     /// A CK_BBOOL attribute; false if the object has none.
@@ -714,17 +764,23 @@ impl Hsm {
         }
     }
 
-    /// Checks that the token offers what `key` needs in TLS. Err: a need
-    /// that is not met (the key would fail handshakes); Ok: warnings about
-    /// modes that will not work.
-    pub fn check_mechanisms(&self, key: &KeyRef) -> Result<Vec<String>, String> {
-        use cryptoki::mechanism::MechanismType;
+    /// The token of `key` (logged in) and the mechanisms it lists.
+    fn mechanisms(&self, key: &KeyRef) -> Result<(Arc<TokenState>, Vec<cryptoki::mechanism::MechanismType>), String> {
         let sel = TokenSelector { serial: Some(key.token_serial.clone()), ..Default::default() };
         let tok = self.token(&sel).map_err(|e| e.to_string())?;
         let list = self
             .ctx
             .get_mechanism_list(tok.slot)
             .map_err(|e| format!("cannot list the token's mechanisms: {}", ck_error_text(&e)))?;
+        Ok((tok, list))
+    }
+
+    /// Checks that the token offers what `key` needs in TLS. Err: a need
+    /// that is not met (the key would fail handshakes); Ok: warnings about
+    /// modes that will not work.
+    pub fn check_mechanisms(&self, key: &KeyRef) -> Result<Vec<String>, String> {
+        use cryptoki::mechanism::MechanismType;
+        let (tok, list) = self.mechanisms(key)?;
         let info = |m: MechanismType| -> Option<cryptoki::mechanism::MechanismInfo> {
             if list.contains(&m) {
                 self.ctx.get_mechanism_info(tok.slot, m).ok()
@@ -763,6 +819,22 @@ impl Hsm {
             }
         }
         Ok(warnings)
+    }
+
+    /// Chooses, once per key, how TLS 1.2 RSA key exchange decrypts with
+    /// `key` (see [`PremasterMech`]) and records it in the key: raw RSA when
+    /// the token offers CKM_RSA_X_509 for decryption, else CKM_RSA_PKCS.
+    /// None for keys that do no RSA key exchange (EC, or no CKA_DECRYPT).
+    pub fn choose_premaster_mech(&self, key: &KeyRef) -> Result<Option<PremasterMech>, String> {
+        use cryptoki::mechanism::MechanismType;
+        if !matches!(key.public, PublicKey::Rsa { .. }) || !key.can_decrypt {
+            return Ok(None);
+        }
+        let (tok, list) = self.mechanisms(key)?;
+        let raw = list.contains(&MechanismType::RSA_X_509)
+            && self.ctx.get_mechanism_info(tok.slot, MechanismType::RSA_X_509).is_ok_and(|i| i.decrypt());
+        let mech = if raw { PremasterMech::Raw } else { PremasterMech::Pkcs1 };
+        Ok(Some(*key.premaster.get_or_init(|| mech)))
     }
 
     /// The handle of `key` in this process, found once and cached.
@@ -858,6 +930,54 @@ impl Hsm {
     /// C_Decrypt with `mech`.
     pub fn decrypt(self: &Arc<Self>, key: &Arc<KeyRef>, mech: Mech, data: Vec<u8>) -> Result<Vec<u8>, OpError> {
         self.run(key, move |me, s, h| me.direct.decrypt(s, &mech.to_ck(), h, &data))
+    }
+
+    /// One C_DecryptInit + C_Decrypt of a TLS premaster secret, without
+    /// the second chances of `run`.
+    ///
+    /// Err: the ciphertext never reached the token (key lookup, login, no
+    /// free session in time, or the bound ran out before the call). Those
+    /// do not depend on the ciphertext and may fail the handshake.
+    /// Ok: whatever the token answered, an error or a timeout of the call
+    /// itself included. Nothing here reacts to that answer: the session
+    /// goes back to the pool (a broken one is found by the probe,
+    /// `runtime::wake_probe`; only one the token left with an operation
+    /// active is closed), nothing is retried, so the caller can treat
+    /// every answer alike (Bleichenbacher / ROBOT).
+    pub fn decrypt_premaster(self: &Arc<Self>, key: &Arc<KeyRef>, mech: Mech, data: Vec<u8>) -> Result<TokenAnswer, OpError> {
+        let reached = Arc::new(AtomicBool::new(false));
+        let (me, k, r) = (self.clone(), key.clone(), reached.clone());
+        match self.binding.call(move || me.decrypt_premaster_here(&k, mech, &data, &r)) {
+            Some(answer) => answer,
+            None if reached.load(Ordering::Acquire) => Ok(Err(OpError::Timeout(self.binding.op_timeout))),
+            None => Err(OpError::Timeout(self.binding.op_timeout)),
+        }
+    }
+
+    fn decrypt_premaster_here(&self, key: &KeyRef, mech: Mech, data: &[u8], reached: &AtomicBool) -> Result<TokenAnswer, OpError> {
+        let (tok, handle) = self.key_handle(key)?;
+        let session = tok.pool.take(&self.ctx, tok.slot)?;
+        reached.store(true, Ordering::Release);
+        let r = self.direct.decrypt(&session, &mech.to_ck(), handle, data);
+        // A session the token left with an operation active (it asked for
+        // a buffer larger than any premaster needs) is closed, not reused:
+        // that is the token's framing, the same for every ciphertext.
+        match &r {
+            Err(e) if super::direct::spoils_session(e) => tok.pool.discard(session),
+            _ => tok.pool.give_back(session),
+        }
+        Ok(r.map_err(OpError::Token))
+    }
+
+    /// Checks the token with calls that carry no client data: session
+    /// info of a pooled session and the key type of `key`'s handle. Run
+    /// through `run` (a broken session is replaced, the call is bounded).
+    pub fn probe(self: &Arc<Self>, key: &Arc<KeyRef>) -> Result<(), OpError> {
+        self.run(key, |me, s, h| {
+            s.get_session_info()?;
+            me.direct.attribute(s, h, AttributeType::KeyType).map_err(|e| e.into_ck())?;
+            Ok(())
+        })
     }
 
     /// Session pool counters per token label.

@@ -127,6 +127,24 @@ impl P11Log {
         self.write_control(&text);
     }
 
+    /// Make C_Decrypt a Bleichenbacher oracle: it returns `rv` exactly when
+    /// the ciphertext's PKCS#1 v1.5 padding is bad (the wrapper decrypts it
+    /// raw to tell), whatever mechanism the caller used.
+    pub fn decrypt_oracle(&self, rv: &str) {
+        self.add_control_line(&format!("oracle C_Decrypt {rv}"));
+    }
+
+    /// Make C_Decrypt return `rv` for ciphertexts whose last byte is odd
+    /// (about half of them); those calls log `C_Decrypt faildata`.
+    pub fn fail_decrypt_for_some_data(&self, rv: &str) {
+        self.add_control_line(&format!("faildata C_Decrypt {rv}"));
+    }
+
+    /// Make every successful C_Decrypt report `n` bytes.
+    pub fn decrypt_len(&self, n: usize) {
+        self.add_control_line(&format!("decryptlen {n}"));
+    }
+
     /// Make `function` (C_Sign or C_Decrypt) answer exactly `n` bytes: the
     /// real result cut or zero-padded (e.g. an ECDSA signature of 2n±1
     /// bytes, a 47-byte premaster).

@@ -23,6 +23,19 @@
 //!    hex) fails only the C_CreateObject calls whose template's CKA_CLASS is
 //!    that class, e.g. to make a token refuse plaintext private keys while
 //!    it still takes public and secret keys.
+//!    Answers of C_Decrypt that depend on the data (see
+//!    [`decrypt_with_answer_knobs`]):
+//!    - `oracle C_Decrypt <rv>`: after the real call, the wrapper decrypts
+//!      the same ciphertext raw (CKM_RSA_X_509, same key and session, not
+//!      logged) and returns `rv` only when the plaintext's PKCS#1 v1.5
+//!      type 2 padding is bad: a token whose error codes are a
+//!      Bleichenbacher oracle, whatever mechanism the caller used. Each such
+//!      answer logs `C_Decrypt oracle`.
+//!    - `faildata C_Decrypt <rv>`: `rv` only for ciphertexts whose last
+//!      byte is odd (about half of them), logged as `C_Decrypt faildata`.
+//!    - `decryptlen <n>`: a successful C_Decrypt reports `n` bytes (the
+//!      real output cut short, or followed by zero bytes), e.g. 47 or 49
+//!      for a TLS premaster, or the modulus size + 1.
 //!
 //!    Lengths a broken or hostile token might answer with (`<fn>` is
 //!    `C_Sign` or `C_Decrypt`, `<n>` a decimal byte count up to 2^64-1):
@@ -151,8 +164,10 @@ fn load() -> Result<Lists, String> {
     if real.C_Sign.is_some() {
         copy.C_Sign = Some(sign_shaped);
     }
-    if real.C_Decrypt.is_some() {
-        copy.C_Decrypt = Some(decrypt_shaped);
+    // The data-dependent knobs first, then the length shapes.
+    if real.C_DecryptInit.is_some() && real.C_Decrypt.is_some() {
+        copy.C_DecryptInit = Some(decrypt_init_noting_key);
+        copy.C_Decrypt = Some(decrypt_with_answer_knobs);
     }
     if real.C_GetAttributeValue.is_some() {
         copy.C_GetAttributeValue = Some(get_attribute_value_sized);
@@ -661,6 +676,129 @@ unsafe extern "C" fn create_object_failing_class(
     unsafe { w::C_CreateObject(session, tmpl, count, obj) }
 }
 
+/// The words after `<keyword> C_Decrypt` on the control file's first such
+/// line.
+fn decrypt_knob(keyword: &str) -> Option<String> {
+    let text = std::fs::read_to_string(control_path()?).ok()?;
+    text.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix(keyword)?.trim_start().strip_prefix("C_Decrypt ")?;
+        Some(rest.trim().to_string())
+    })
+}
+
+/// `decryptlen <n>` in the control file.
+fn decrypt_len() -> Option<usize> {
+    let text = std::fs::read_to_string(control_path()?).ok()?;
+    text.lines().find_map(|l| l.trim().strip_prefix("decryptlen ")?.trim().parse().ok())
+}
+
+/// The key of the decrypt operation started on each session, for the
+/// `oracle` knob's own raw decryption.
+static DECRYPT_KEYS: std::sync::Mutex<Vec<(CK_SESSION_HANDLE, CK_OBJECT_HANDLE)>> = std::sync::Mutex::new(Vec::new());
+
+/// C_DecryptInit, counted, logged, faultable, noting the session's key.
+///
+/// # Safety
+/// Same contract as C_DecryptInit.
+unsafe extern "C" fn decrypt_init_noting_key(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+    // SAFETY: forwarding the caller's arguments to the wrapped function.
+    let rv = unsafe { w::C_DecryptInit(session, mech, key) };
+    if rv == CKR_OK {
+        let _ = catch_unwind(|| {
+            let mut keys = DECRYPT_KEYS.lock().unwrap_or_else(|e| e.into_inner());
+            keys.retain(|(s, _)| *s != session);
+            keys.push((session, key));
+        });
+    }
+    rv
+}
+
+/// Whether `em` (a raw RSA block) is PKCS#1 v1.5 type 2: 00 02, at least
+/// eight non-zero bytes, a zero separator. Not constant time: a test aid.
+fn pkcs1_type2_ok(em: &[u8]) -> bool {
+    em.len() >= 11 && em[0] == 0 && em[1] == 2 && em[2..].iter().position(|b| *b == 0).is_some_and(|i| i >= 8)
+}
+
+/// `data` decrypted with CKM_RSA_X_509 on the real library (a whole
+/// operation on `session`, which must have none active).
+///
+/// # Safety
+/// `data` must be valid for `len` bytes.
+unsafe fn raw_decrypt(session: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, data: *mut CK_BYTE, len: CK_ULONG) -> Option<Vec<u8>> {
+    let l = real()?;
+    let (init, dec) = (l.C_DecryptInit?, l.C_Decrypt?);
+    let mut mech = CK_MECHANISM { mechanism: CKM_RSA_X_509, pParameter: std::ptr::null_mut(), ulParameterLen: 0 };
+    // SAFETY: mech is a valid mechanism without parameters.
+    if unsafe { init(session, &mut mech, key) } != CKR_OK {
+        return None;
+    }
+    let mut out = vec![0u8; SCRATCH];
+    let mut out_len = SCRATCH as CK_ULONG;
+    // SAFETY: data/len per our contract; out has out_len writable bytes.
+    if unsafe { dec(session, data, len, out.as_mut_ptr(), &mut out_len) } != CKR_OK {
+        return None;
+    }
+    out.truncate(out_len as usize);
+    Some(out)
+}
+
+/// C_Decrypt with the data-dependent knobs `faildata`, `oracle` and
+/// `decryptlen` (see the crate docs); otherwise the wrapped C_Decrypt.
+///
+/// # Safety
+/// Same contract as C_Decrypt.
+unsafe extern "C" fn decrypt_with_answer_knobs(
+    session: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
+    if out.is_null() || out_len.is_null() || data.is_null() || len == 0 {
+        // SAFETY: forwarding the caller's arguments to the shaped wrapper.
+        return unsafe { decrypt_shaped(session, data, len, out, out_len) };
+    }
+    let knobs = catch_unwind(|| {
+        (decrypt_knob("faildata").and_then(|v| parse_rv(&v)), decrypt_knob("oracle").and_then(|v| parse_rv(&v)), decrypt_len())
+    });
+    let Ok((faildata, oracle, length)) = knobs else { return CKR_GENERAL_ERROR };
+    // SAFETY: data is non-null and valid for len bytes (C_Decrypt contract).
+    let last_odd = unsafe { *data.add(len as usize - 1) } & 1 == 1;
+    if let (Some(rv), true) = (faildata, last_odd) {
+        let _ = catch_unwind(|| log_call("C_Decrypt faildata"));
+        finish_decrypt(session, data, len);
+        return rv;
+    }
+    // SAFETY: out_len is non-null: the caller's buffer size.
+    let room = unsafe { *out_len } as usize;
+    // SAFETY: forwarding the caller's arguments to the shaped wrapper.
+    let rv = unsafe { decrypt_shaped(session, data, len, out, out_len) };
+    if rv == CKR_BUFFER_TOO_SMALL {
+        return rv;
+    }
+    if let Some(code) = oracle {
+        let key = DECRYPT_KEYS.lock().ok().and_then(|k| k.iter().find(|(s, _)| *s == session).map(|(_, k)| *k));
+        // SAFETY: data is valid for len bytes; the real operation has ended.
+        let plain = key.and_then(|k| unsafe { raw_decrypt(session, k, data, len) });
+        if plain.is_some_and(|p| !pkcs1_type2_ok(&p)) {
+            let _ = catch_unwind(|| log_call("C_Decrypt oracle"));
+            return code;
+        }
+    }
+    match length {
+        Some(n) if rv == CKR_OK && n <= room => {
+            // SAFETY: out has room >= n bytes; out_len is valid.
+            unsafe {
+                let got = (*out_len as usize).min(n);
+                std::ptr::write_bytes(out.add(got), 0, n - got);
+                *out_len = n as CK_ULONG;
+            }
+            rv
+        }
+        _ => rv,
+    }
+}
+
 /// `tokenflags <hex>` in the control file: flags OR-ed into what
 /// C_GetTokenInfo reports (e.g. 0x40000 CKF_USER_PIN_LOCKED, 0x20000
 /// CKF_USER_PIN_FINAL_TRY), to test how the module treats a PIN at risk.
@@ -1008,6 +1146,21 @@ mod tests {
         assert_eq!(unsafe { template_class(tmpl.as_ptr(), 1) }, None);
         // SAFETY: NULL is allowed.
         assert_eq!(unsafe { template_class(std::ptr::null(), 0) }, None);
+    }
+
+    #[test]
+    fn the_oracle_knob_tells_pkcs1_blocks_apart() {
+        let mut good = vec![0u8, 2];
+        good.extend([0x11; 8]);
+        good.push(0);
+        good.extend([3, 3, 7]);
+        assert!(pkcs1_type2_ok(&good));
+        for (i, b) in [(0, 1), (1, 1), (5, 0), (10, 5)] {
+            let mut bad = good.clone();
+            bad[i] = b;
+            assert!(!pkcs1_type2_ok(&bad), "byte {i} = {b}");
+        }
+        assert!(!pkcs1_type2_ok(&good[..10]));
     }
 
     // --- benchmark mode ----------------------------------------------------
