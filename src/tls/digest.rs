@@ -83,7 +83,7 @@ impl Digest {
 
     /// The fetched EVP_MD, once per process (the pointer lives as long as
     /// libcrypto, which is never unloaded).
-    fn md(self) -> *const sys::EVP_MD {
+    pub(crate) fn md(self) -> *const sys::EVP_MD {
         static MDS: [OnceLock<usize>; 5] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
         let cell = &MDS[self as usize];
         *cell.get_or_init(|| {

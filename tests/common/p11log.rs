@@ -127,6 +127,14 @@ impl P11Log {
         self.write_control(&text);
     }
 
+    /// Flip one byte of every signature a successful `function` (C_Sign)
+    /// returns from now on: a token that signs wrongly.
+    pub fn corrupt(&self, function: &str) {
+        let mut text = std::fs::read_to_string(&self.control).unwrap_or_default();
+        text.push_str(&format!("corrupt {function}\n"));
+        self.write_control(&text);
+    }
+
     /// Make the next call of `function` (in any process) fail with `rv`,
     /// once.
     pub fn fail_once(&self, function: &str, rv: &str) {

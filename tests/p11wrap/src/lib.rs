@@ -23,6 +23,10 @@
 //!    hex) fails only the C_CreateObject calls whose template's CKA_CLASS is
 //!    that class, e.g. to make a token refuse plaintext private keys while
 //!    it still takes public and secret keys.
+//!    A line `corrupt C_Sign` flips one byte (the middle one) of every
+//!    signature a successful C_Sign returns: a token whose signatures are
+//!    wrong (a faulty RSA-CRT half, a broken ECDSA), which the module must
+//!    catch before anything is sent.
 //!
 //! 3. **benchmark mode**: if env `HSM_P11WRAP_SHM` names a file of at least
 //!    4096 bytes whose first word holds the magic (layout in [`shm_layout`]),
@@ -132,6 +136,9 @@ fn load() -> Result<Lists, String> {
     }
     if real.C_CreateObject.is_some() {
         copy.C_CreateObject = Some(create_object_failing_class);
+    }
+    if real.C_Sign.is_some() {
+        copy.C_Sign = Some(sign_corrupting);
     }
     Ok(Lists { real, wrapped: Box::leak(copy) })
 }
@@ -630,6 +637,43 @@ unsafe extern "C" fn create_object_failing_class(
     }
     // SAFETY: forwarding the caller's arguments to the wrapped function.
     unsafe { w::C_CreateObject(session, tmpl, count, obj) }
+}
+
+/// Whether the control file has the line `corrupt <name>`.
+fn corrupts(name: &str) -> bool {
+    let Some(path) = control_path() else { return false };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some("corrupt") && w.next() == Some(name) && w.next().is_none()
+    })
+}
+
+/// C_Sign, counted, logged, faultable, and with `corrupt C_Sign` the middle
+/// byte of a successful signature flipped.
+///
+/// # Safety
+/// Same contract as C_Sign.
+unsafe extern "C" fn sign_corrupting(
+    session: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    sig: *mut CK_BYTE,
+    sig_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarding the caller's arguments to the wrapped function.
+    let rv = unsafe { w::C_Sign(session, data, len, sig, sig_len) };
+    if rv == CKR_OK && !sig.is_null() && !sig_len.is_null() && catch_unwind(|| corrupts("C_Sign")).unwrap_or(false) {
+        // SAFETY: on CKR_OK with a buffer, the library wrote *sig_len bytes
+        // of signature to sig (the C_Sign contract).
+        unsafe {
+            let n = *sig_len as usize;
+            if n > 0 {
+                *sig.add(n / 2) ^= 0x01;
+            }
+        }
+    }
+    rv
 }
 
 /// `tokenflags <hex>` in the control file: flags OR-ed into what
