@@ -61,3 +61,38 @@ fn a_signature_that_does_not_verify_is_never_sent_and_fails_the_handshake_with_a
     }
     assert_eq!(s.apache.error_log().matches(NOT_SENT).count(), handshakes.len(), "a good signature was refused");
 }
+
+/// The key tool signs requests through the same operation: a request the
+/// token signed wrongly is not written.
+#[test]
+fn the_key_tool_writes_no_request_whose_signature_does_not_verify() {
+    let token = Token::new("kt-sig");
+    token.gen_ec("www-ec", "prime256v1");
+    let p11 = P11Log::new(token.dir());
+    let out = token.dir().join("www.csr");
+    let csr = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+            .args(["csr", "--label", "www-ec", "--subject", "CN=www.example.com", "--out"])
+            .arg(&out)
+            .arg("--library")
+            .arg(p11.module())
+            .args(["--token", &token.label, "--pin", "env:KT_PIN"])
+            .envs(token.env())
+            .envs(p11.env())
+            .env("KT_PIN", &token.pin)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run hsm-ssl-keytool")
+    };
+    p11.corrupt("C_Sign");
+    let o = csr();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "csr succeeded with a corrupted signature:\n{stderr}");
+    assert!(p11.sign_ops() > 0, "the token was not asked to sign:\n{stderr}");
+    assert!(stderr.contains(NOT_SENT), "{stderr}");
+    assert!(!out.exists(), "a request was written");
+    p11.clear_faults();
+    let o = csr();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    run_ok(std::process::Command::new("openssl").args(["req", "-verify", "-noout", "-in"]).arg(&out));
+}
