@@ -40,6 +40,17 @@ impl Digest {
         }
     }
 
+    /// The usual name, for messages: "SHA-256".
+    pub fn name(self) -> &'static str {
+        match self {
+            Digest::Sha1 => "SHA-1",
+            Digest::Sha224 => "SHA-224",
+            Digest::Sha256 => "SHA-256",
+            Digest::Sha384 => "SHA-384",
+            Digest::Sha512 => "SHA-512",
+        }
+    }
+
     fn openssl_name(self) -> &'static str {
         match self {
             Digest::Sha1 => "SHA1",

@@ -35,6 +35,18 @@ pub enum Scheme {
     Ecdsa,
 }
 
+impl std::fmt::Display for Scheme {
+    /// For log lines: "RSA-PSS (SHA-256, MGF1 SHA-256, salt 32)".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scheme::Pkcs1(Some(d)) => write!(f, "RSA PKCS#1 v1.5 ({})", d.name()),
+            Scheme::Pkcs1(None) => f.write_str("RSA PKCS#1 v1.5"),
+            Scheme::Pss { md, mgf1, salt } => write!(f, "RSA-PSS ({}, MGF1 {}, salt {salt})", md.name(), mgf1.name()),
+            Scheme::Ecdsa => f.write_str("ECDSA"),
+        }
+    }
+}
+
 /// The public half of one token key, as an ordinary OpenSSL key that
 /// verifies its signatures.
 pub struct SigCheck {
@@ -86,7 +98,7 @@ impl SigCheck {
             // error queue; libssl must not find it there later.
             sys::ERR_clear_error();
             if !ready {
-                return Err(format!("OpenSSL could not set up the check of a {scheme:?} signature"));
+                return Err(format!("OpenSSL could not set up the check of an {scheme} signature"));
             }
             Ok(verified)
         }
@@ -179,6 +191,15 @@ mod tests {
             accepts_then_refuses_flipped(&check, Scheme::Ecdsa, &digest, sig.clone());
             assert_eq!(check.verifies(Scheme::Ecdsa, &[0x43; 32], &sig), Ok(false), "{}", curve.bits);
         }
+    }
+
+    #[test]
+    fn schemes_are_named_for_the_log() {
+        let pss = Scheme::Pss { md: Digest::Sha384, mgf1: Digest::Sha256, salt: 48 };
+        assert_eq!(pss.to_string(), "RSA-PSS (SHA-384, MGF1 SHA-256, salt 48)");
+        assert_eq!(Scheme::Pkcs1(Some(Digest::Sha1)).to_string(), "RSA PKCS#1 v1.5 (SHA-1)");
+        assert_eq!(Scheme::Pkcs1(None).to_string(), "RSA PKCS#1 v1.5");
+        assert_eq!(Scheme::Ecdsa.to_string(), "ECDSA");
     }
 
     #[test]

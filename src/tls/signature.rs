@@ -75,7 +75,7 @@ impl SigCtx {
             Ok(false) => {
                 log::error!(
                     "TLS handshake refused: the token returned a signature made with {} that does not verify against \
-                     the key's public half ({scheme:?}); it was not sent, since a faulty RSA signature can reveal the \
+                     the key's public half ({scheme}); it was not sent, since a faulty RSA signature can reveal the \
                      private key to whoever receives it; the HSM may be failing: check its health and logs",
                     k.token.uri_text
                 );
