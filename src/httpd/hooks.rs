@@ -585,3 +585,35 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels(notes: &[(log::Level, String)]) -> Vec<log::Level> {
+        notes.iter().map(|(l, _)| *l).collect()
+    }
+
+    #[test]
+    fn a_key_that_could_leave_the_token_is_refused_warned_about_or_noted() {
+        let inside = Protection { sensitive: Some(true), extractable: Some(false), always_sensitive: Some(true), never_extractable: Some(true) };
+        assert_eq!(key_protection(&inside, false), Ok(vec![]));
+        // A token that says nothing is not accused of anything.
+        assert_eq!(key_protection(&Protection::default(), false), Ok(vec![]));
+
+        let readable = Protection { sensitive: Some(false), ..inside };
+        let e = key_protection(&readable, false).unwrap_err();
+        assert!(e.contains("CKA_SENSITIVE is false") && e.contains("HSMSSLAllowExportableKeys On"), "{e}");
+        let notes = key_protection(&readable, true).unwrap();
+        assert_eq!(levels(&notes), [log::Level::Warn]);
+        assert!(notes[0].1.contains("served because HSMSSLAllowExportableKeys is On"), "{}", notes[0].1);
+
+        let wrappable = Protection { extractable: Some(true), never_extractable: Some(false), ..inside };
+        let notes = key_protection(&wrappable, false).unwrap();
+        assert_eq!(levels(&notes), [log::Level::Warn, log::Level::Info]);
+        assert!(notes[0].1.contains("CKA_EXTRACTABLE is true"), "{}", notes[0].1);
+
+        let imported = Protection { always_sensitive: Some(false), never_extractable: Some(false), ..inside };
+        assert_eq!(levels(&key_protection(&imported, false).unwrap()), [log::Level::Info]);
+    }
+}

@@ -323,9 +323,12 @@ impl Report<'_> {
             let total = us.map(|u| u.max(0.0) + hop);
             let _ = writeln!(
                 m,
-                "| module overhead ≤ 50 µs per handshake: instructions (callgrind) + the helper-thread hop (CPU) | highest {ir:.0} instructions ≈ {} ({}) + hop {hop:.1} µs = {} | {} |",
+                "| module overhead ≤ 50 µs per handshake: instructions (callgrind) + the helper-thread hop (CPU) | highest {ir:.0} instructions ≈ {} ({}{}) + hop {hop:.1} µs = {} | {} |",
                 us.map(|u| format!("{u:.1} µs")).unwrap_or_else(|| "? µs".into()),
                 s.name(),
+                // The check of every token signature is part of the module's
+                // instructions; say how much of them it is.
+                self.raw_for(s).and_then(|r| r.check_us).map(|c| format!("; the signature check alone {c:.1} µs")).unwrap_or_default(),
                 total.map(|t| format!("{t:.1} µs")).unwrap_or_else(|| "?".into()),
                 match total {
                     Some(t) if t <= 50.0 => "yes",
