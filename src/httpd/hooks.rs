@@ -247,7 +247,9 @@ impl Generation {
         };
         match check_key(&binding, uri_text, cert.as_deref(), self.config.allow_exportable_keys.unwrap_or(false)) {
             Ok((k, notes)) => {
-                for (level, w) in notes {
+                // httpd reads its configuration twice at startup (once at
+                // a reload): said in the last pass only, they appear once.
+                for (level, w) in notes.into_iter().filter(|_| !is_first_pass()) {
                     log::log!(level, "{vhost}: SSLCertificateKeyFile \"{}\": {w}", redacted(uri_text));
                 }
                 log::info!(
