@@ -643,7 +643,7 @@ impl Hsm {
             public,
             can_sign,
             can_decrypt,
-            protection: protection(s, handle),
+            protection: protection(s, handle).map_err(|e| format!("reading the key's protection attributes: {}", ck_error_text(&e)))?,
             binding: self.binding.clone(),
         })
     }
@@ -968,11 +968,12 @@ pub fn find_token(ctx: &Pkcs11, sel: &TokenSelector, library: &std::path::Path) 
 
 /// CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE and
 /// CKA_NEVER_EXTRACTABLE of a private key, each None if the token does not
-/// report it.
-fn protection(s: &Session, h: ObjectHandle) -> Protection {
+/// know that attribute. A failed read is an error, not "nothing to say":
+/// the policy on these attributes must not be skipped by a token hiccup.
+fn protection(s: &Session, h: ObjectHandle) -> Result<Protection, CkError> {
     let mut p = Protection::default();
     let types = [AttributeType::Sensitive, AttributeType::Extractable, AttributeType::AlwaysSensitive, AttributeType::NeverExtractable];
-    for a in s.get_attributes(h, &types).unwrap_or_default() {
+    for a in s.get_attributes(h, &types)? {
         match a {
             Attribute::Sensitive(b) => p.sensitive = Some(b),
             Attribute::Extractable(b) => p.extractable = Some(b),
@@ -981,7 +982,7 @@ fn protection(s: &Session, h: ObjectHandle) -> Protection {
             _ => {}
         }
     }
-    p
+    Ok(p)
 }
 
 /// CKA_MODULUS and CKA_PUBLIC_EXPONENT of an RSA key object (private or
