@@ -133,6 +133,7 @@ fn hsmssl_directives_inside_a_virtualhost_are_a_configuration_error() {
 fn hsmssl_value_errors_name_the_directive_and_what_it_takes() {
     for (line, says) in [
         ("HSMSSLDirectCalls maybe", "HSMSSLDirectCalls maybe: give On or Off"),
+        ("HSMSSLAllowExportableKeys maybe", "HSMSSLAllowExportableKeys maybe: give On or Off"),
         ("HSMSSLMaxSessions 0", "HSMSSLMaxSessions 0: give a number from 1 to 1024"),
         ("HSMSSLOperationTimeout 0.01", "HSMSSLOperationTimeout 0.01: give seconds, from 0.1 to 600"),
     ] {

@@ -11,3 +11,5 @@
 #include <openssl/store.h>
 #include <openssl/evp.h>
 #include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/obj_mac.h>

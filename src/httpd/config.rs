@@ -26,10 +26,20 @@ pub struct GlobalConfig {
     /// HSMSSLDirectCalls: token calls of a handshake on the worker thread
     /// itself, unbounded (default off).
     pub direct_calls: Option<bool>,
+    /// HSMSSLAllowExportableKeys: serve a key that is not CKA_SENSITIVE
+    /// (with a warning) instead of refusing it (default off).
+    pub allow_exportable_keys: Option<bool>,
 }
 
-static CONFIG: Mutex<GlobalConfig> =
-    Mutex::new(GlobalConfig { library: None, pin: None, token: None, max_sessions: None, operation_timeout: None, direct_calls: None });
+static CONFIG: Mutex<GlobalConfig> = Mutex::new(GlobalConfig {
+    library: None,
+    pin: None,
+    token: None,
+    max_sessions: None,
+    operation_timeout: None,
+    direct_calls: None,
+    allow_exportable_keys: None,
+});
 
 pub fn reset() {
     *CONFIG.lock() = GlobalConfig::default();
@@ -143,6 +153,17 @@ pub unsafe extern "C" fn set_direct_calls(cmd: *mut cmd_parms, _m: *mut c_void, 
     unsafe {
         directive(cmd, arg, |a, _| {
             CONFIG.lock().direct_calls = Some(parse_on_off(a).ok_or_else(|| format!("HSMSSLDirectCalls {a}: give On or Off"))?);
+            Ok(())
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_allow_exportable_keys(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, _| {
+            let on = parse_on_off(a).ok_or_else(|| format!("HSMSSLAllowExportableKeys {a}: give On or Off"))?;
+            CONFIG.lock().allow_exportable_keys = Some(on);
             Ok(())
         })
     }

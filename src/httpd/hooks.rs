@@ -30,7 +30,7 @@ use crate::ffi::guard;
 use crate::pkcs11::pin::PinSource;
 use crate::pkcs11::runtime;
 use crate::pkcs11::secret::Secret;
-use crate::pkcs11::token::{Binding, KeyRef, OpError};
+use crate::pkcs11::token::{Binding, KeyRef, OpError, Protection, PublicKey};
 use crate::pkcs11::uri::{redacted, KeyUri};
 use crate::tls::{loader, provider};
 
@@ -71,9 +71,16 @@ impl Vhost {
 
 /// Resolves and checks one configured key, each PKCS#11 step bounded by
 /// HSMSSLOperationTimeout: URI, library, token, the one login, the key,
-/// its public half against the certificate, the mechanisms TLS needs.
-/// Returns the key and warnings about TLS modes that will not work.
-fn check_key(binding: &Arc<Binding>, uri_text: &str, cert: Option<&str>) -> Result<(Arc<KeyRef>, Vec<String>), String> {
+/// its public half against the certificate, the mechanisms TLS needs,
+/// whether the key could leave the token (`key_protection`). Returns the
+/// key and what to log about it: warnings about TLS modes that will not
+/// work and about the key's protection, with their log level.
+fn check_key(
+    binding: &Arc<Binding>,
+    uri_text: &str,
+    cert: Option<&str>,
+    allow_exportable: bool,
+) -> Result<(Arc<KeyRef>, Vec<(log::Level, String)>), String> {
     let uri = KeyUri::parse(uri_text).map_err(|e| format!("malformed key URI: {e}"))?;
     let limit = binding.op_timeout;
     // Finding the key is tried up to three times: a token can be briefly
@@ -102,11 +109,53 @@ fn check_key(binding: &Arc<Binding>, uri_text: &str, cert: Option<&str>) -> Resu
     if let Some(cert) = cert {
         crate::tls::certcheck::check(cert, &key.public)?;
     }
+    let mut notes = key_protection(&key.protection, allow_exportable)?;
     let (h, k) = (hsm.clone(), key.clone());
     let warnings = runtime::bounded(limit, "listing the token's mechanisms", move || h.check_mechanisms(&k))??;
+    notes.extend(warnings.into_iter().map(|w| (log::Level::Warn, w)));
     let (h, k) = (hsm, key.clone());
     runtime::bounded(limit, "choosing how RSA key exchange decrypts", move || h.choose_premaster_mech(&k))??;
-    Ok((key, warnings))
+    Ok((key, notes))
+}
+
+/// The policy on keys that could leave the token. Not CKA_SENSITIVE: the
+/// private value can be read in plaintext by anyone who has the PIN, so
+/// the key is refused unless HSMSSLAllowExportableKeys is On (then a
+/// warning). CKA_EXTRACTABLE: it can be wrapped out under a key of the
+/// PIN holder's choosing; a warning only, as some HSM tools (CloudHSM's
+/// among them) make keys extractable by default. Not always sensitive or
+/// not never extractable (an imported key, say): copies may exist outside
+/// the token; an info line.
+fn key_protection(p: &Protection, allow_exportable: bool) -> Result<Vec<(log::Level, String)>, String> {
+    let mut notes = Vec::new();
+    if p.sensitive == Some(false) {
+        let what = "the private key is not sensitive (CKA_SENSITIVE is false): anyone who has the PIN can read its \
+                    private value in plaintext";
+        let fix = "generate a new key in the token with CKA_SENSITIVE true (hsm-ssl-keytool generate), get a \
+                   certificate for it and point SSLCertificateKeyFile at it";
+        if !allow_exportable {
+            return Err(format!("{what}; refused: {fix}, or set 'HSMSSLAllowExportableKeys On' to serve it anyway"));
+        }
+        notes.push((log::Level::Warn, format!("{what}; served because HSMSSLAllowExportableKeys is On; {fix}")));
+    }
+    if p.extractable == Some(true) {
+        notes.push((
+            log::Level::Warn,
+            "the private key is extractable (CKA_EXTRACTABLE is true): anyone who has the PIN can wrap it out of the \
+             token under a key of their own; set CKA_EXTRACTABLE to false with the HSM's tools (PKCS#11 allows that \
+             one-way change) or generate the key with extractable false"
+                .to_string(),
+        ));
+    }
+    if p.always_sensitive == Some(false) || p.never_extractable == Some(false) {
+        notes.push((
+            log::Level::Info,
+            "the private key has not always been inside the token only (CKA_ALWAYS_SENSITIVE or \
+             CKA_NEVER_EXTRACTABLE is false, as for an imported key): copies of it may exist elsewhere"
+                .to_string(),
+        ));
+    }
+    Ok(notes)
 }
 
 static GENERATION: Mutex<Option<Arc<Generation>>> = Mutex::new(None);
@@ -198,10 +247,12 @@ impl Generation {
             Ok(b) => b,
             Err(e) => return fail(e),
         };
-        match check_key(&binding, uri_text, cert.as_deref()) {
-            Ok((k, warnings)) => {
-                for w in warnings {
-                    log::warn!("{vhost}: SSLCertificateKeyFile \"{}\": {w}", redacted(uri_text));
+        match check_key(&binding, uri_text, cert.as_deref(), self.config.allow_exportable_keys.unwrap_or(false)) {
+            Ok((k, notes)) => {
+                // httpd reads its configuration twice at startup (once at
+                // a reload): said in the last pass only, they appear once.
+                for (level, w) in notes.into_iter().filter(|_| !is_first_pass()) {
+                    log::log!(level, "{vhost}: SSLCertificateKeyFile \"{}\": {w}", redacted(uri_text));
                 }
                 log::info!(
                     "{vhost}: key {uri_text} is on token '{}' (id {}); private-key operations will run in the token",
@@ -374,8 +425,68 @@ pub unsafe extern "C" fn init_server(s: *mut server_rec, _p: *mut apr_pool_t, is
                 return FAIL;
             }
         }
+        let cannot_decrypt = g
+            .keys
+            .lock()
+            .iter()
+            .any(|k| v.uris.contains(&k.uri_text) && matches!(k.public, PublicKey::Rsa { .. }) && !k.can_decrypt);
+        if cannot_decrypt {
+            // SAFETY: mod_ssl's live SSL_CTX for this vhost.
+            if let Err(e) = unsafe { drop_rsa_key_exchange(ctx) } {
+                log::error!("{}: {e}", v.name);
+                return FAIL;
+            }
+        }
         OK
     })
+}
+
+/// Removes the TLS 1.2 cipher suites with RSA key exchange (kRSA, and
+/// RSA-PSK) from an SSL_CTX whose RSA key may not decrypt, so that no
+/// client negotiates one and then fails at the premaster. mod_ssl has set
+/// the vhost's SSLCipherSuite by now: the list is rebuilt from what it
+/// made, in its order. TLS 1.3 suites are kept apart by OpenSSL and stay.
+///
+/// # Safety
+/// `ctx` is a valid SSL_CTX.
+unsafe fn drop_rsa_key_exchange(ctx: *mut openssl_sys::SSL_CTX) -> Result<(), String> {
+    use crate::ffi::ossl;
+    let mut kept = Vec::new();
+    let mut dropped = Vec::new();
+    // SAFETY: the stack belongs to the SSL_CTX and is only read here,
+    // before the list is replaced; the names are static strings.
+    unsafe {
+        let list = ossl::SSL_CTX_get_ciphers(ctx);
+        let stack = list as *const openssl_sys::OPENSSL_STACK;
+        for i in 0..if list.is_null() { 0 } else { openssl_sys::OPENSSL_sk_num(stack) } {
+            let c = openssl_sys::OPENSSL_sk_value(stack, i) as *const openssl_sys::SSL_CIPHER;
+            let name = CStr::from_ptr(openssl_sys::SSL_CIPHER_get_name(c)).to_string_lossy().into_owned();
+            match ossl::SSL_CIPHER_get_kx_nid(c) as u32 {
+                ossl::NID_kx_rsa | ossl::NID_kx_rsa_psk => dropped.push(name),
+                ossl::NID_kx_any => {} // TLS 1.3: not part of the cipher list string
+                _ => kept.push(name),
+            }
+        }
+    }
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    if kept.is_empty() {
+        return Err(format!(
+            "SSLCipherSuite offers TLS 1.2 only with RSA key exchange ({}), which this vhost's RSA key cannot do \
+             (CKA_DECRYPT is false); add ECDHE cipher suites to SSLCipherSuite",
+            dropped.join(":")
+        ));
+    }
+    let list = std::ffi::CString::new(kept.join(":")).map_err(|_| "cipher name with a NUL byte".to_string())?;
+    // SAFETY: a valid SSL_CTX and a NUL-terminated list.
+    if unsafe { openssl_sys::SSL_CTX_set_cipher_list(ctx, list.as_ptr()) } != 1 {
+        // SAFETY: clear what the refusal left on the error queue.
+        unsafe { openssl_sys::ERR_clear_error() };
+        return Err("OpenSSL refused the cipher list without RSA key exchange".into());
+    }
+    log::debug!("RSA key exchange removed ({})", dropped.join(":"));
+    Ok(())
 }
 
 /// `httpd -t` (apachectl configtest, and Debian's apachectl graceful): run
@@ -400,9 +511,11 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
                 for k in &v.keys {
                     let at = format!("{}: SSLCertificateKeyFile \"{}\" ({})", v.name, redacted(&k.uri), k.origin);
                     let binding = g.binding().map_err(|e| format!("{at}: {e}"))?;
-                    let (_, warnings) = check_key(&binding, &k.uri, k.cert.as_deref()).map_err(|e| format!("{at}: {e}"))?;
-                    for w in warnings {
-                        log::warn!("{at}: {w}");
+                    let allow_exportable = g.config.allow_exportable_keys.unwrap_or(false);
+                    let (_, notes) =
+                        check_key(&binding, &k.uri, k.cert.as_deref(), allow_exportable).map_err(|e| format!("{at}: {e}"))?;
+                    for (level, w) in notes {
+                        log::log!(level, "{at}: {w}");
                     }
                 }
             }
@@ -478,4 +591,36 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn levels(notes: &[(log::Level, String)]) -> Vec<log::Level> {
+        notes.iter().map(|(l, _)| *l).collect()
+    }
+
+    #[test]
+    fn a_key_that_could_leave_the_token_is_refused_warned_about_or_noted() {
+        let inside = Protection { sensitive: Some(true), extractable: Some(false), always_sensitive: Some(true), never_extractable: Some(true) };
+        assert_eq!(key_protection(&inside, false), Ok(vec![]));
+        // A token that says nothing is not accused of anything.
+        assert_eq!(key_protection(&Protection::default(), false), Ok(vec![]));
+
+        let readable = Protection { sensitive: Some(false), ..inside };
+        let e = key_protection(&readable, false).unwrap_err();
+        assert!(e.contains("CKA_SENSITIVE is false") && e.contains("HSMSSLAllowExportableKeys On"), "{e}");
+        let notes = key_protection(&readable, true).unwrap();
+        assert_eq!(levels(&notes), [log::Level::Warn]);
+        assert!(notes[0].1.contains("served because HSMSSLAllowExportableKeys is On"), "{}", notes[0].1);
+
+        let wrappable = Protection { extractable: Some(true), never_extractable: Some(false), ..inside };
+        let notes = key_protection(&wrappable, false).unwrap();
+        assert_eq!(levels(&notes), [log::Level::Warn, log::Level::Info]);
+        assert!(notes[0].1.contains("CKA_EXTRACTABLE is true"), "{}", notes[0].1);
+
+        let imported = Protection { always_sensitive: Some(false), never_extractable: Some(false), ..inside };
+        assert_eq!(levels(&key_protection(&imported, false).unwrap()), [log::Level::Info]);
+    }
 }

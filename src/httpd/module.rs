@@ -24,7 +24,7 @@ const fn take1(
     }
 }
 
-struct Commands([command_rec; 7]);
+struct Commands([command_rec; 8]);
 // SAFETY: a read-only table of pointers to 'static strings and functions.
 unsafe impl Sync for Commands {}
 
@@ -35,6 +35,11 @@ static COMMANDS: Commands = Commands([
     take1(c"HSMSSLOperationTimeout", config::set_operation_timeout, c"seconds a PKCS#11 step may take at startup and configtest before it counts as failed (default 5)"),
     take1(c"HSMSSLMaxSessions", config::set_max_sessions, c"maximum PKCS#11 sessions per child process and token (default: the MPM's threads per child)"),
     take1(c"HSMSSLDirectCalls", config::set_direct_calls, c"On: handshakes call the token on their own thread, with no HSMSSLOperationTimeout bound (for local tokens); default Off"),
+    take1(
+        c"HSMSSLAllowExportableKeys",
+        config::set_allow_exportable_keys,
+        c"On: serve token keys that are not CKA_SENSITIVE (their private value is readable with the PIN), with a warning, instead of refusing them; default Off",
+    ),
     command_rec {
         name: ptr::null(),
         func: cmd_func { no_args: None },

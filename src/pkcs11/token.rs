@@ -71,6 +71,20 @@ pub enum PublicKey {
     Ec { params: Vec<u8>, point: Vec<u8> },
 }
 
+/// What a private key's attributes say about whether it could ever leave
+/// the token. None: the token did not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protection {
+    /// CKA_SENSITIVE: false means the private value can be read in plaintext.
+    pub sensitive: Option<bool>,
+    /// CKA_EXTRACTABLE: true means it can be wrapped out of the token.
+    pub extractable: Option<bool>,
+    /// CKA_ALWAYS_SENSITIVE: false means it was readable at some time.
+    pub always_sensitive: Option<bool>,
+    /// CKA_NEVER_EXTRACTABLE: false means it was extractable (or imported).
+    pub never_extractable: Option<bool>,
+}
+
 /// A configured key, resolved on the token by the parent process. Children
 /// find the same object again by token serial, CKA_ID and CKA_LABEL.
 #[derive(Debug)]
@@ -84,6 +98,7 @@ pub struct KeyRef {
     /// CKA_SIGN and CKA_DECRYPT of the private key.
     pub can_sign: bool,
     pub can_decrypt: bool,
+    pub protection: Protection,
     pub binding: Arc<Binding>,
     /// How TLS 1.2 RSA key exchange decrypts with this key: chosen once in
     /// the parent by [`Hsm::choose_premaster_mech`] (children inherit it
@@ -663,6 +678,7 @@ impl Hsm {
             public,
             can_sign,
             can_decrypt,
+            protection: self.protection(s, handle).map_err(|e| format!("reading the key's protection attributes: {e}"))?,
             binding: self.binding.clone(),
             premaster: std::sync::OnceLock::new(),
         })
@@ -715,11 +731,30 @@ impl Hsm {
 
     /// A CK_BBOOL attribute; false if the object has none.
     fn flag(&self, s: &Session, h: ObjectHandle, ty: AttributeType) -> Result<bool, String> {
+        Ok(self.flag_if_known(s, h, ty)?.unwrap_or(false))
+    }
+
+    /// A CK_BBOOL attribute; None if the object has none.
+    fn flag_if_known(&self, s: &Session, h: ObjectHandle, ty: AttributeType) -> Result<Option<bool>, String> {
         match self.attribute(s, h, ty)?.as_deref() {
-            None => Ok(false),
-            Some([b]) => Ok(*b != 0),
+            None => Ok(None),
+            Some([b]) => Ok(Some(*b != 0)),
             Some(v) => Err(format!("the token returned {} bytes for {ty}, a CK_BBOOL of 1 byte (a token or library bug)", v.len())),
         }
+    }
+
+    /// CKA_SENSITIVE, CKA_EXTRACTABLE, CKA_ALWAYS_SENSITIVE and
+    /// CKA_NEVER_EXTRACTABLE of a private key, each None if the token does
+    /// not know that attribute. A failed read is an error, not "nothing to
+    /// say": the policy on these attributes must not be skipped by a token
+    /// hiccup.
+    fn protection(&self, s: &Session, h: ObjectHandle) -> Result<Protection, String> {
+        Ok(Protection {
+            sensitive: self.flag_if_known(s, h, AttributeType::Sensitive)?,
+            extractable: self.flag_if_known(s, h, AttributeType::Extractable)?,
+            always_sensitive: self.flag_if_known(s, h, AttributeType::AlwaysSensitive)?,
+            never_extractable: self.flag_if_known(s, h, AttributeType::NeverExtractable)?,
+        })
     }
 
     /// CKA_KEY_TYPE; None if the token does not say.
@@ -807,7 +842,9 @@ impl Hsm {
                 }
                 if !key.can_decrypt {
                     warnings.push(
-                        "the private key may not decrypt (CKA_DECRYPT is false): TLS 1.2 RSA key exchange (ciphers like AES128-GCM-SHA256) will fail; remove those from SSLCipherSuite or allow decrypt"
+                        "the private key may not decrypt (CKA_DECRYPT is false), so it cannot do TLS 1.2 RSA key exchange: \
+                         mod_hsm_ssl removes those cipher suites (kRSA, e.g. AES128-GCM-SHA256) from this vhost; ECDHE and \
+                         TLS 1.3 are unaffected; to offer them, use a key made with decrypt usage"
                             .to_string(),
                     );
                 }
@@ -852,9 +889,12 @@ impl Hsm {
         if let Some(l) = &key.label {
             tmpl.push(Attribute::Label(l.as_bytes().to_vec()));
         }
-        let found = session.find_objects(&tmpl);
+        let found = session.find_objects(&tmpl).map_err(OpError::Token).and_then(|found| match found.as_slice() {
+            [h] => self.same_public_half(&session, *h, key).map(|_| found),
+            _ => Ok(found),
+        });
         tok.pool.give_back(session);
-        let found = found.map_err(OpError::Token)?;
+        let found = found?;
         match found.as_slice() {
             [h] => {
                 let v = (tok, *h);
@@ -868,6 +908,30 @@ impl Hsm {
                 other.len()
             ))),
         }
+    }
+
+    /// Checks that the object found again for `key` has the public half
+    /// checked at startup (against the certificate too): a key replaced
+    /// on the token under the same label and CKA_ID is not used.
+    fn same_public_half(&self, s: &Session, h: ObjectHandle, key: &KeyRef) -> Result<(), OpError> {
+        let now = match &key.public {
+            PublicKey::Rsa { .. } => self.rsa_public(s, h).map_err(OpError::Setup)?,
+            PublicKey::Ec { params, .. } => {
+                let point = self.ec_point(s, h, &key.id, key.label.as_deref()).map_err(OpError::Setup)?.unwrap_or_default();
+                PublicKey::Ec { params: params.clone(), point }
+            }
+        };
+        if now == key.public {
+            return Ok(());
+        }
+        Err(OpError::Setup(format!(
+            "the key on the token changed since startup: {} (token '{}', id {}) now has another public key than the \
+             one checked against its certificate at startup; it is not used; reload httpd (apachectl graceful) so \
+             that the new key is checked, with a certificate that belongs to it",
+            key.uri_text,
+            key.token_label,
+            hex(&key.id)
+        )))
     }
 
     /// Makes sure the token of `key` is logged in and the key is found, so

@@ -14,7 +14,15 @@ use crate::tls::digest::{Digest, Hasher};
 use crate::tls::key::Public;
 
 /// Owned EVP_PKEY, freed on drop.
-struct Pkey(*mut sys::EVP_PKEY);
+pub(crate) struct Pkey(*mut sys::EVP_PKEY);
+
+// SAFETY: an EVP_PKEY is reference-counted and, once built, only read
+// (OpenSSL 3 allows any number of threads to use one key at the same time,
+// each with its own EVP_PKEY_CTX); the one reference owned here is freed
+// once, on drop.
+unsafe impl Send for Pkey {}
+// SAFETY: see Send.
+unsafe impl Sync for Pkey {}
 
 impl Drop for Pkey {
     fn drop(&mut self) {
@@ -24,6 +32,11 @@ impl Drop for Pkey {
 }
 
 impl Pkey {
+    /// The EVP_PKEY, owned by `self`.
+    pub(crate) fn as_ptr(&self) -> *mut sys::EVP_PKEY {
+        self.0
+    }
+
     fn fingerprint(&self) -> String {
         // SAFETY: two-pass i2d into a buffer of the size OpenSSL reports.
         let der = unsafe {
@@ -66,7 +79,7 @@ fn cert_key(path: &str) -> Result<Pkey, String> {
 }
 
 /// The token key's public half as an ordinary (default provider) key.
-fn token_key(public: &Public) -> Result<Pkey, String> {
+pub(crate) fn token_key(public: &Public) -> Result<Pkey, String> {
     // SAFETY: builder, parameter array and context are created and freed
     // here; the cast is between two declarations of the same C struct.
     unsafe {

@@ -40,6 +40,17 @@ impl Digest {
         }
     }
 
+    /// The usual name, for messages: "SHA-256".
+    pub fn name(self) -> &'static str {
+        match self {
+            Digest::Sha1 => "SHA-1",
+            Digest::Sha224 => "SHA-224",
+            Digest::Sha256 => "SHA-256",
+            Digest::Sha384 => "SHA-384",
+            Digest::Sha512 => "SHA-512",
+        }
+    }
+
     fn openssl_name(self) -> &'static str {
         match self {
             Digest::Sha1 => "SHA1",
@@ -83,7 +94,7 @@ impl Digest {
 
     /// The fetched EVP_MD, once per process (the pointer lives as long as
     /// libcrypto, which is never unloaded).
-    fn md(self) -> *const sys::EVP_MD {
+    pub(crate) fn md(self) -> *const sys::EVP_MD {
         static MDS: [OnceLock<usize>; 5] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
         let cell = &MDS[self as usize];
         *cell.get_or_init(|| {

@@ -16,6 +16,7 @@ use crate::ffi::ossl::{self, OSSL_CALLBACK, OSSL_PARAM};
 use crate::ffi::{guard, DISPATCH_END};
 use crate::pkcs11::token::{KeyRef, PublicKey};
 use crate::tls::params::{self, def, end, ParamList};
+use crate::tls::sigcheck::SigCheck;
 use crate::dispatch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +135,9 @@ pub struct KeyData {
     pub kind: Kind,
     pub public: Option<Public>,
     pub hsm: Option<Arc<KeyRef>>,
+    /// For token keys: the public half as an OpenSSL key, which verifies
+    /// every signature the token makes before it is sent.
+    pub check: Option<Arc<SigCheck>>,
     uri: Option<CString>,
 }
 
@@ -143,20 +147,22 @@ pub const URI_PARAM: &[u8] = b"hsm_ssl-key-uri\0";
 /// Name of the import parameter that carries a pending [`KeyRef`].
 const HANDLE_PARAM: &[u8] = b"hsm_ssl-key-handle\0";
 
-/// Keys handed from [`super::provider::evp_pkey_for`] to `import`.
-static PENDING: Mutex<Vec<(usize, Arc<KeyRef>)>> = Mutex::new(Vec::new());
+/// Keys (with their signature check) handed from
+/// [`super::provider::evp_pkey_for`] to `import`.
+static PENDING: Mutex<Vec<(usize, Arc<KeyRef>, Arc<SigCheck>)>> = Mutex::new(Vec::new());
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
-pub fn park(key: Arc<KeyRef>) -> usize {
+pub fn park(key: Arc<KeyRef>, check: Arc<SigCheck>) -> usize {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    PENDING.lock().push((n, key));
+    PENDING.lock().push((n, key, check));
     n
 }
 
-fn unpark(n: usize) -> Option<Arc<KeyRef>> {
+fn unpark(n: usize) -> Option<(Arc<KeyRef>, Arc<SigCheck>)> {
     let mut p = PENDING.lock();
-    let i = p.iter().position(|(k, _)| *k == n)?;
-    Some(p.swap_remove(i).1)
+    let i = p.iter().position(|(k, _, _)| *k == n)?;
+    let (_, key, check) = p.swap_remove(i);
+    Some((key, check))
 }
 
 pub fn handle_param(n: &mut usize) -> [OSSL_PARAM; 2] {
@@ -185,7 +191,7 @@ unsafe fn keydata_mut<'a>(p: *mut c_void) -> Option<&'a mut KeyData> {
 }
 
 fn new_keydata(kind: Kind) -> *mut c_void {
-    Box::into_raw(Box::new(KeyData { kind, public: None, hsm: None, uri: None })).cast()
+    Box::into_raw(Box::new(KeyData { kind, public: None, hsm: None, check: None, uri: None })).cast()
 }
 
 unsafe extern "C" fn rsa_new(_provctx: *mut c_void) -> *mut c_void {
@@ -209,8 +215,8 @@ unsafe extern "C" fn dup(kd: *const c_void, _selection: c_int) -> *mut c_void {
     guard("keymgmt dup", ptr::null_mut(), || {
         // SAFETY: OpenSSL passes keydata of this KEYMGMT.
         let Some(k) = (unsafe { keydata(kd) }) else { return ptr::null_mut() };
-        Box::into_raw(Box::new(KeyData { kind: k.kind, public: k.public.clone(), hsm: k.hsm.clone(), uri: k.uri.clone() }))
-            .cast()
+        let copy = KeyData { kind: k.kind, public: k.public.clone(), hsm: k.hsm.clone(), check: k.check.clone(), uri: k.uri.clone() };
+        Box::into_raw(Box::new(copy)).cast()
     })
 }
 
@@ -268,7 +274,7 @@ unsafe fn import_into(k: &mut KeyData, selection: c_int, params: *const OSSL_PAR
             if ossl::OSSL_PARAM_get_size_t(p, &mut n) != 1 {
                 return Err("bad key handle".into());
             }
-            let key = unpark(n).ok_or("unknown key handle")?;
+            let (key, check) = unpark(n).ok_or("unknown key handle")?;
             let public = Public::from_token(&key.public)?;
             let kind = match public {
                 Public::Rsa { .. } => Kind::Rsa,
@@ -280,6 +286,7 @@ unsafe fn import_into(k: &mut KeyData, selection: c_int, params: *const OSSL_PAR
             k.uri = CString::new(key.uri_text.clone()).ok();
             k.public = Some(public);
             k.hsm = Some(key);
+            k.check = Some(check);
             return Ok(());
         }
         // Never accept a software private key: this provider only fronts

@@ -11,3 +11,4 @@ pub mod loader;
 pub mod params;
 pub mod provider;
 pub mod signature;
+pub mod sigcheck;

@@ -18,6 +18,7 @@ use crate::ffi::DISPATCH_END;
 use crate::pkcs11::token::KeyRef;
 use crate::tls::key::{self, Kind, Public};
 use crate::tls::params::{self as prm, def, end, ParamList};
+use crate::tls::sigcheck::SigCheck;
 
 pub const PROVIDER_NAME: &CStr = c"hsm_ssl";
 const PROPS: &CStr = c"provider=hsm_ssl";
@@ -159,12 +160,15 @@ pub fn ensure_loaded() -> Result<(), String> {
 /// caller owns the returned reference.
 pub fn evp_pkey_for(key: Arc<KeyRef>) -> Result<*mut openssl_sys::EVP_PKEY, String> {
     ensure_loaded()?;
-    let kind = match Public::from_token(&key.public)? {
+    let public = Public::from_token(&key.public)?;
+    let kind = match public {
         Public::Rsa { .. } => Kind::Rsa,
         Public::Ec { .. } => Kind::Ec,
     };
     let name: &CStr = if kind == Kind::Rsa { c"RSA" } else { c"EC" };
-    let mut handle = key::park(key);
+    // Built here, once per key, and shared by every signature made with it.
+    let check = Arc::new(SigCheck::new(&public).map_err(|e| format!("cannot prepare the signature check: {e}"))?);
+    let mut handle = key::park(key, check);
     let mut params = key::handle_param(&mut handle);
     // SAFETY: standard EVP_PKEY_fromdata sequence; the context is freed
     // here; params lives across the call (it points at `handle`); the cast

@@ -1,6 +1,8 @@
 //! SIGNATURE operations for HSM keys: RSA (PKCS#1 v1.5 and PSS) and ECDSA.
 //! The message is hashed here; the token gets the digest (RSA PKCS#1: the
-//! DigestInfo) through CKM_RSA_PKCS, CKM_RSA_PKCS_PSS or CKM_ECDSA.
+//! DigestInfo) through CKM_RSA_PKCS, CKM_RSA_PKCS_PSS or CKM_ECDSA. Every
+//! signature the token returns is verified (`sigcheck.rs`) before OpenSSL
+//! gets it: one that does not verify is never sent.
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
@@ -16,6 +18,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use crate::tls::digest::{Digest, Hasher};
 use crate::tls::key::{keydata, Kind, Public};
 use crate::tls::params::{self, def, end, ParamList};
+use crate::tls::sigcheck::{Scheme, SigCheck};
 
 const PAD_PKCS1: c_int = 1; // RSA_PKCS1_PADDING
 const PAD_PSS: c_int = 6; // RSA_PKCS1_PSS_PADDING
@@ -27,9 +30,18 @@ enum SaltLen {
     Len(usize),
 }
 
+/// The token key a context signs with: the token object, its public half
+/// and the check of its signatures.
+#[derive(Clone)]
+struct SigKey {
+    token: Arc<KeyRef>,
+    public: Public,
+    check: Arc<SigCheck>,
+}
+
 struct SigCtx {
     kind: Kind,
-    key: Option<(Arc<KeyRef>, Public)>,
+    key: Option<SigKey>,
     digest: Option<Digest>,
     hasher: Option<Hasher>,
     pad: c_int,
@@ -43,14 +55,49 @@ impl SigCtx {
     }
 
     fn max_size(&self) -> usize {
-        self.key.as_ref().map_or(0, |(_, p)| p.max_sig_size())
+        self.key.as_ref().map_or(0, |k| k.public.max_sig_size())
     }
 
-    /// Signs a digest in the token; logs why if it cannot.
+    /// Signs a digest in the token and verifies the result; logs why if
+    /// it cannot, or if the token's signature does not verify (it is then
+    /// not sent, and the handshake fails: no retry, the token is faulty).
     fn sign_digest(&self, digest: &[u8]) -> Option<Vec<u8>> {
-        let (key, public) = self.key.as_ref()?;
+        let k = self.key.as_ref()?;
+        let (sig, scheme, tbs) = match self.token_sign(k, digest) {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("TLS handshake refused: signing with {} in the token failed: {e}", k.token.uri_text);
+                return None;
+            }
+        };
+        match k.check.verifies(scheme, &tbs, &sig) {
+            Ok(true) => Some(sig),
+            Ok(false) => {
+                log::error!(
+                    "TLS handshake refused: the token returned a signature made with {} that does not verify against \
+                     the key's public half ({scheme}); it was not sent, since a faulty RSA signature can reveal the \
+                     private key to whoever receives it; the HSM may be failing: check its health and logs",
+                    k.token.uri_text
+                );
+                None
+            }
+            Err(e) => {
+                log::error!(
+                    "TLS handshake refused: the signature the token made with {} could not be checked ({e}); it was not sent",
+                    k.token.uri_text
+                );
+                None
+            }
+        }
+    }
+
+    /// The token's signature of `digest`, with what it must verify as: the
+    /// scheme and the data the verifier gets (the digest, or for PKCS#1
+    /// without a digest the data padded).
+    fn token_sign(&self, k: &SigKey, digest: &[u8]) -> Result<(Vec<u8>, Scheme, Vec<u8>), String> {
+        let (key, public) = (&k.token, &k.public);
         let md = self.digest;
-        let result = (|| -> Result<Vec<u8>, String> {
+        (|| -> Result<(Vec<u8>, Scheme, Vec<u8>), String> {
             let sign = |mech: Mech, data: &[u8]| {
                 let once = || runtime::with_hsm(&key.binding, |hsm| hsm.sign(key, mech, data.to_vec()));
                 match once() {
@@ -77,7 +124,7 @@ impl SigCtx {
                     };
                     let mgf = self.mgf1.unwrap_or(md);
                     let mech = Mech::RsaPss { hash: md.mechanism(), mgf: mgf.mgf1(), salt: s_len as u64 };
-                    sign(mech, digest)
+                    Ok((sign(mech, digest)?, Scheme::Pss { md, mgf1: mgf, salt: s_len }, digest.to_vec()))
                 }
                 (Kind::Rsa, Public::Rsa { .. }) => {
                     let mut tbs = Vec::with_capacity(19 + digest.len());
@@ -85,29 +132,28 @@ impl SigCtx {
                         tbs.extend_from_slice(md.digest_info_prefix());
                     }
                     tbs.extend_from_slice(digest);
-                    sign(Mech::RsaPkcs, &tbs)
+                    let sig = sign(Mech::RsaPkcs, &tbs)?;
+                    // With a digest OpenSSL rebuilds the DigestInfo itself.
+                    Ok(match md {
+                        Some(_) => (sig, Scheme::Pkcs1(md), digest.to_vec()),
+                        None => (sig, Scheme::Pkcs1(None), tbs),
+                    })
                 }
                 (Kind::Ec, Public::Ec { curve, .. }) => {
                     let rs = sign(Mech::Ecdsa, digest)?;
-                    ecdsa_der(&rs, curve.field_bytes).ok_or_else(|| {
+                    let der = ecdsa_der(&rs, curve.field_bytes).ok_or_else(|| {
                         format!(
                             "the token returned an ECDSA signature of {} bytes; P-{} needs {} (r || s)",
                             rs.len(),
                             curve.bits,
                             2 * curve.field_bytes
                         )
-                    })
+                    })?;
+                    Ok((der, Scheme::Ecdsa, digest.to_vec()))
                 }
                 _ => Err("key type mismatch".into()),
             }
-        })();
-        match result {
-            Ok(sig) => Some(sig),
-            Err(e) => {
-                log::error!("TLS handshake refused: signing with {} in the token failed: {e}", key.uri_text);
-                None
-            }
-        }
+        })()
     }
 
     fn apply_params(&mut self, params: *const OSSL_PARAM) -> bool {
@@ -240,8 +286,10 @@ unsafe extern "C" fn dupctx(c: *mut c_void) -> *mut c_void {
 fn init(c: &mut SigCtx, provkey: *mut c_void, params: *const OSSL_PARAM) -> c_int {
     // SAFETY: provkey is keydata of our KEYMGMT (same provider).
     let Some(k) = (unsafe { keydata(provkey) }) else { return 0 };
-    match (&k.hsm, &k.public) {
-        (Some(h), Some(p)) if k.kind == c.kind => c.key = Some((h.clone(), p.clone())),
+    match (&k.hsm, &k.public, &k.check) {
+        (Some(h), Some(p), Some(check)) if k.kind == c.kind => {
+            c.key = Some(SigKey { token: h.clone(), public: p.clone(), check: check.clone() })
+        }
         _ => {
             log::debug!("signature init with a key that is not in the token");
             return 0;

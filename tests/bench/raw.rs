@@ -17,6 +17,9 @@ use cryptoki::types::AuthPin;
 use openssl::pkey::{PKey, Private};
 use openssl::pkey_ctx::PkeyCtx;
 use openssl::rsa::Padding;
+use mod_hsm_ssl::tls::digest::Digest;
+use mod_hsm_ssl::tls::key::{Public, CURVES};
+use mod_hsm_ssl::tls::sigcheck::{Scheme, SigCheck};
 
 use crate::client::Scenario;
 
@@ -28,6 +31,9 @@ pub struct RawRate {
     pub token_2: f64,
     pub openssl_1: f64,
     pub openssl_2: f64,
+    /// CPU microseconds of the module's check of one such signature
+    /// (`SigCheck::verifies`, one thread); None for a decryption.
+    pub check_us: Option<f64>,
 }
 
 impl RawRate {
@@ -48,6 +54,8 @@ struct Op {
     input: Vec<u8>,
     /// The same operation in OpenSSL.
     openssl: fn(&PKey<Private>, &[u8]) -> Vec<u8>,
+    /// How the module checks the signature (None: a decryption).
+    check: Option<Scheme>,
 }
 
 fn ops(rsa: &PKey<Private>) -> Vec<(Scenario, Op)> {
@@ -75,7 +83,15 @@ fn ops(rsa: &PKey<Private>) -> Vec<(Scenario, Op)> {
     vec![
         (
             Scenario::Tls13RsaPss,
-            Op { name: "RSA-2048 PSS sign", label: "bench-rsa", decrypt: false, mech: pss, input: hash.clone(), openssl: openssl_pss },
+            Op {
+                name: "RSA-2048 PSS sign",
+                label: "bench-rsa",
+                decrypt: false,
+                mech: pss,
+                input: hash.clone(),
+                openssl: openssl_pss,
+                check: Some(Scheme::Pss { md: Digest::Sha256, mgf1: Digest::Sha256, salt: 32 }),
+            },
         ),
         (
             Scenario::Tls12EcdheRsa,
@@ -86,6 +102,7 @@ fn ops(rsa: &PKey<Private>) -> Vec<(Scenario, Op)> {
                 mech: || Mechanism::RsaPkcs,
                 input: digest_info,
                 openssl: openssl_pkcs1_raw,
+                check: Some(Scheme::Pkcs1(None)),
             },
         ),
         (
@@ -97,11 +114,20 @@ fn ops(rsa: &PKey<Private>) -> Vec<(Scenario, Op)> {
                 mech: || Mechanism::RsaPkcs,
                 input: premaster,
                 openssl: openssl_decrypt,
+                check: None,
             },
         ),
         (
             Scenario::Tls13Ecdsa,
-            Op { name: "ECDSA P-256 sign", label: "bench-ec", decrypt: false, mech: || Mechanism::Ecdsa, input: hash, openssl: openssl_ecdsa },
+            Op {
+                name: "ECDSA P-256 sign",
+                label: "bench-ec",
+                decrypt: false,
+                mech: || Mechanism::Ecdsa,
+                input: hash,
+                openssl: openssl_ecdsa,
+                check: Some(Scheme::Ecdsa),
+            },
         ),
     ]
 }
@@ -141,6 +167,32 @@ fn openssl_ecdsa(k: &PKey<Private>, hash: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     ctx.sign_to_vec(hash, &mut out).expect("ECDSA sign");
     out
+}
+
+/// The public half of a PEM key as the module holds it.
+fn public_of(k: &PKey<Private>) -> Public {
+    if let Ok(rsa) = k.rsa() {
+        return Public::Rsa { n: rsa.n().to_vec(), e: rsa.e().to_vec() };
+    }
+    let ec = k.ec_key().expect("an RSA or EC key");
+    let mut bn = openssl::bn::BigNumContext::new().expect("BN_CTX");
+    let point = ec.public_key().to_bytes(ec.group(), openssl::ec::PointConversionForm::UNCOMPRESSED, &mut bn).expect("EC point");
+    let curve = CURVES.iter().find(|c| c.bits == ec.group().degree()).expect("a curve the module serves");
+    Public::Ec { curve, point }
+}
+
+/// Microseconds of the module's signature check (`SigCheck::verifies`, as
+/// after every token signature) per signature, one thread.
+fn check_cost(key: &PKey<Private>, op: &Op, scheme: Scheme, secs: f64) -> f64 {
+    let sig = (op.openssl)(key, &op.input);
+    let check = SigCheck::new(&public_of(key)).expect("signature check key");
+    assert_eq!(check.verifies(scheme, &op.input, &sig), Ok(true), "{}: OpenSSL's own signature does not pass the check", op.name);
+    1e6 / rate(1, secs, |stop, count| {
+        while !stop.load(Ordering::Relaxed) {
+            check.verifies(scheme, &op.input, &sig).expect("check runs");
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    })
 }
 
 /// Runs `work` on `threads` threads for `secs`; operations per second.
@@ -201,10 +253,16 @@ pub fn measure(softhsm_conf: &Path, token_label: &str, pin: &str, rsa_pem: &Path
                 }
             })
         };
-        let r = RawRate { op: op.name, token_1: token(1), token_2: token(2), openssl_1: soft(1), openssl_2: soft(2) };
+        let check_us = op.check.map(|scheme| check_cost(key, &op, scheme, secs));
+        let r = RawRate { op: op.name, token_1: token(1), token_2: token(2), openssl_1: soft(1), openssl_2: soft(2), check_us };
         eprintln!(
-            "raw {}: token {:.0}/s (1 thread) {:.0}/s (2); OpenSSL {:.0}/s (1) {:.0}/s (2)",
-            r.op, r.token_1, r.token_2, r.openssl_1, r.openssl_2
+            "raw {}: token {:.0}/s (1 thread) {:.0}/s (2); OpenSSL {:.0}/s (1) {:.0}/s (2); signature check {}",
+            r.op,
+            r.token_1,
+            r.token_2,
+            r.openssl_1,
+            r.openssl_2,
+            r.check_us.map_or("none".to_string(), |us| format!("{us:.1} us"))
         );
         out.push((scenario, r));
     }

@@ -323,9 +323,12 @@ impl Report<'_> {
             let total = us.map(|u| u.max(0.0) + hop);
             let _ = writeln!(
                 m,
-                "| module overhead ≤ 50 µs per handshake: instructions (callgrind) + the helper-thread hop (CPU) | highest {ir:.0} instructions ≈ {} ({}) + hop {hop:.1} µs = {} | {} |",
+                "| module overhead ≤ 50 µs per handshake: instructions (callgrind) + the helper-thread hop (CPU) | highest {ir:.0} instructions ≈ {} ({}{}) + hop {hop:.1} µs = {} | {} |",
                 us.map(|u| format!("{u:.1} µs")).unwrap_or_else(|| "? µs".into()),
                 s.name(),
+                // The check of every token signature is part of the module's
+                // instructions; say how much of them it is.
+                self.raw_for(s).and_then(|r| r.check_us).map(|c| format!("; the signature check alone {c:.1} µs")).unwrap_or_default(),
                 total.map(|t| format!("{t:.1} µs")).unwrap_or_else(|| "?".into()),
                 match total {
                     Some(t) if t <= 50.0 => "yes",
@@ -415,20 +418,22 @@ impl Report<'_> {
         let _ = writeln!(
             m,
             "Private-key operations per second through cryptoki straight into SoftHSM2 (one session per thread), and OpenSSL doing the same operation on the same key in-process. \
-             \"Token extra\" is the CPU the token spends per operation beyond OpenSSL's (1/token − 1/OpenSSL, one thread): the part of a token setup's cost that no module can remove.\n"
+             \"Token extra\" is the CPU the token spends per operation beyond OpenSSL's (1/token − 1/OpenSSL, one thread): the part of a token setup's cost that no module can remove. \
+             \"Signature check\" is the CPU of the module's verification of each token signature against the public key before it is sent (one thread), part of mod_hsm_ssl's overhead per full handshake.\n"
         );
-        let _ = writeln!(m, "| operation | token 1 thread | token 2 threads | OpenSSL 1 thread | OpenSSL 2 threads | token extra µs/op |");
-        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|");
+        let _ = writeln!(m, "| operation | token 1 thread | token 2 threads | OpenSSL 1 thread | OpenSSL 2 threads | token extra µs/op | signature check µs/op |");
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|");
         for (_, r) in self.raw {
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 r.op,
                 f(r.token_1, 0),
                 f(r.token_2, 0),
                 f(r.openssl_1, 0),
                 f(r.openssl_2, 0),
-                f(r.token_extra_us(), 0)
+                f(r.token_extra_us(), 0),
+                r.check_us.map_or("–".to_string(), |us| f(us, 1))
             );
         }
         let _ = writeln!(m, "\n`openssl speed rsa2048 ecdsap256` on the same machine:\n\n```\n{}\n```\n", self.speed);

@@ -170,6 +170,12 @@ impl P11Log {
         self.add_control_line(&format!("attrlen {cka} {n}"));
     }
 
+    /// Flip one byte of every signature a successful `function` (C_Sign)
+    /// returns from now on: a token that signs wrongly.
+    pub fn corrupt(&self, function: &str) {
+        self.add_control_line(&format!("corrupt {function}"));
+    }
+
     fn add_control_line(&self, line: &str) {
         let mut text = std::fs::read_to_string(&self.control).unwrap_or_default();
         text.push_str(line);

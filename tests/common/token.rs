@@ -171,6 +171,25 @@ impl Token {
         key
     }
 
+    /// Generate an RSA key pair whose private key has the attributes
+    /// `attrs` (`("sensitive", false)`, `("extractable", true)`,
+    /// `("decrypt", false)`, ...), which pkcs11-tool cannot set (it only
+    /// sets such flags to true, and SoftHSM2's defaults are true). Uses the
+    /// `hsm_test_keygen` helper built with the wrapper (tests/p11wrap).
+    pub fn gen_rsa_with(&self, key_label: &str, bits: u32, attrs: &[(&str, bool)]) -> TokenKey {
+        super::dirs::p11wrap_path();
+        let id_hex = self.next_id();
+        let mut cmd = Command::new(super::dirs::profile_dir().join("hsm_test_keygen"));
+        cmd.env("SOFTHSM2_CONF", &self.conf)
+            .args([SOFTHSM_LIB, &self.label, &self.pin, &bits.to_string(), key_label, &id_hex])
+            .args(attrs.iter().map(|(name, value)| format!("{name}={value}")));
+        run_ok(&mut cmd);
+        self.share();
+        let key = TokenKey { label: key_label.to_string(), id_hex, kind: KeyKind::Rsa(bits) };
+        self.keys.lock().unwrap().insert(key_label.to_string(), key.clone());
+        key
+    }
+
     /// `pkcs11-tool --list-objects --type privkey` output (logged in).
     pub fn list_private_keys(&self) -> String {
         stdout_string(&run_ok(self.pkcs11_tool_login().args(["--list-objects", "--type", "privkey"])))

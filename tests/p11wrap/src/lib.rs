@@ -51,6 +51,10 @@
 //!      any object is n bytes long; a buffer that large is filled (the real
 //!      value, then 0xa5 bytes), a smaller one gets CKR_BUFFER_TOO_SMALL.
 //!      E.g. `attrlen 0x120 4294967296`: a 4 GiB CKA_MODULUS.
+//!    A line `corrupt C_Sign` flips one byte (the middle one) of every
+//!    signature a successful C_Sign returns: a token whose signatures are
+//!    wrong (a faulty RSA-CRT half, a broken ECDSA), which the module must
+//!    catch before anything is sent.
 //!
 //! 3. **benchmark mode**: if env `HSM_P11WRAP_SHM` names a file of at least
 //!    4096 bytes whose first word holds the magic (layout in [`shm_layout`]),
@@ -162,7 +166,8 @@ fn load() -> Result<Lists, String> {
         copy.C_CreateObject = Some(create_object_failing_class);
     }
     if real.C_Sign.is_some() {
-        copy.C_Sign = Some(sign_shaped);
+        // `corrupt` acts on what the length shapes let through.
+        copy.C_Sign = Some(sign_corrupting);
     }
     // The data-dependent knobs first, then the length shapes.
     if real.C_DecryptInit.is_some() && real.C_Decrypt.is_some() {
@@ -709,6 +714,43 @@ unsafe extern "C" fn decrypt_init_noting_key(session: CK_SESSION_HANDLE, mech: *
             keys.retain(|(s, _)| *s != session);
             keys.push((session, key));
         });
+    }
+    rv
+}
+
+/// Whether the control file has the line `corrupt <name>`.
+fn corrupts(name: &str) -> bool {
+    let Some(path) = control_path() else { return false };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().any(|l| {
+        let mut w = l.split_whitespace();
+        w.next() == Some("corrupt") && w.next() == Some(name) && w.next().is_none()
+    })
+}
+
+/// C_Sign, counted, logged, faultable, and with `corrupt C_Sign` the middle
+/// byte of a successful signature flipped.
+///
+/// # Safety
+/// Same contract as C_Sign.
+unsafe extern "C" fn sign_corrupting(
+    session: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    sig: *mut CK_BYTE,
+    sig_len: *mut CK_ULONG,
+) -> CK_RV {
+    // SAFETY: forwarding the caller's arguments to the shaped wrapper.
+    let rv = unsafe { sign_shaped(session, data, len, sig, sig_len) };
+    if rv == CKR_OK && !sig.is_null() && !sig_len.is_null() && catch_unwind(|| corrupts("C_Sign")).unwrap_or(false) {
+        // SAFETY: on CKR_OK with a buffer, the library wrote *sig_len bytes
+        // of signature to sig (the C_Sign contract).
+        unsafe {
+            let n = *sig_len as usize;
+            if n > 0 {
+                *sig.add(n / 2) ^= 0x01;
+            }
+        }
     }
     rv
 }
