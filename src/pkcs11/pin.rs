@@ -35,6 +35,20 @@ impl fmt::Display for PinSource {
     }
 }
 
+/// httpd leaves `${VAR}` as it is when VAR is not in its environment.
+fn unexpanded(kind: &str, rest: &str, var: &str) -> String {
+    let mut msg = format!("HSMSSLPin {kind}:{rest}: the variable {var} is not set in httpd's environment");
+    if var == "CREDENTIALS_DIRECTORY" {
+        msg.push_str(
+            "; systemd sets it for httpd.service from LoadCredential= (the drop-in \
+             /usr/lib/systemd/system/httpd.service.d/hsm_ssl.conf): start httpd with systemctl, \
+             and check the configuration from a shell with \
+             'CREDENTIALS_DIRECTORY=/etc/httpd/hsm-ssl apachectl configtest'",
+        );
+    }
+    msg
+}
+
 impl PinSource {
     /// Parses the argument of `HSMSSLPin`.
     pub fn parse(s: &str) -> Result<PinSource, String> {
@@ -57,6 +71,9 @@ impl PinSource {
                 }
             }
             "file" | "exec" => {
+                if let Some(var) = rest.strip_prefix("${").and_then(|r| r.split_once('}')).map(|(v, _)| v) {
+                    return Err(unexpanded(kind, rest, var));
+                }
                 let p = PathBuf::from(rest);
                 if !p.is_absolute() {
                     return Err(format!("HSMSSLPin {kind}:{rest}: the path must be absolute"));
