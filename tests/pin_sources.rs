@@ -113,3 +113,29 @@ fn the_packaged_pin_line_reads_systemds_credentials_directory() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("CREDENTIALS_DIRECTORY is not set") && out.contains("LoadCredential"), "{out}");
 }
+
+#[test]
+fn a_pin_program_whose_child_keeps_stdout_open_does_not_hang_the_start() {
+    let mut s = Site::new("pin-exec", Mpm::Event);
+    s.key("www-rsa", "rsa:2048");
+    s.vhost("localhost", &["www-rsa"]);
+    let dir = TestDir::new("pin-exec-program");
+    let pids = dir.path().join("pids");
+    let program = dir.path().join("pin");
+    // Prints the PIN without a line end and leaves a process holding stdout.
+    std::fs::write(&program, format!("#!/bin/sh\nsleep 1000 &\necho $! >> {}\nprintf '%s' '{}'\n", pids.display(), s.token.pin)).unwrap();
+    chmod(&program, 0o755);
+    s.global(&format!("HSMSSLPin exec:{}", program.display()));
+    let t = std::time::Instant::now();
+    s.start();
+    assert!(t.elapsed() < std::time::Duration::from_secs(8), "the start took {:?}", t.elapsed());
+    s.get(tls("1.3"));
+    let left: Vec<i32> = std::fs::read_to_string(&pids).unwrap().lines().filter_map(|l| l.parse().ok()).filter(|&p| pid_alive(p)).collect();
+    assert!(left.is_empty(), "processes the PIN program started are still alive: {left:?}");
+
+    // A program others could change is refused, with the fix.
+    chmod(&program, 0o775);
+    let (code, out) = s.apache.configtest();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("the program is writable by group or others (mode 775)") && out.contains("chmod go-w"), "{out}");
+}
