@@ -176,14 +176,14 @@ fn first_line(bytes: &[u8]) -> Secret {
 
 /// Why a file or directory that decides the PIN is not safe: its owner
 /// must be root (or the user reading it) and no one else may write it.
-fn unsafe_owner_or_mode(st: &libc::stat, what: &str, shown: &str, extra_mask: u32) -> Option<String> {
+fn ownership_problem(uid: u32, mode: u32, what: &str, shown: &str, extra_mask: u32) -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    if st.st_uid != 0 && st.st_uid != euid {
+    if uid != 0 && uid != euid {
         let who = if euid == 0 { "root".to_string() } else { format!("root or uid {euid}") };
-        return Some(format!("{what} is owned by uid {}, must be {who}: run 'chown root {shown}'", st.st_uid));
+        return Some(format!("{what} is owned by uid {uid}, must be {who}: run 'chown root {shown}'"));
     }
-    let mode = st.st_mode & 0o7777;
+    let mode = mode & 0o7777;
     if mode & (0o022 | extra_mask) != 0 {
         return Some(if extra_mask != 0 {
             format!("{what} is accessible by group or others (mode {mode:03o}); run 'chmod 600 {shown}' (owner root)")
@@ -244,7 +244,7 @@ fn open_pin_file(path: &Path) -> Result<std::fs::File, String> {
         .open(dir)
         .map_err(|e| err(format!("cannot read the PIN file: its directory {dir_shown}: {e}")))?;
     let dst = fstat(dirf.as_fd()).map_err(|e| err(format!("cannot read the PIN file: its directory {dir_shown}: {e}")))?;
-    if let Some(why) = unsafe_owner_or_mode(&dst, &format!("the directory {dir_shown} holding the PIN file"), &dir_shown, 0) {
+    if let Some(why) = ownership_problem(dst.st_uid, dst.st_mode, &format!("the directory {dir_shown} holding the PIN file"), &dir_shown, 0) {
         return Err(err(why));
     }
     let cname = std::ffi::CString::new(name.as_bytes()).map_err(|_| err("not a file path".into()))?;
@@ -268,7 +268,7 @@ fn open_pin_file(path: &Path) -> Result<std::fs::File, String> {
     if !is_kind(&st, libc::S_IFREG) {
         return Err(err("not a regular file; HSMSSLPin file: must name a file holding the PIN".into()));
     }
-    if let Some(why) = unsafe_owner_or_mode(&st, "the PIN file", &shown, 0o077) {
+    if let Some(why) = ownership_problem(st.st_uid, st.st_mode, "the PIN file", &shown, 0o077) {
         return Err(err(why));
     }
     Ok(std::fs::File::from(fd))
@@ -331,18 +331,14 @@ fn check_program(path: &Path) -> Result<(), String> {
     if !is_kind(&st, libc::S_IFREG) {
         return Err(err("cannot run the program: not a regular file".into()));
     }
-    if let Some(why) = unsafe_owner_or_mode(&st, "the program", &shown, 0) {
+    if let Some(why) = ownership_problem(st.st_uid, st.st_mode, "the program", &shown, 0) {
         return Err(err(why));
     }
     let dir = path.parent().unwrap_or(Path::new("/"));
     let dir_shown = dir.display().to_string();
     let dst = std::fs::metadata(dir).map_err(|e| err(format!("cannot run the program: its directory {dir_shown}: {e}")))?;
     use std::os::unix::fs::MetadataExt;
-    // SAFETY: a zeroed stat is a valid value; only owner and mode are read.
-    let mut d: libc::stat = unsafe { std::mem::zeroed() };
-    d.st_uid = dst.uid();
-    d.st_mode = dst.mode();
-    if let Some(why) = unsafe_owner_or_mode(&d, &format!("the directory {dir_shown} holding the program"), &dir_shown, 0) {
+    if let Some(why) = ownership_problem(dst.uid(), dst.mode(), &format!("the directory {dir_shown} holding the program"), &dir_shown, 0) {
         return Err(err(why));
     }
     Ok(())
