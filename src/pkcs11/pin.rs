@@ -120,10 +120,14 @@ static KEPT: Mutex<Vec<(String, Secret)>> = Mutex::new(Vec::new());
 pub fn capture_env(name: &str) -> bool {
     let Ok(cname) = std::ffi::CString::new(name) else { return false };
     let mut kept = KEPT.lock();
-    // SAFETY: getenv with a NUL-terminated name. httpd's parent reads its
-    // configuration on its main thread; the only other threads are this
-    // module's helpers, which never touch the environment, so no one
-    // changes the environment under us.
+    // SAFETY: getenv with a NUL-terminated name. Reading and changing the
+    // environment races with other threads doing the same. httpd's parent
+    // reads its configuration on its main thread, and a variable is taken
+    // out the first time its directive is read: in the first startup pass,
+    // before any PKCS#11 library is loaded. The only other threads are
+    // this module's helpers (executor, bounded steps), which never touch
+    // the environment. Later generations find the variable gone and change
+    // nothing.
     let value = unsafe { libc::getenv(cname.as_ptr()) };
     if value.is_null() {
         return kept.iter().any(|(n, _)| n == name);
