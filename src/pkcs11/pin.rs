@@ -35,7 +35,12 @@ impl fmt::Display for PinSource {
     }
 }
 
-/// httpd leaves `${VAR}` as it is when VAR is not in its environment.
+/// The `VAR` of a path that starts with `${VAR}`: httpd leaves it as it is
+/// when VAR is not in its environment.
+fn unexpanded_variable(path: &str) -> Option<&str> {
+    path.strip_prefix("${").and_then(|r| r.split_once('}')).map(|(v, _)| v)
+}
+
 fn unexpanded(kind: &str, rest: &str, var: &str) -> String {
     let mut msg = format!("HSMSSLPin {kind}:{rest}: the variable {var} is not set in httpd's environment");
     if var == "CREDENTIALS_DIRECTORY" {
@@ -71,11 +76,12 @@ impl PinSource {
                 }
             }
             "file" | "exec" => {
-                if let Some(var) = rest.strip_prefix("${").and_then(|r| r.split_once('}')).map(|(v, _)| v) {
-                    return Err(unexpanded(kind, rest, var));
-                }
                 let p = PathBuf::from(rest);
-                if !p.is_absolute() {
+                // A `${VAR}` httpd could not expand is refused when the PIN
+                // is read, not here: `httpd -k graceful|stop` from a shell
+                // parses the configuration without the service's
+                // environment, and must still reach the running server.
+                if !p.is_absolute() && unexpanded_variable(rest).is_none() {
                     return Err(format!("HSMSSLPin {kind}:{rest}: the path must be absolute"));
                 }
                 Ok(if kind == "file" { PinSource::File(p) } else { PinSource::Exec(p) })
@@ -86,6 +92,13 @@ impl PinSource {
 
     /// Reads the PIN once. The first line is the PIN (without its line end).
     pub fn read(&self) -> Result<Secret, String> {
+        if let PinSource::File(p) | PinSource::Exec(p) = self {
+            let text = p.to_string_lossy();
+            if let Some(var) = unexpanded_variable(&text) {
+                let kind = if matches!(self, PinSource::File(_)) { "file" } else { "exec" };
+                return Err(unexpanded(kind, &text, var));
+            }
+        }
         match self {
             PinSource::Env(name) => read_env(name),
             PinSource::File(path) => read_file(path),
@@ -519,6 +532,14 @@ mod tests {
         for bad in ["1234", "env:", "file:relative", "exec:", "pass:1234", "env:A-B"] {
             assert!(PinSource::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn an_unexpanded_credentials_directory_parses_and_is_refused_when_read() {
+        let src = PinSource::parse("file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin").unwrap();
+        let e = src.read().unwrap_err();
+        assert!(e.contains("the variable CREDENTIALS_DIRECTORY is not set") && e.contains("LoadCredential="), "{e}");
+        assert!(PinSource::parse("file:$HOME/pin").is_err());
     }
 
     #[test]
