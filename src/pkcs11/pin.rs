@@ -131,31 +131,51 @@ static KEPT: Mutex<Vec<(String, Secret)>> = Mutex::new(Vec::new());
 /// Called when the `HSMSSLPin env:` line is read, before httpd forks or
 /// spawns anything. Returns whether the variable was set.
 pub fn capture_env(name: &str) -> bool {
-    let Ok(cname) = std::ffi::CString::new(name) else { return false };
     let mut kept = KEPT.lock();
-    // SAFETY: getenv with a NUL-terminated name. Reading and changing the
-    // environment races with other threads doing the same. httpd's parent
-    // reads its configuration on its main thread, and a variable is taken
-    // out the first time its directive is read: in the first startup pass,
-    // before any PKCS#11 library is loaded. The only other threads are
-    // this module's helpers (executor, bounded steps), which never touch
-    // the environment. Later generations find the variable gone and change
-    // nothing.
-    let value = unsafe { libc::getenv(cname.as_ptr()) };
-    if value.is_null() {
-        return kept.iter().any(|(n, _)| n == name);
+    let mut pin = None;
+    for value in env_values(name) {
+        // getenv answers with the first entry; a duplicate is zeroed too.
+        if pin.is_none() {
+            pin = Some(first_line(value));
+        }
+        value.zeroize();
     }
-    // SAFETY: getenv's result is a NUL-terminated string that stays valid
-    // until the environment changes, which only we do below.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(value as *mut u8, libc::strlen(value)) };
-    let pin = first_line(bytes);
-    // The value is mutable memory: the original block on the stack for a
-    // variable inherited at exec, the heap for one set later.
-    bytes.zeroize();
+    let Some(pin) = pin else {
+        return kept.iter().any(|(n, _)| n == name);
+    };
     std::env::remove_var(name);
     kept.retain(|(n, _)| n != name);
     kept.push((name.to_string(), pin));
     true
+}
+
+/// The values of every `name=` entry of the environment, as the mutable
+/// memory they lie in: the original block on the stack for a variable
+/// inherited at exec, the heap for one set later.
+fn env_values(name: &str) -> Vec<&'static mut [u8]> {
+    let prefix = format!("{name}=");
+    let mut found = Vec::new();
+    // SAFETY: `environ` is a NULL-terminated array of NUL-terminated
+    // strings. Reading and changing the environment races with other
+    // threads doing the same. httpd's parent reads its configuration on
+    // its main thread, and a variable is taken out the first time its
+    // directive is read: in the first startup pass, before any PKCS#11
+    // library is loaded. The only other threads are this module's helpers
+    // (executor, bounded steps), which never touch the environment. Later
+    // generations find the variable gone and change nothing. The strings
+    // stay allocated after unsetenv (glibc never frees them), and no one
+    // else writes them.
+    unsafe {
+        let mut entry = libc::environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let bytes = std::slice::from_raw_parts_mut(*entry as *mut u8, libc::strlen(*entry));
+            if bytes.starts_with(prefix.as_bytes()) {
+                found.push(&mut bytes[prefix.len()..]);
+            }
+            entry = entry.add(1);
+        }
+    }
+    found
 }
 
 /// Zeroes every PIN kept from the environment in this process (a child,
