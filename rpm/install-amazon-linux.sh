@@ -17,9 +17,10 @@ Sets up mod_hsm_ssl with AWS CloudHSM on Amazon Linux 2023, as root:
   1. dnf install httpd mod_ssl
   2. check the CloudHSM PKCS#11 client (Client SDK 5)
   3. dnf install the mod_hsm_ssl RPM given as argument
-  4. ask for the crypto-user PIN (user:password, no echo) and store
-     CLOUDHSM_PIN=... in /etc/sysconfig/httpd-hsm-ssl (mode 0600), which the
-     RPM's systemd drop-in passes to httpd (EnvironmentFile=)
+  4. ask for the crypto-user PIN (user:password, no echo) and store it in
+     /etc/httpd/hsm-ssl/hsm-ssl-pin (mode 0600, directory 0700), which the
+     RPM's systemd drop-in hands to httpd as a credential (LoadCredential=);
+     httpd reads it with HSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin
   5. optionally create or import a key in the HSM, get a certificate for it
      (self-signed, or your own with --cert; --csr also writes a request for a
      CA) and write the vhost /etc/httpd/conf.d/hsm_ssl-vhost.conf
@@ -40,7 +41,7 @@ Options:
   --csr FILE           also write a certificate request for your CA to FILE
   --server-name NAME   ServerName of the vhost and the name curl checks
                        (default: the certificate's CN)
-  --new-pin            ask for the PIN even if /etc/sysconfig/httpd-hsm-ssl has one
+  --new-pin            ask for the PIN even if /etc/httpd/hsm-ssl/hsm-ssl-pin has one
   --dry-run            print every action, change nothing, ask nothing
   -h, --help           this text
 
@@ -98,7 +99,17 @@ done
 
 ROOT=${HSM_SSL_ROOT:-}
 PKCS11_LIB=${CLOUDHSM_PKCS11_LIB:-/opt/cloudhsm/lib/libcloudhsm_pkcs11.so}
-PIN_FILE="$ROOT/etc/sysconfig/httpd-hsm-ssl"
+# The PIN file systemd hands to httpd.service as the credential hsm-ssl-pin
+# (LoadCredential= in the RPM's drop-in). Its directory doubles as a
+# credentials directory for checks run from a shell (configtest).
+CRED_DIR_SYS=/etc/httpd/hsm-ssl
+CRED_DIR="$ROOT$CRED_DIR_SYS"
+PIN_FILE="$CRED_DIR/hsm-ssl-pin"
+LOAD_CREDENTIAL="LoadCredential=hsm-ssl-pin:$CRED_DIR_SYS/hsm-ssl-pin"
+# shellcheck disable=SC2016 # httpd expands it, from systemd's environment
+PIN_LINE='HSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin'
+# Where earlier versions of this script kept the PIN (HSMSSLPin env:).
+LEGACY_PIN_FILE="$ROOT/etc/sysconfig/httpd-hsm-ssl"
 VHOST_FILE="$ROOT/etc/httpd/conf.d/hsm_ssl-vhost.conf"
 CERT_DIR="$ROOT/etc/pki/tls/certs"
 MODULE_DIR="$ROOT/etc/httpd/conf.modules.d"
@@ -131,14 +142,14 @@ run() {
     fi
 }
 
-# run_pin CMD ARGS...: like run, with CLOUDHSM_PIN in the command's
-# environment only (never in its arguments, never printed).
-run_pin() {
+# run_cred CMD ARGS...: like run, with CREDENTIALS_DIRECTORY pointing at the
+# PIN file's directory, as systemd does for httpd.service.
+run_cred() {
     if [ "$DRY_RUN" = 1 ]; then
-        echo "    [dry-run] would run: CLOUDHSM_PIN=(hidden) $*"
+        echo "    [dry-run] would run: CREDENTIALS_DIRECTORY=$CRED_DIR $*"
     else
-        echo "    running: CLOUDHSM_PIN=(hidden) $*"
-        CLOUDHSM_PIN=$PIN "$@"
+        echo "    running: CREDENTIALS_DIRECTORY=$CRED_DIR $*"
+        CREDENTIALS_DIRECTORY=$CRED_DIR "$@"
     fi
 }
 
@@ -247,18 +258,25 @@ else
 fi
 
 # --- 5. the PIN -------------------------------------------------------------------
-step "storing the crypto-user PIN as CLOUDHSM_PIN in $PIN_FILE (mode 0600)"
+step "storing the crypto-user PIN in $PIN_FILE (mode 0600, directory 0700)"
 existing_pin() {
+    head -n 1 "$PIN_FILE" 2>/dev/null || true
+}
+legacy_pin() {
     # The value of the CLOUDHSM_PIN= line, without surrounding single quotes.
-    sed -n "s/^CLOUDHSM_PIN=//p" "$PIN_FILE" 2>/dev/null | tail -n 1 | sed "s/^'\(.*\)'\$/\1/"
+    sed -n "s/^CLOUDHSM_PIN=//p" "$LEGACY_PIN_FILE" 2>/dev/null | tail -n 1 | sed "s/^'\(.*\)'\$/\1/"
 }
 if [ "$DRY_RUN" = 1 ]; then
     note "[dry-run] would ask for the PIN (user:password) without echo, or reuse the one in $PIN_FILE"
-    note "[dry-run] would write CLOUDHSM_PIN=(hidden) to $PIN_FILE, mode 0600, owner root"
+    note "[dry-run] would write the PIN (hidden) to $PIN_FILE, mode 0600, owner root"
 else
-    if [ "$NEW_PIN" = 0 ] && [ -f "$PIN_FILE" ] && [ -n "$(existing_pin)" ]; then
-        PIN=$(existing_pin)
-        note "$PIN_FILE already has CLOUDHSM_PIN: keeping it (--new-pin to replace it)"
+    WRITE_PIN=1
+    if [ "$NEW_PIN" = 0 ] && [ -n "$(existing_pin)" ]; then
+        WRITE_PIN=0
+        note "$PIN_FILE already has a PIN: keeping it (--new-pin to replace it)"
+    elif [ "$NEW_PIN" = 0 ] && [ -n "$(legacy_pin)" ]; then
+        PIN=$(legacy_pin)
+        note "taking the PIN from CLOUDHSM_PIN in $LEGACY_PIN_FILE; remove that line once httpd uses $PIN_LINE"
     else
         if [ -t 0 ]; then
             read -rs -p "CloudHSM crypto-user PIN (user:password): " PIN; echo >&2
@@ -275,51 +293,39 @@ else
             *:*) ;;
             *) note "warning: the PIN has no ':'; CloudHSM PINs are <crypto-user-name>:<password>" ;;
         esac
-        case "$PIN" in
-            *\'*|*\\*|*\"*|*'$'*|*'`'*)
-                die "the PIN contains a quote, backslash, \$ or backtick, which an EnvironmentFile cannot carry safely" \
-                    "use HSMSSLPin file:/etc/httpd/cloudhsm-pin (a 0600 file holding just the PIN) instead, see README.md" ;;
-        esac
-        case "$PIN" in
-            *[[:space:]]*) LINE="CLOUDHSM_PIN='$PIN'" ;;
-            *) LINE="CLOUDHSM_PIN=$PIN" ;;
-        esac
-        install -d -m 0755 "$(dirname "$PIN_FILE")"
-        TMP_PIN=$(umask 077 && mktemp "$PIN_FILE.XXXXXX") || die "cannot create a file in $(dirname "$PIN_FILE")" "check that it is writable (run as root)"
-        {
-            if [ -f "$PIN_FILE" ]; then
-                grep -v '^CLOUDHSM_PIN=' "$PIN_FILE" || true
-            else
-                echo "# mod_hsm_ssl: the CloudHSM crypto user's PIN (user:password) for"
-                echo "# HSMSSLPin env:CLOUDHSM_PIN; read by systemd (EnvironmentFile=). Mode 0600."
-            fi
-            printf '%s\n' "$LINE"
-        } >"$TMP_PIN"
-        unset LINE
+    fi
+    if [ "$WRITE_PIN" = 1 ]; then
+        # mod_hsm_ssl refuses a PIN file others can read or replace: root
+        # owns the file (0600) and its directory (0700).
+        install -d -m 0700 "$CRED_DIR"
+        [ "$(id -u)" != 0 ] || chown 0:0 "$CRED_DIR"
+        TMP_PIN=$(umask 077 && mktemp "$PIN_FILE.XXXXXX") || die "cannot create a file in $CRED_DIR" "check that it is writable (run as root)"
+        printf '%s\n' "$PIN" >"$TMP_PIN"
         chmod 0600 "$TMP_PIN"
         [ "$(id -u)" != 0 ] || chown 0:0 "$TMP_PIN"
         mv -f "$TMP_PIN" "$PIN_FILE"
         note "wrote $PIN_FILE (mode 0600); the PIN is not shown"
     fi
+    PIN=""
 fi
 
-step "checking that httpd's systemd unit reads $PIN_FILE"
+step "checking that httpd's systemd unit hands $PIN_FILE to httpd ($LOAD_CREDENTIAL)"
 DROPIN_FOUND=""
 for d in "$ROOT/etc/systemd/system/httpd.service.d" "$ROOT/usr/lib/systemd/system/httpd.service.d"; do
-    if grep -qs "EnvironmentFile=-\?/etc/sysconfig/httpd-hsm-ssl" "$d"/*.conf; then
+    if grep -qsF "$LOAD_CREDENTIAL" "$d"/*.conf; then
         DROPIN_FOUND=$d
     fi
 done
 if [ -n "$DROPIN_FOUND" ]; then
-    note "a drop-in in $DROPIN_FOUND has EnvironmentFile=-/etc/sysconfig/httpd-hsm-ssl (from the RPM)"
+    note "a drop-in in $DROPIN_FOUND has $LOAD_CREDENTIAL (from the RPM)"
 else
-    note "no drop-in with EnvironmentFile=-/etc/sysconfig/httpd-hsm-ssl found: writing one"
-    printf '[Service]\nEnvironmentFile=-/etc/sysconfig/httpd-hsm-ssl\n' \
+    note "no drop-in with $LOAD_CREDENTIAL found: writing one"
+    printf '[Service]\n%s\n' "$LOAD_CREDENTIAL" \
         | write_file "$ROOT/etc/systemd/system/httpd.service.d/hsm-ssl-pin.conf" 0644
 fi
 
 # --- 6. key, certificate, vhost ---------------------------------------------------
-KT_OPTS=(--library "$PKCS11_LIB" --pin env:CLOUDHSM_PIN)
+KT_OPTS=(--library "$PKCS11_LIB" --pin "file:$PIN_FILE")
 if [ -n "$MODE" ]; then
     if [ "$DRY_RUN" = 0 ]; then
         command -v "$KEYTOOL" >/dev/null 2>&1 || die "$KEYTOOL not found in PATH" "the mod_hsm_ssl RPM installs it; check 'rpm -ql mod_hsm_ssl'"
@@ -328,10 +334,10 @@ if [ -n "$MODE" ]; then
     step "looking for a key labelled '$LABEL' in the HSM"
     HAVE_KEY=0
     if [ "$DRY_RUN" = 1 ]; then
-        echo "    [dry-run] would run: CLOUDHSM_PIN=(hidden) $KEYTOOL list --json ${KT_OPTS[*]}"
+        echo "    [dry-run] would run: $KEYTOOL list --json ${KT_OPTS[*]}"
     else
-        echo "    running: CLOUDHSM_PIN=(hidden) $KEYTOOL list --json ${KT_OPTS[*]}"
-        LIST=$(CLOUDHSM_PIN=$PIN "$KEYTOOL" list --json "${KT_OPTS[@]}") \
+        echo "    running: $KEYTOOL list --json ${KT_OPTS[*]}"
+        LIST=$("$KEYTOOL" list --json "${KT_OPTS[@]}") \
             || die "$KEYTOOL list failed (see its message above)" "check the PIN ($PIN_FILE, --new-pin), that the HSM is reachable (configure-pkcs11 -a <HSM IP>, security groups) and the library's log"
         case "$LIST" in
             *"\"label\":\"$LABEL\""*) HAVE_KEY=1 ;;
@@ -343,7 +349,7 @@ if [ -n "$MODE" ]; then
         if [ "$HAVE_KEY" = 1 ]; then
             note "the HSM already has a key labelled '$LABEL': keeping it"
         else
-            run_pin "$KEYTOOL" generate "${KT_OPTS[@]}" --label "$LABEL" --type "$KEY_TYPE" \
+            run "$KEYTOOL" generate "${KT_OPTS[@]}" --label "$LABEL" --type "$KEY_TYPE" \
                 || die "key generation failed (see the message above)" "check the PIN and that the crypto user may create keys; exit code 3 means the label is taken"
         fi
     else
@@ -353,7 +359,7 @@ if [ -n "$MODE" ]; then
         else
             IMPORT_OPTS=()
             [ -z "$PASSPHRASE" ] || IMPORT_OPTS=(--passphrase "$PASSPHRASE")
-            run_pin "$KEYTOOL" import "${KT_OPTS[@]}" --label "$LABEL" --key "$KEY_FILE" "${IMPORT_OPTS[@]}" \
+            run "$KEYTOOL" import "${KT_OPTS[@]}" --label "$LABEL" --key "$KEY_FILE" "${IMPORT_OPTS[@]}" \
                 || die "the import failed (see the message above)" "check the key file, its passphrase (--passphrase) and the PIN"
             note "remove the key file for good once the site works: shred -u $KEY_FILE"
         fi
@@ -371,7 +377,7 @@ if [ -n "$MODE" ]; then
             run install -d -m 0755 "$CERT_DIR"
             SAN_OPTS=()
             [ -z "$SAN" ] || SAN_OPTS=(--san "$SAN")
-            run_pin "$KEYTOOL" selfsign "${KT_OPTS[@]}" --label "$LABEL" --subject "$SUBJECT" \
+            run "$KEYTOOL" selfsign "${KT_OPTS[@]}" --label "$LABEL" --subject "$SUBJECT" \
                 "${SAN_OPTS[@]}" --days "$DAYS" --out "$CERT" \
                 || die "selfsign failed (see the message above)" "check --subject (e.g. CN=www.example.com) and --san"
             note "browsers do not trust it: for production use --csr, send the request to your CA, and run again with --cert"
@@ -383,7 +389,7 @@ if [ -n "$MODE" ]; then
         [ -n "$SUBJECT" ] || die "--csr needs --subject" "add --subject CN=..."
         SAN_OPTS=()
         [ -z "$SAN" ] || SAN_OPTS=(--san "$SAN")
-        run_pin "$KEYTOOL" csr "${KT_OPTS[@]}" --label "$LABEL" --subject "$SUBJECT" "${SAN_OPTS[@]}" --out "$CSR_OUT" \
+        run "$KEYTOOL" csr "${KT_OPTS[@]}" --label "$LABEL" --subject "$SUBJECT" "${SAN_OPTS[@]}" --out "$CSR_OUT" \
             || die "csr failed (see the message above)" "check --subject and --san"
     fi
 
@@ -400,12 +406,15 @@ if [ -n "$MODE" ]; then
         fi
     done
     if [ "$DRY_RUN" = 1 ]; then
-        echo "    [dry-run] would run: CLOUDHSM_PIN=(hidden) $KEYTOOL config ${KT_OPTS[*]} --label $LABEL --cert $CERT ${NAME_OPTS[*]}"
-        echo "    [dry-run] would write its output to $VHOST_FILE (mode 0644)"
+        echo "    [dry-run] would run: $KEYTOOL config ${KT_OPTS[*]} --label $LABEL --cert $CERT ${NAME_OPTS[*]}"
+        echo "    [dry-run] would write its output to $VHOST_FILE (mode 0644), with $PIN_LINE"
     else
-        echo "    running: CLOUDHSM_PIN=(hidden) $KEYTOOL config ${KT_OPTS[*]} --label $LABEL --cert $CERT ${NAME_OPTS[*]}"
-        VHOST=$(CLOUDHSM_PIN=$PIN "$KEYTOOL" config "${KT_OPTS[@]}" --label "$LABEL" --cert "$CERT" "${NAME_OPTS[@]}") \
+        echo "    running: $KEYTOOL config ${KT_OPTS[*]} --label $LABEL --cert $CERT ${NAME_OPTS[*]}"
+        VHOST=$("$KEYTOOL" config "${KT_OPTS[@]}" --label "$LABEL" --cert "$CERT" "${NAME_OPTS[@]}") \
             || die "$KEYTOOL config failed (see the message above)" "exit code 4 means the certificate does not belong to the key: give the certificate issued for '$LABEL' (--cert)"
+        # httpd reads the PIN from the credential systemd hands it, not
+        # from the file the key tool was given.
+        VHOST=$(printf '%s\n' "$VHOST" | awk -v line="$PIN_LINE" '$1 == "HSMSSLPin" { print line; next } { print }')
         if [ -n "$GLOBAL_SET" ]; then
             note "HSMSSLLibrary is already set in $GLOBAL_SET: leaving the HSMSSL* lines out of the vhost"
             VHOST=$(printf '%s\n' "$VHOST" | grep -Ev '^[[:space:]]*HSMSSL')
@@ -435,7 +444,7 @@ fi
 
 # --- 8. configtest, restart, check ----------------------------------------------------
 step "checking the configuration with apachectl configtest (logs in to the HSM once)"
-run_pin apachectl configtest || die "apachectl configtest failed (see the message above)" \
+run_cred apachectl configtest || die "apachectl configtest failed (see the message above)" \
     "fix what the message names (README.md, Troubleshooting); the running httpd was not touched"
 
 step "restarting httpd with systemctl"

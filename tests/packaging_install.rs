@@ -137,8 +137,8 @@ fn shellcheck_passes_on_every_shell_script() {
 const PIN: &str = "cu_web:Sekr1t pa55";
 
 /// Stubs for the commands the installer runs. Each appends its name and
-/// arguments to `calls.log` and whether CLOUDHSM_PIN was set (never its
-/// value) to `pinenv.log`. hsm-ssl-keytool answers like the real one enough
+/// arguments to `calls.log`, and to `pinenv.log` whether CLOUDHSM_PIN was
+/// set (never its value) and the CREDENTIALS_DIRECTORY it got. hsm-ssl-keytool answers like the real one enough
 /// for the script: `list --json` shows the key once `generate` made it,
 /// `selfsign --out F` creates F, `config` prints the Apache lines.
 struct Stubs {
@@ -158,7 +158,8 @@ impl Stubs {
             let mut body = format!(
                 "#!/bin/sh\n\
                  echo \"{name} $*\" >> '{state}/calls.log'\n\
-                 if [ -n \"${{CLOUDHSM_PIN:-}}\" ]; then echo \"{name} $1 pin-set\" >> '{state}/pinenv.log'; fi\n"
+                 if [ -n \"${{CLOUDHSM_PIN:-}}\" ]; then echo \"{name} $1 pin-set\" >> '{state}/pinenv.log'; fi\n\
+                 if [ -n \"${{CREDENTIALS_DIRECTORY:-}}\" ]; then echo \"{name} $1 credentials=$CREDENTIALS_DIRECTORY\" >> '{state}/pinenv.log'; fi\n"
             );
             if name == "hsm-ssl-keytool" {
                 body.push_str(&format!(
@@ -257,15 +258,17 @@ fn amazon_installer_dry_run_lists_every_step_and_runs_nothing() {
             "checking the CloudHSM PKCS#11 client library",
             "found ",
             "would run: dnf install -y ./mod_hsm_ssl-0.1.0-1.amzn2023.x86_64.rpm",
-            "etc/sysconfig/httpd-hsm-ssl",
-            "would write CLOUDHSM_PIN=(hidden)",
+            "etc/httpd/hsm-ssl/hsm-ssl-pin",
+            "would write the PIN (hidden)",
+            "LoadCredential=hsm-ssl-pin:/etc/httpd/hsm-ssl/hsm-ssl-pin",
             "hsm-ssl-keytool list --json",
             "hsm-ssl-keytool generate",
             "--label www-rsa --type rsa:2048",
             "hsm-ssl-keytool selfsign",
             "hsm-ssl-keytool config",
             "etc/httpd/conf.d/hsm_ssl-vhost.conf",
-            "would run: CLOUDHSM_PIN=(hidden) apachectl configtest",
+            "would run: CREDENTIALS_DIRECTORY=",
+            "etc/httpd/hsm-ssl apachectl configtest",
             "would run: systemctl restart httpd",
             "would run: curl -k",
             "https://www.example.com/",
@@ -327,7 +330,7 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
     let calls = stubs.calls();
     let root = stubs.root().display().to_string();
     let lib = stubs.dir.path().join("libcloudhsm_pkcs11.so").display().to_string();
-    let kt = format!("--library {lib} --pin env:CLOUDHSM_PIN");
+    let kt = format!("--library {lib} --pin file:{root}/etc/httpd/hsm-ssl/hsm-ssl-pin");
     let cert = format!("{root}/etc/pki/tls/certs/www-rsa.crt");
     let expected = vec![
         "dnf install -y httpd mod_ssl".to_string(),
@@ -350,37 +353,29 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
     for c in &calls {
         assert!(!c.contains("Sekr1t"), "the PIN was passed as an argument: {c}");
     }
-    // The key tool and configtest got the PIN in their environment.
+    // No command got the PIN in its environment; configtest got the
+    // credentials directory systemd gives httpd.service.
     let env = stubs.pin_env();
-    for want in [
-        "hsm-ssl-keytool list pin-set",
-        "hsm-ssl-keytool generate pin-set",
-        "hsm-ssl-keytool config pin-set",
-        "apachectl configtest pin-set",
-    ] {
-        assert!(env.contains(want), "missing '{want}' in {env:?}");
-    }
-    assert!(!env.contains("dnf"), "dnf got the PIN: {env:?}");
+    assert!(!env.contains("pin-set"), "a command got CLOUDHSM_PIN: {env:?}");
+    assert_eq!(env.trim(), format!("apachectl configtest credentials={root}/etc/httpd/hsm-ssl"), "{env:?}");
 
-    // The PIN file: mode 0600, the PIN quoted for systemd and the shell.
-    let pin_file = stubs.root().join("etc/sysconfig/httpd-hsm-ssl");
+    // The PIN file: just the PIN, mode 0600 in a 0700 directory (what
+    // mod_hsm_ssl's file: checks require).
+    let pin_file = stubs.root().join("etc/httpd/hsm-ssl/hsm-ssl-pin");
     let meta = fs::metadata(&pin_file).expect("PIN file written");
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "PIN file mode");
-    let content = fs::read_to_string(&pin_file).unwrap();
-    assert!(content.lines().any(|l| l == format!("CLOUDHSM_PIN='{PIN}'")), "{content}");
-    let sourced = Command::new("bash")
-        .arg("-c")
-        .arg(format!("set -a; . '{}'; printf %s \"$CLOUDHSM_PIN\"", pin_file.display()))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&sourced.stdout), PIN);
+    assert_eq!(fs::metadata(pin_file.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700, "PIN directory mode");
+    assert_eq!(fs::read_to_string(&pin_file).unwrap(), format!("{PIN}\n"));
 
-    // The drop-in (no RPM-provided one under the test root) and the vhost.
+    // The drop-in (no RPM-provided one under the test root) and the vhost,
+    // which reads the PIN from the credential.
     let dropin = fs::read_to_string(stubs.root().join("etc/systemd/system/httpd.service.d/hsm-ssl-pin.conf")).unwrap();
-    assert!(dropin.contains("EnvironmentFile=-/etc/sysconfig/httpd-hsm-ssl"), "{dropin}");
+    assert!(dropin.contains("LoadCredential=hsm-ssl-pin:/etc/httpd/hsm-ssl/hsm-ssl-pin"), "{dropin}");
     let vhost = fs::read_to_string(stubs.root().join("etc/httpd/conf.d/hsm_ssl-vhost.conf")).unwrap();
     assert!(vhost.contains("SSLCertificateKeyFile \"pkcs11:token=t;object=www-rsa\""), "{vhost}");
     assert!(vhost.contains("HSMSSLLibrary"), "no global HSMSSL* lines elsewhere, so they stay: {vhost}");
+    assert!(vhost.lines().any(|l| l == "HSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin"), "{vhost}");
+    assert!(!vhost.contains("env:CLOUDHSM_PIN"), "{vhost}");
 
     // Second run: idempotent. The PIN is reused (nothing on stdin), the key
     // and certificate are kept; the RPM's module file now sets HSMSSLLibrary,
@@ -388,7 +383,7 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
     fs::create_dir_all(stubs.root().join("etc/httpd/conf.modules.d")).unwrap();
     fs::write(
         stubs.root().join("etc/httpd/conf.modules.d/10-hsm_ssl.conf"),
-        "LoadModule hsm_ssl_module modules/mod_hsm_ssl.so\nHSMSSLLibrary /opt/cloudhsm/lib/libcloudhsm_pkcs11.so\nHSMSSLPin env:CLOUDHSM_PIN\n",
+        "LoadModule hsm_ssl_module modules/mod_hsm_ssl.so\nHSMSSLLibrary /opt/cloudhsm/lib/libcloudhsm_pkcs11.so\nHSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin\n",
     )
     .unwrap();
     fs::remove_file(stubs.dir.path().join("calls.log")).unwrap();
@@ -396,7 +391,7 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
     let all = text(&out);
     assert!(out.status.success(), "second run failed:\n{all}");
     assert!(!all.contains("Sekr1t"), "the PIN appeared in the output:\n{all}");
-    assert!(all.contains("already has CLOUDHSM_PIN: keeping it"), "{all}");
+    assert!(all.contains("already has a PIN: keeping it"), "{all}");
     assert!(all.contains("already has a key labelled 'www-rsa': keeping it"), "{all}");
     let calls = stubs.calls();
     assert!(!calls.iter().any(|c| c.contains(" generate ") || c.contains(" selfsign ")), "{calls:?}");
@@ -407,6 +402,21 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
         fs::metadata(&pin_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+#[test]
+fn amazon_installer_moves_a_pin_from_the_old_environment_file() {
+    let stubs = Stubs::new();
+    let legacy = stubs.root().join("etc/sysconfig/httpd-hsm-ssl");
+    fs::create_dir_all(legacy.parent().unwrap()).unwrap();
+    fs::write(&legacy, format!("# old\nCLOUDHSM_PIN='{PIN}'\n")).unwrap();
+    let out = stubs.run(&[], "");
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains("Sekr1t"), "the PIN appeared in the output:\n{all}");
+    assert!(all.contains("taking the PIN from CLOUDHSM_PIN"), "{all}");
+    let pin_file = stubs.root().join("etc/httpd/hsm-ssl/hsm-ssl-pin");
+    assert_eq!(fs::read_to_string(&pin_file).unwrap(), format!("{PIN}\n"));
 }
 
 #[test]

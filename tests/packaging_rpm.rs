@@ -26,13 +26,15 @@ const EXAMPLE: &str = "/etc/httpd/conf.d/hsm_ssl.conf.example";
 const KEYTOOL: &str = "/usr/bin/hsm-ssl-keytool";
 const DROPIN: &str = "/usr/lib/systemd/system/httpd.service.d/hsm_ssl.conf";
 const SYSCONFIG: &str = "/etc/sysconfig/httpd-hsm-ssl";
+const CRED_DIR: &str = "/etc/httpd/hsm-ssl";
+const PIN_FILE: &str = "/etc/httpd/hsm-ssl/hsm-ssl-pin";
 const DOC: &str = "/usr/share/doc/mod_hsm_ssl/README.md";
 const LICENSE: &str = "/usr/share/licenses/mod_hsm_ssl/LICENSE";
 
 /// Files the package ships (plus the directories rpm lists for %doc and
 /// %license, and the /usr/lib/.build-id links rpm adds for the binaries).
-const FILES: &[&str] = &[MODULE, MODCONF, EXAMPLE, KEYTOOL, DROPIN, SYSCONFIG, DOC, LICENSE];
-const DIRS: &[&str] = &["/usr/share/doc/mod_hsm_ssl", "/usr/share/licenses/mod_hsm_ssl"];
+const FILES: &[&str] = &[MODULE, MODCONF, EXAMPLE, KEYTOOL, DROPIN, SYSCONFIG, PIN_FILE, DOC, LICENSE];
+const DIRS: &[&str] = &["/usr/share/doc/mod_hsm_ssl", "/usr/share/licenses/mod_hsm_ssl", CRED_DIR];
 const BUILD_ID_DIR: &str = "/usr/lib/.build-id";
 
 fn find_tool(name: &str) -> PathBuf {
@@ -251,6 +253,11 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     let a = attrs(SYSCONFIG);
     assert_eq!((a[1].as_str(), a[2].as_str()), ("-rw-------", "root:root"), "{SYSCONFIG}: {a:?}");
     assert!(a[3].contains('c') && a[3].contains('n'), "{SYSCONFIG} must be %config(noreplace): {a:?}");
+    let a = attrs(PIN_FILE);
+    assert_eq!((a[1].as_str(), a[2].as_str()), ("-rw-------", "root:root"), "{PIN_FILE}: {a:?}");
+    assert!(a[3].contains('c') && a[3].contains('n'), "{PIN_FILE} must be %config(noreplace): {a:?}");
+    let a = attrs(CRED_DIR);
+    assert_eq!((a[1].as_str(), a[2].as_str()), ("drwx------", "root:root"), "{CRED_DIR}: {a:?}");
     let a = attrs(MODCONF);
     assert!(a[3].contains('c') && a[3].contains('n'), "{MODCONF} must be %config(noreplace): {a:?}");
     assert!(attrs(DOC)[3].contains('d'), "{DOC} must be %doc");
@@ -309,6 +316,9 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     }
     assert_eq!(mode(&root.join(&SYSCONFIG[1..])), 0o600, "{SYSCONFIG} mode after install");
     assert_eq!(std::fs::metadata(root.join(&SYSCONFIG[1..])).unwrap().permissions().mode() & 0o077, 0);
+    assert_eq!(mode(&root.join(&PIN_FILE[1..])), 0o600, "{PIN_FILE} mode after install");
+    assert_eq!(mode(&root.join(&CRED_DIR[1..])), 0o700, "{CRED_DIR} mode after install");
+    assert_eq!(std::fs::metadata(root.join(&PIN_FILE[1..])).unwrap().len(), 0, "{PIN_FILE} must be installed empty");
 
     // --- contents (rpm2cpio | cpio) ----------------------------------------
     let ex = s.join("extract");
@@ -330,7 +340,7 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     let example = read(EXAMPLE);
     for needle in [
         "#HSMSSLLibrary /opt/cloudhsm/lib/libcloudhsm_pkcs11.so",
-        "#HSMSSLPin env:CLOUDHSM_PIN",
+        "#HSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin",
         "SSLCertificateKeyFile \"pkcs11:object=www-rsa\"",
         "SSLCertificateKeyFile \"pkcs11:object=www-ec\"",
         "SSLSessionCache",
@@ -344,6 +354,7 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     );
     let dropin = read(DROPIN);
     assert!(dropin.contains("[Service]") && dropin.contains("EnvironmentFile=-/etc/sysconfig/httpd-hsm-ssl"), "{DROPIN}:\n{dropin}");
+    assert!(dropin.lines().any(|l| l == "LoadCredential=hsm-ssl-pin:/etc/httpd/hsm-ssl/hsm-ssl-pin"), "{DROPIN}:\n{dropin}");
     let sysconfig = read(SYSCONFIG);
     assert!(sysconfig.lines().any(|l| l.trim() == "#CLOUDHSM_PIN=crypto-user:password"), "{SYSCONFIG}:\n{sysconfig}");
     assert!(sysconfig.lines().all(|l| l.trim().is_empty() || l.starts_with('#')), "{SYSCONFIG} must set nothing");

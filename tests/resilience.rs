@@ -176,25 +176,38 @@ fn with_direct_calls_the_worker_calls_the_token_itself_and_a_slow_call_is_waited
     assert!(!s.apache.error_log().contains("did not answer within"), "{}", s.apache.error_log());
 }
 
+/// Prefork with four children, each replaced after two connections: many
+/// processes, some forked after the fault began.
+const MANY_CHILDREN: &str = "StartServers 4\nMinSpareServers 4\nMaxSpareServers 8\nMaxConnectionsPerChild 2";
+
 #[test]
-fn refused_pins_are_never_retried_by_any_child() {
+fn a_refused_pin_costs_one_login_try_for_the_whole_server_until_a_reload() {
     for rv in ["CKR_PIN_INCORRECT", "CKR_PIN_LOCKED", "CKR_PIN_EXPIRED"] {
-        let s = rsa_site(&format!("pin-{rv}"), Mpm::Prefork, "");
+        let mut s = rsa_site(&format!("pin-{rv}"), Mpm::Prefork, MANY_CHILDREN);
+        assert!(s.apache.wait_children(4, Duration::from_secs(10)), "prefork did not start 4 children");
         s.get(tls("1.3"));
-        // The token is lost and the PIN no longer works: every child tries
-        // to log in again once, then never again.
+        // The token is lost and the PIN no longer works: one process tries
+        // to log in again, every other process and every child forked later
+        // learns from it and does not try.
         s.p11.fail("C_Login", rv);
         s.p11.fail("C_Sign", "CKR_USER_NOT_LOGGED_IN");
         let logins = s.p11.count("C_Login");
-        for _ in 0..12 {
+        let mut pids = std::collections::BTreeSet::new();
+        for _ in 0..16 {
             let r = s.try_get(tls("1.3"));
             assert!(r.http_status.is_none(), "{rv}: served without a login");
-            std::thread::sleep(Duration::from_millis(150));
+            pids.extend(s.apache.child_pids());
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let children = s.apache.child_pids().len();
+        assert!(pids.len() > 4, "{rv}: no child was replaced ({pids:?})");
         let tried = s.p11.count("C_Login") - logins;
-        assert!(tried <= children, "{rv}: {tried} login attempts by {children} children");
-        assert!(s.apache.error_log().contains("will not try to log in again"), "{}", s.apache.error_log());
+        assert_eq!(tried, 1, "{rv}: {tried} login attempts by {} children", pids.len());
+        let log = s.apache.error_log();
+        assert!(log.contains("the token refused the PIN in another process of this server (pid "), "{log}");
+        // Fixed and reloaded: a new try, and service is back.
+        s.p11.clear_faults();
+        s.apache.graceful_signal().expect("graceful restart");
+        back_within(&s, Duration::from_secs(10));
     }
 }
 

@@ -102,7 +102,13 @@ pub unsafe extern "C" fn set_pin(cmd: *mut cmd_parms, _m: *mut c_void, arg: *con
     // SAFETY: forwarded Apache arguments.
     unsafe {
         directive(cmd, arg, |a, origin| {
-            CONFIG.lock().pin = Some((PinSource::parse(a)?, origin));
+            let source = PinSource::parse(a)?;
+            if let PinSource::Env(name) = &source {
+                // Out of the environment before httpd spawns anything
+                // (piped loggers open before post_config) or forks.
+                crate::pkcs11::pin::capture_env(name);
+            }
+            CONFIG.lock().pin = Some((source, origin));
             Ok(())
         })
     }

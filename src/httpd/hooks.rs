@@ -207,6 +207,13 @@ impl Generation {
                 let pin = match cached {
                     Some(p) => p,
                     None => {
+                        if let (PinSource::Env(name), false) = (&source, is_first_pass()) {
+                            log::info!(
+                                "HSMSSLPin env:{name}: using the PIN read when httpd started (pid {}); \
+                                 an env: PIN changes only when httpd is stopped and started",
+                                std::process::id()
+                            );
+                        }
                         let p = Arc::new(source.read().map_err(|e| format!("{e} (HSMSSLPin at {})", origin.0))?);
                         if is_first_pass() {
                             *STARTUP_PIN.lock() = Some((source.clone(), p.clone()));
@@ -320,6 +327,9 @@ pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut a
             log::error!("mod_hsm_ssl cannot start: {e}");
             return FAIL;
         }
+        // A new PIN read: a refusal of the previous generation's no longer
+        // counts. The first call maps the page the children share.
+        crate::pkcs11::latch::new_generation();
         let g = Arc::new(Generation::from_directives());
         *GENERATION.lock() = Some(g.clone());
         let r = g.clone();
@@ -563,6 +573,9 @@ unsafe extern "C" fn child_cleanup(_data: *mut std::ffi::c_void) -> apr_status_t
 pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec) {
     guard("child_init", (), || {
         runtime::set_serving();
+        // A child has its generation's copy of the PIN; the one the parent
+        // keeps from its environment is not needed here.
+        crate::pkcs11::pin::wipe_kept_env_pins();
         let Some(g) = GENERATION.lock().clone() else { return };
         let keys = g.keys.lock().clone();
         if keys.is_empty() {

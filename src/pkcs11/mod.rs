@@ -3,6 +3,7 @@
 
 pub mod direct;
 pub mod executor;
+pub mod latch;
 pub mod pin;
 pub mod runtime;
 pub mod secret;

@@ -211,6 +211,7 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Arc<Hsm>) -> Result<T, O
                 return Ok(v);
             }
             Err(OpError::Denied(msg)) => {
+                super::latch::refuse(); // for the server's other processes too
                 CURRENT.lock().denied = Some(msg.clone());
                 log::error!("{msg}; this process will not try to log in again");
                 return Err(OpError::Denied(msg));

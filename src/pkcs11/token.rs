@@ -553,7 +553,15 @@ impl Hsm {
             .open_ro_session(slot)
             .map_err(|e| OpError::Setup(format!("token '{label}': cannot open a session: {}", ck_error_text(&e))))?;
         let pin = self.binding.pin.to_raw_auth_pin();
-        match anchor.login_with_raw(UserType::User, &pin) {
+        // One login at a time across the server's processes, and none once
+        // the token refused this generation's PIN in any of them.
+        let attempt = super::latch::login(self.binding.op_timeout / 2, || {
+            let r = anchor.login_with_raw(UserType::User, &pin);
+            let refused = matches!(r, Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired, _)));
+            (r, refused)
+        })
+        .map_err(|pid| OpError::Denied(format!("token '{label}': {}", super::latch::refusal_text(pid))))?;
+        match attempt {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
                 return Err(OpError::Denied(format!(
