@@ -166,16 +166,18 @@ mod tests {
         assert_eq!(d.as_bytes(), b"cu:pw");
     }
 
-    /// The smaps entry of the mapping that starts at `addr`.
+    /// The smaps entry of the mapping that holds `addr`. (The kernel merges
+    /// adjacent anonymous mappings with the same flags, so another Secret's
+    /// pages, made by a test running beside this one, may share the entry.)
     fn smaps_entry(addr: usize) -> String {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let start = format!("{addr:x}-");
         let mut entry = String::new();
         let mut inside = false;
         for line in smaps.lines() {
-            let header = line.split_whitespace().next().is_some_and(|f| f.contains('-') && !f.ends_with(':'));
-            if header {
-                inside = line.starts_with(&start);
+            let first = line.split_whitespace().next().unwrap_or("");
+            if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+                let range = usize::from_str_radix(start, 16).ok().zip(usize::from_str_radix(end, 16).ok());
+                inside = range.is_some_and(|(s, e)| s <= addr && addr < e);
             }
             if inside {
                 entry.push_str(line);
