@@ -284,16 +284,7 @@ mod fork_tests {
         // threads (only idle helpers, which never take the pool table), so
         // the body runs in a process of its own: this test binary again,
         // with only this test and one test thread.
-        if std::env::var_os(ALONE).is_none() {
-            let me = "pkcs11::executor::fork_tests::a_forked_child_gets_fresh_helpers";
-            let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-                .args([me, "--exact", "--test-threads=1"])
-                .env(ALONE, "1")
-                .output()
-                .expect("test binary runs");
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "alone: {}\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr));
-            assert!(text.contains("1 passed"), "the test did not run alone:\n{text}");
+        if crate::pkcs11::rerun_alone("pkcs11::executor::fork_tests::a_forked_child_gets_fresh_helpers", ALONE) {
             return;
         }
         assert_eq!(run(Duration::from_secs(1), || 1), Some(1));

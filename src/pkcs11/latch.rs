@@ -163,23 +163,9 @@ mod tests {
     /// Set in the process that runs a test body on its own.
     const ALONE: &str = "HSM_SSL_LATCH_TEST_ALONE";
 
-    /// Runs test `name` again in a process of its own (this test binary,
-    /// one test, one thread): forking under the harness's other threads
-    /// is fragile, and the latch is process-wide state. False in that
-    /// process, where the body must run.
+    /// See `pkcs11::rerun_alone`.
     fn in_own_process(name: &str) -> bool {
-        if std::env::var_os(ALONE).is_some() {
-            return false;
-        }
-        let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([name, "--exact", "--test-threads=1"])
-            .env(ALONE, "1")
-            .output()
-            .expect("test binary runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "alone: {}\n{text}{}", out.status, String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("1 passed"), "the test did not run alone:\n{text}");
-        true
+        crate::pkcs11::rerun_alone(name, ALONE)
     }
 
     /// Forks a child that runs `f` and exits with its result; returns its
