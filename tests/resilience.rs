@@ -182,7 +182,7 @@ const MANY_CHILDREN: &str = "StartServers 4\nMinSpareServers 4\nMaxSpareServers 
 
 #[test]
 fn a_refused_pin_costs_one_login_try_for_the_whole_server_until_a_reload() {
-    for rv in ["CKR_PIN_INCORRECT", "CKR_PIN_LOCKED", "CKR_PIN_EXPIRED"] {
+    for rv in ["CKR_PIN_INCORRECT", "CKR_PIN_LOCKED", "CKR_PIN_EXPIRED", "CKR_PIN_LEN_RANGE"] {
         let mut s = rsa_site(&format!("pin-{rv}"), Mpm::Prefork, MANY_CHILDREN);
         assert!(s.apache.wait_children(4, Duration::from_secs(10)), "prefork did not start 4 children");
         s.get(tls("1.3"));

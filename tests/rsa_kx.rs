@@ -17,7 +17,7 @@ const SSLYZE: &str = "/opt/mod_hsm_ssl-venv/bin/sslyze";
 
 /// Logged at startup for a key that decrypts raw, and for one that cannot.
 const RAW_LINE: &str = "TLS 1.2 RSA key exchange: raw RSA (CKM_RSA_X_509)";
-const PKCS1_LINE: &str = "the token offers no CKM_RSA_X_509 for decryption: the token checks the padding (CKM_RSA_PKCS)";
+const PKCS1_LINE: &str = "the token offers no usable CKM_RSA_X_509 for decryption: the token checks the padding (CKM_RSA_PKCS)";
 
 /// An RSA vhost served by one child (so that call counts and log lines
 /// are that child's); `raw: false` hides CKM_RSA_X_509 from the token, so
@@ -270,4 +270,22 @@ fn an_error_for_some_ciphertexts_only_is_a_bad_premaster_for_those_and_nothing_e
     s.get(ecdhe());
     let log = log_since(&s, mark);
     assert!(!log.contains("token unavailable") && !log.contains("TLS handshake refused"), "{log}");
+}
+
+#[test]
+fn a_token_that_lists_raw_rsa_but_refuses_it_gets_ckm_rsa_pkcs_and_rsa_key_exchange_works() {
+    let mut s = Site::new("rsakx-failmech", Mpm::Event);
+    s.key("www-rsa", "rsa:2048");
+    s.vhost("localhost", &["www-rsa"]);
+    s.global("ServerLimit 1\nStartServers 1\nThreadLimit 16\nThreadsPerChild 16\nMaxRequestWorkers 16\nMinSpareThreads 1\nMaxSpareThreads 16");
+    // Listed with the decrypt flag (nothing hidden), refused when used.
+    s.p11.fail_decrypt_mechanism("0x3", "CKR_MECHANISM_INVALID");
+    s.start();
+    serving_within(&s, Duration::from_secs(5));
+    let log = s.apache.error_log();
+    assert!(log.contains("lists CKM_RSA_X_509 for decryption but a trial with it failed"), "{log}");
+    assert!(log.contains(PKCS1_LINE) && !log.contains(RAW_LINE), "{log}");
+    assert!(s.p11.count("C_DecryptInit failmech") >= 1, "the trial never met the refusal");
+    let r = s.get(rsa_kx());
+    assert_eq!(r.http_status, Some(200), "{}", r.raw);
 }

@@ -159,7 +159,9 @@ impl Direct {
         // and the parameters it points into (`mech`) outlive the call.
         let rv = unsafe { (init.0)(s.handle(), &mut ck_mech, key.handle()) };
         Rv::from(rv).into_result(init.1)?;
-        let mut out = vec![0u8; OUT_LEN];
+        // Wiped when dropped: on a decrypt it may hold plaintext, also on
+        // the error paths below.
+        let mut out = zeroize::Zeroizing::new(vec![0u8; OUT_LEN]);
         let data_len = CK_ULONG::try_from(data.len()).map_err(|_| CkError::InvalidValue)?;
         let mut len = OUT_LEN as CK_ULONG;
         // SAFETY: `data` is read-only input despite the *mut in the C
@@ -182,8 +184,7 @@ impl Direct {
             );
             return Err(CkError::InvalidValue);
         }
-        out.truncate(len as usize);
-        Ok(out)
+        Ok(out[..len as usize].to_vec())
     }
 
     /// The value of attribute `ty` of object `h`, read with at most

@@ -80,12 +80,19 @@ pub fn refused() -> Option<u32> {
 /// (unless a refusal of this generation is already recorded: the first
 /// one names the process that tried).
 pub fn refuse() {
-    if refused().is_some() {
-        return;
-    }
+    // A child of an older generation (still serving after a graceful
+    // restart) must not replace a newer generation's refusal with its own:
+    // the recorded generation only goes up.
     let s = shared();
-    s.refused_pid.store(std::process::id(), Ordering::Release);
-    s.refused_gen.store(GENERATION.load(Ordering::Acquire), Ordering::Release);
+    let gen = GENERATION.load(Ordering::Acquire);
+    let mut cur = s.refused_gen.load(Ordering::Acquire);
+    while cur < gen {
+        s.refused_pid.store(std::process::id(), Ordering::Release);
+        match s.refused_gen.compare_exchange(cur, gen, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return,
+            Err(now) => cur = now,
+        }
+    }
 }
 
 /// Why a process does not log in: the PIN was refused in `pid`.
@@ -214,6 +221,18 @@ mod tests {
         new_generation();
         assert_eq!(refused(), None);
         assert_eq!(login(Duration::from_secs(1), || (5, false)), Ok(5));
+        // This generation's PIN is refused; then a child still of the old
+        // generation (forked before the reload) is refused too: the newer
+        // refusal stays.
+        refuse();
+        let now = refused().expect("refused in this generation");
+        let (_, code) = in_child(|| {
+            GENERATION.fetch_sub(1, Ordering::AcqRel);
+            refuse();
+            0
+        });
+        assert_eq!(code, 0);
+        assert_eq!(refused(), Some(now), "an older generation's refusal replaced this one's");
     }
 
     #[test]

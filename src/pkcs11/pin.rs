@@ -395,7 +395,8 @@ fn run_program(path: &Path, limit: Duration) -> Result<Secret, String> {
     use std::os::unix::process::CommandExt;
     let shown = path.display();
     check_program(path)?;
-    let mut child = Command::new(path)
+    let mut command = Command::new(path);
+    command
         .env_clear()
         .env("PATH", PROGRAM_PATH)
         .env("LANG", "C")
@@ -403,9 +404,20 @@ fn run_program(path: &Path, limit: Duration) -> Result<Secret, String> {
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("HSMSSLPin exec:{shown}: cannot run the program: {e}"))?;
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // one system call (async-signal-safe), touching no memory: every
+    // descriptor from 3 up is marked close-on-exec, so the program gets
+    // none of httpd's (listening sockets, log files) beside its stdio. A
+    // kernel without CLOSE_RANGE_CLOEXEC (before 5.11) answers EINVAL,
+    // which is ignored: the program then runs as it did before.
+    unsafe {
+        command.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as u32);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| format!("HSMSSLPin exec:{shown}: cannot run the program: {e}"))?;
     let group = child.id() as libc::pid_t;
     let out = child.stdout.take().expect("stdout was piped");
     let deadline = Instant::now() + limit;
@@ -737,6 +749,25 @@ mod tests {
             assert!(["PATH", "LANG", "PWD", "SHLVL", "_"].contains(n), "the program saw {n}:\n{seen}");
         }
         assert!(seen.contains("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), "{seen}");
+    }
+
+    #[test]
+    fn a_pin_program_inherits_no_descriptor_but_its_stdio() {
+        let d = tmpdir("exec-fds");
+        let fds = d.join("fds");
+        // A descriptor of the caller without close-on-exec, as httpd has
+        // (a listening socket, a log file).
+        // SAFETY: a plain open of a path that exists; closed below.
+        let open = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        assert!(open > 2);
+        let p = script(&d, "fds", &format!("ls /proc/$$/fd > {}\necho cu:pw", fds.display()));
+        let r = run_program(&p, Duration::from_secs(10));
+        // SAFETY: the descriptor opened above, closed once.
+        unsafe { libc::close(open) };
+        r.unwrap();
+        let seen = std::fs::read_to_string(&fds).unwrap();
+        // The shell itself may hold one more (its script, the redirection).
+        assert!(!seen.lines().any(|l| l.trim() == open.to_string()), "the program inherited fd {open}:\n{seen}");
     }
 }
 

@@ -144,7 +144,7 @@ impl PremasterMech {
         match self {
             PremasterMech::Raw => "raw RSA (CKM_RSA_X_509), padding checked in constant time in the module",
             PremasterMech::Pkcs1 => {
-                "the token offers no CKM_RSA_X_509 for decryption: the token checks the padding (CKM_RSA_PKCS)"
+                "the token offers no usable CKM_RSA_X_509 for decryption: the token checks the padding (CKM_RSA_PKCS)"
             }
         }
     }
@@ -557,7 +557,16 @@ impl Hsm {
         // the token refused this generation's PIN in any of them.
         let attempt = super::latch::login(self.binding.op_timeout / 2, || {
             let r = anchor.login_with_raw(UserType::User, &pin);
-            let refused = matches!(r, Err(CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired, _)));
+            // A PIN of the wrong form or length is refused like a wrong
+            // one: retrying it (it would be, as a Setup error) could count
+            // towards the token's lockout on some tokens.
+            let refused = matches!(
+                r,
+                Err(CkError::Pkcs11(
+                    RvError::PinIncorrect | RvError::PinLocked | RvError::PinExpired | RvError::PinInvalid | RvError::PinLenRange,
+                    _
+                ))
+            );
             (r, refused)
         })
         .map_err(|pid| OpError::Denied(format!("token '{label}': {}", super::latch::refusal_text(pid))))?;
@@ -567,6 +576,13 @@ impl Hsm {
                 return Err(OpError::Denied(format!(
                     "token '{label}': login failed: wrong PIN (CKR_PIN_INCORRECT); tried once and not retried, \
                      so the crypto user is not locked out; fix what HSMSSLPin gives"
+                )))
+            }
+            Err(CkError::Pkcs11(rv @ (RvError::PinInvalid | RvError::PinLenRange), _)) => {
+                return Err(OpError::Denied(format!(
+                    "token '{label}': login failed: the token refuses the PIN's form ({}); tried once and not retried; \
+                     fix what HSMSSLPin gives (AWS CloudHSM: <crypto-user>:<password>)",
+                    rv_name(rv)
                 )))
             }
             Err(CkError::Pkcs11(rv @ (RvError::PinLocked | RvError::PinExpired), _)) => {
@@ -878,8 +894,41 @@ impl Hsm {
         let (tok, list) = self.mechanisms(key)?;
         let raw = list.contains(&MechanismType::RSA_X_509)
             && self.ctx.get_mechanism_info(tok.slot, MechanismType::RSA_X_509).is_ok_and(|i| i.decrypt());
-        let mech = if raw { PremasterMech::Raw } else { PremasterMech::Pkcs1 };
+        let mech = match raw.then(|| self.raw_round_trip(key)) {
+            None => PremasterMech::Pkcs1,
+            Some(Ok(())) => PremasterMech::Raw,
+            Some(Err(e)) => {
+                log::warn!(
+                    "key {}: the token lists CKM_RSA_X_509 for decryption but a trial with it failed ({e}); \
+                     TLS 1.2 RSA key exchange uses CKM_RSA_PKCS, so the token checks the padding",
+                    key.uri_text
+                );
+                PremasterMech::Pkcs1
+            }
+        };
         Ok(Some(*key.premaster.get_or_init(|| mech)))
+    }
+
+    /// Decrypts n - 1 raw with `key` and checks the answer: for any RSA key
+    /// (n - 1)^d = n - 1 (mod n), as d is odd, so a token that really
+    /// decrypts raw with this key returns it. Public values only. Some
+    /// tokens list CKM_RSA_X_509 but refuse it for a key, or answer in a
+    /// form the module does not expect: without this trial every RSA key
+    /// exchange would fail at Finished, with nothing saying why.
+    fn raw_round_trip(&self, key: &KeyRef) -> Result<(), String> {
+        let PublicKey::Rsa { n, .. } = &key.public else { return Err("not an RSA key".into()) };
+        let n = &n[n.iter().position(|&b| b != 0).unwrap_or(n.len())..];
+        let Some(last) = n.last().filter(|&&b| b & 1 == 1) else { return Err("the modulus is even or empty".into()) };
+        let mut c = n.to_vec();
+        *c.last_mut().expect("non-empty") = last - 1; // n is odd: no borrow
+        let expect = c.clone();
+        let got = self.run_here(key, move |me, s, h| me.direct.decrypt(s, &Mech::RsaX509.to_ck(), h, &c)).map_err(|e| e.to_string())?;
+        let got = &got[got.iter().position(|&b| b != 0).unwrap_or(got.len())..];
+        if got == expect.as_slice() {
+            Ok(())
+        } else {
+            Err(format!("the token answered {} bytes that are not the expected value", got.len()))
+        }
     }
 
     /// The handle of `key` in this process, found once and cached.

@@ -131,6 +131,9 @@ fn premaster_from_block(raw: &[u8], k: usize, v: Versions, random: &[u8; PREMAST
     // The answer right-aligned in a k-byte block. Its length is the
     // token's (what the token did, not what the block holds beyond leading
     // zeros); a longer answer is bad, checked with a mask like the rest.
+    // The copy below is the one step whose work follows that length: a
+    // token that drops leading zero bytes shows the same length (and its
+    // own timing) on the wire already, so nothing more is revealed here.
     let mut em = Zeroizing::new(vec![0u8; k]);
     let fits = ct_le(raw.len(), k);
     let n = raw.len().min(k);

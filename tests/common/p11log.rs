@@ -140,6 +140,12 @@ impl P11Log {
         self.add_control_line(&format!("faildata C_Decrypt {rv}"));
     }
 
+    /// Make C_DecryptInit with mechanism `mech` (hex, e.g. "0x3"
+    /// CKM_RSA_X_509) fail with `rv`.
+    pub fn fail_decrypt_mechanism(&self, mech: &str, rv: &str) {
+        self.add_control_line(&format!("failmech C_DecryptInit {mech} {rv}"));
+    }
+
     /// Make every successful C_Decrypt report `n` bytes.
     pub fn decrypt_len(&self, n: usize) {
         self.add_control_line(&format!("decryptlen {n}"));

@@ -33,6 +33,9 @@
 //!      answer logs `C_Decrypt oracle`.
 //!    - `faildata C_Decrypt <rv>`: `rv` only for ciphertexts whose last
 //!      byte is odd (about half of them), logged as `C_Decrypt faildata`.
+//!    - `failmech C_DecryptInit <mechanism hex> <rv>`: C_DecryptInit with
+//!      that mechanism fails with `rv` (logged `C_DecryptInit failmech`),
+//!      e.g. a token that lists CKM_RSA_X_509 (0x3) but refuses it.
 //!    - `decryptlen <n>`: a successful C_Decrypt reports `n` bytes (the
 //!      real output cut short, or followed by zero bytes), e.g. 47 or 49
 //!      for a TLS premaster, or the modulus size + 1.
@@ -308,6 +311,8 @@ fn ckr_by_name(s: &str) -> Option<CK_RV> {
         "CKR_PIN_INCORRECT" => CKR_PIN_INCORRECT,
         "CKR_PIN_LOCKED" => CKR_PIN_LOCKED,
         "CKR_PIN_EXPIRED" => CKR_PIN_EXPIRED,
+        "CKR_PIN_INVALID" => CKR_PIN_INVALID,
+        "CKR_PIN_LEN_RANGE" => CKR_PIN_LEN_RANGE,
         "CKR_SESSION_CLOSED" => CKR_SESSION_CLOSED,
         "CKR_SESSION_COUNT" => CKR_SESSION_COUNT,
         "CKR_SESSION_HANDLE_INVALID" => CKR_SESSION_HANDLE_INVALID,
@@ -706,6 +711,12 @@ static DECRYPT_KEYS: std::sync::Mutex<Vec<(CK_SESSION_HANDLE, CK_OBJECT_HANDLE)>
 /// # Safety
 /// Same contract as C_DecryptInit.
 unsafe extern "C" fn decrypt_init_noting_key(session: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE) -> CK_RV {
+    // SAFETY: a non-null mech is the caller's valid CK_MECHANISM.
+    let ty = (!mech.is_null()).then(|| unsafe { (*mech).mechanism });
+    if let Some(rv) = ty.and_then(|t| catch_unwind(|| mechanism_fault("C_DecryptInit", t)).ok().flatten()) {
+        let _ = catch_unwind(|| log_call("C_DecryptInit failmech"));
+        return rv;
+    }
     // SAFETY: forwarding the caller's arguments to the wrapped function.
     let rv = unsafe { w::C_DecryptInit(session, mech, key) };
     if rv == CKR_OK {
@@ -753,6 +764,20 @@ unsafe extern "C" fn sign_corrupting(
         }
     }
     rv
+}
+
+/// `failmech <function> <mechanism hex> <rv>` in the control file: the rv
+/// for a call of `function` with that mechanism.
+fn mechanism_fault(name: &str, mech: CK_MECHANISM_TYPE) -> Option<CK_RV> {
+    let text = std::fs::read_to_string(control_path()?).ok()?;
+    text.lines().find_map(|line| {
+        let mut w = line.split_whitespace();
+        if w.next() != Some("failmech") || w.next() != Some(name) {
+            return None;
+        }
+        let m = CK_MECHANISM_TYPE::from_str_radix(w.next()?.trim_start_matches("0x"), 16).ok()?;
+        (m == mech).then(|| parse_rv(w.next()?)).flatten()
+    })
 }
 
 /// Whether `em` (a raw RSA block) is PKCS#1 v1.5 type 2: 00 02, at least
