@@ -446,18 +446,68 @@ fn close(h: Arc<Hsm>) {
 /// Runs `f` on a helper thread and waits at most `limit` for it: a PKCS#11
 /// library that never returns must not hang httpd's start or configtest.
 /// On timeout the thread is left behind (the caller fails and exits).
+///
+/// A thread that answered is joined before this returns: the parent forks
+/// (children, and httpd's detach) right after its startup steps, and a
+/// thread still exiting then may hold a lock of a library's thread-exit
+/// handler (OpenSSL's thread-event lock, taken again by the first OpenSSL
+/// call of any new thread). A fork at that moment left that lock held for
+/// ever in the child, whose PKCS#11 library then hung in C_Initialize.
 pub fn bounded<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     let spawned = std::thread::Builder::new().name("hsm_ssl-bounded".into()).spawn(move || {
         let _ = tx.send(f());
     });
-    if let Err(e) = spawned {
-        return Err(format!("{what}: cannot start a thread: {e}"));
-    }
-    rx.recv_timeout(limit).map_err(|_| {
-        format!(
+    let thread = match spawned {
+        Ok(t) => t,
+        Err(e) => return Err(format!("{what}: cannot start a thread: {e}")),
+    };
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            // It has sent its answer, so it only has its exit left to run.
+            let _ = thread.join();
+            Ok(v)
+        }
+        Err(_) => Err(format!(
             "{what} did not return within {} s (HSMSSLOperationTimeout); is the HSM reachable?",
             limit.as_secs_f32()
-        )
-    })
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static EXITED: AtomicBool = AtomicBool::new(false);
+
+    /// Stands for a library's thread-exit handler that holds a lock.
+    struct SlowExit;
+    impl Drop for SlowExit {
+        fn drop(&mut self) {
+            std::thread::sleep(Duration::from_millis(50));
+            EXITED.store(true, Ordering::SeqCst);
+        }
+    }
+    thread_local!(static ON_EXIT: std::cell::RefCell<Option<SlowExit>> = const { std::cell::RefCell::new(None) });
+
+    #[test]
+    fn bounded_returns_only_once_its_thread_has_exited() {
+        EXITED.store(false, Ordering::SeqCst);
+        let v = bounded(Duration::from_secs(5), "test", || {
+            ON_EXIT.with(|e| *e.borrow_mut() = Some(SlowExit));
+            7
+        });
+        assert_eq!(v, Ok(7));
+        assert!(EXITED.load(Ordering::SeqCst), "bounded returned while its thread was still exiting");
+    }
+
+    #[test]
+    fn bounded_gives_up_after_the_limit() {
+        let t = Instant::now();
+        let r = bounded(Duration::from_millis(100), "sleeping", || std::thread::sleep(Duration::from_secs(3)));
+        assert!(r.unwrap_err().contains("sleeping did not return within 0.1 s"));
+        assert!(t.elapsed() < Duration::from_secs(2));
+    }
 }
