@@ -7,3 +7,5 @@
 #include <ap_mpm.h>
 #include <apr_optional_hooks.h>
 #include <apr_strings.h>
+#include <apr_thread_proc.h>
+#include <unixd.h>

@@ -29,6 +29,12 @@ pub struct GlobalConfig {
     /// HSMSSLAllowExportableKeys: serve a key that is not CKA_SENSITIVE
     /// (with a warning) instead of refusing it (default off).
     pub allow_exportable_keys: Option<bool>,
+    /// HSMSSLKeyService: one key service process does every token
+    /// operation for the children (default off).
+    pub key_service: Option<bool>,
+    /// HSMSSLKeyServiceUser: the user the key service runs as (default:
+    /// httpd's User).
+    pub key_service_user: Option<(String, Origin)>,
 }
 
 static CONFIG: Mutex<GlobalConfig> = Mutex::new(GlobalConfig {
@@ -39,6 +45,8 @@ static CONFIG: Mutex<GlobalConfig> = Mutex::new(GlobalConfig {
     operation_timeout: None,
     direct_calls: None,
     allow_exportable_keys: None,
+    key_service: None,
+    key_service_user: None,
 });
 
 pub fn reset() {
@@ -170,6 +178,27 @@ pub unsafe extern "C" fn set_allow_exportable_keys(cmd: *mut cmd_parms, _m: *mut
         directive(cmd, arg, |a, _| {
             let on = parse_on_off(a).ok_or_else(|| format!("HSMSSLAllowExportableKeys {a}: give On or Off"))?;
             CONFIG.lock().allow_exportable_keys = Some(on);
+            Ok(())
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_key_service(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, _| {
+            CONFIG.lock().key_service = Some(parse_on_off(a).ok_or_else(|| format!("HSMSSLKeyService {a}: give On or Off"))?);
+            Ok(())
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_key_service_user(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, origin| {
+            crate::keyservice::service::lookup_user(a).map_err(|e| format!("HSMSSLKeyServiceUser {a}: {e}"))?;
+            CONFIG.lock().key_service_user = Some((a.to_string(), origin));
             Ok(())
         })
     }

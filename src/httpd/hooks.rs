@@ -49,6 +49,8 @@ struct Generation {
     /// server_rec address -> (vhost description, pkcs11 key URIs)
     vhosts: Mutex<HashMap<usize, Vhost>>,
     current: Mutex<Option<Vhost>>,
+    /// The socket of this configuration's key service, once started.
+    service_socket: Mutex<Option<std::path::PathBuf>>,
 }
 
 #[derive(Clone, Debug)]
@@ -176,6 +178,16 @@ fn threads_per_child() -> usize {
     n.max(1) as usize
 }
 
+fn max_daemons() -> usize {
+    let mut n: c_int = 0;
+    // SAFETY: ap_mpm_query writes one int.
+    unsafe { httpd::ap_mpm_query(httpd::AP_MPMQ_MAX_DAEMONS as c_int, &mut n) };
+    n.max(1) as usize
+}
+
+/// Default session limit of a key service (HSMSSLMaxSessions overrides).
+const MAX_SERVICE_SESSIONS: usize = 64;
+
 impl Generation {
     /// A generation for the directives httpd just read.
     fn from_directives() -> Generation {
@@ -185,6 +197,7 @@ impl Generation {
             keys: Mutex::new(Vec::new()),
             vhosts: Mutex::new(HashMap::new()),
             current: Mutex::new(None),
+            service_socket: Mutex::new(None),
         }
     }
 
@@ -232,7 +245,15 @@ impl Generation {
                     library,
                     pin,
                     default_token: self.config.token.clone().map(|t| t.0).unwrap_or_default(),
-                    max_sessions: self.config.max_sessions.unwrap_or_else(threads_per_child),
+                    max_sessions: self.config.max_sessions.unwrap_or_else(|| {
+                        if self.config.key_service.unwrap_or(false) {
+                            // One pool for every child: as many sessions as
+                            // handshakes can be in flight, within reason.
+                            (threads_per_child() * max_daemons()).min(MAX_SERVICE_SESSIONS)
+                        } else {
+                            threads_per_child()
+                        }
+                    }),
                     session_wait: self.config.operation_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
                     op_timeout: self.config.operation_timeout.unwrap_or(DEFAULT_OP_TIMEOUT),
                     direct_calls,
@@ -343,11 +364,17 @@ pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut a
     })
 }
 
-pub unsafe extern "C" fn post_config_last(_pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, _s: *mut server_rec) -> c_int {
+pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, _s: *mut server_rec) -> c_int {
     guard("post_config", FAIL, || {
         loader::set_resolver(None);
         // The parent never signs; children must not inherit its sessions.
         runtime::shutdown();
+        if !is_first_pass() {
+            if let Err(e) = start_key_service(pconf) {
+                log::error!("{e}");
+                return FAIL;
+            }
+        }
         if !is_first_pass() {
             // The second startup pass is done: a PIN kept for it and not
             // taken (no token key in this configuration) is wiped now.
@@ -363,6 +390,42 @@ pub unsafe extern "C" fn post_config_last(_pconf: *mut apr_pool_t, _plog: *mut a
         }
         OK
     })
+}
+
+/// With HSMSSLKeyService On and token keys configured: the key service of
+/// this configuration, started after the parent closed PKCS#11.
+fn start_key_service(pconf: *mut apr_pool_t) -> Result<(), String> {
+    let Some(g) = GENERATION.lock().clone() else { return Ok(()) };
+    if !g.config.key_service.unwrap_or(false) {
+        return Ok(());
+    }
+    let keys = g.keys.lock().clone();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: httpd's User and Group, set by mod_unixd while the
+    // configuration was read; plain reads.
+    let (child_uid, child_gid, child_user) = unsafe {
+        let u = ptr::addr_of!(httpd::ap_unixd_config).read();
+        let name = if u.user_name.is_null() { String::new() } else { CStr::from_ptr(u.user_name).to_string_lossy().into_owned() };
+        (u.user_id, u.group_id, name)
+    };
+    let user = match &g.config.key_service_user {
+        Some((name, origin)) => crate::keyservice::service::lookup_user(name)
+            .map_err(|e| format!("HSMSSLKeyServiceUser {name} ({}): {e}", origin.0))?,
+        None => crate::keyservice::service::lookup_user(&format!("#{child_uid}"))
+            .map_err(|e| format!("the key service runs as httpd's User {child_user}, but: {e}"))?,
+    };
+    let plan = crate::keyservice::service::Plan {
+        socket: super::supervise::socket_path(pconf),
+        user,
+        child_uid,
+        child_gid,
+        parent: std::process::id() as libc::pid_t,
+        keys,
+    };
+    *g.service_socket.lock() = Some(plan.socket.clone());
+    super::supervise::start(pconf, plan).map(|_| ()).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
 }
 
 /// The strings of an APR array of `const char *`.
@@ -579,6 +642,19 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
         let Some(g) = GENERATION.lock().clone() else { return };
         let keys = g.keys.lock().clone();
         if keys.is_empty() {
+            return;
+        }
+        if let Some(path) = g.service_socket.lock().clone() {
+            // The key service does every token operation: this child
+            // keeps no copy of the PIN and never opens the library.
+            if let Some(Ok(b)) = g.binding.get() {
+                b.pin.wipe();
+            }
+            if let Some((_, pin)) = STARTUP_PIN.lock().take() {
+                pin.wipe();
+            }
+            let timeout = keys[0].binding.op_timeout;
+            crate::keyservice::client::activate(path, keys, timeout);
             return;
         }
         // SAFETY: cleanup on the child's pool, run when the child exits.

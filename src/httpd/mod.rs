@@ -6,3 +6,4 @@ mod conftree;
 mod hooks;
 pub mod log;
 pub mod module;
+mod supervise;

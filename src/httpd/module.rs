@@ -24,7 +24,7 @@ const fn take1(
     }
 }
 
-struct Commands([command_rec; 8]);
+struct Commands([command_rec; 10]);
 // SAFETY: a read-only table of pointers to 'static strings and functions.
 unsafe impl Sync for Commands {}
 
@@ -40,6 +40,12 @@ static COMMANDS: Commands = Commands([
         config::set_allow_exportable_keys,
         c"On: serve token keys that are not CKA_SENSITIVE (their private value is readable with the PIN), with a warning, instead of refusing them; default Off",
     ),
+    take1(
+        c"HSMSSLKeyService",
+        config::set_key_service,
+        c"On: one key service process per server does every token operation; children never hold the PIN or a token connection; default Off",
+    ),
+    take1(c"HSMSSLKeyServiceUser", config::set_key_service_user, c"the user the key service runs as (default: httpd's User)"),
     command_rec {
         name: ptr::null(),
         func: cmd_func { no_args: None },

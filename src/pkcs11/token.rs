@@ -170,6 +170,9 @@ pub enum OpError {
     /// The token refused the PIN (wrong, locked, expired, or one more
     /// failure would lock it). Never retried.
     Denied(String),
+    /// The key service reports an error of the token (its text) or refused
+    /// the request; the service, not this process, handles the token.
+    Service(String),
 }
 
 impl OpError {
@@ -211,7 +214,7 @@ impl fmt::Display for OpError {
                 "no PKCS#11 session became free within {} ms (all sessions busy; raise HSMSSLMaxSessions or add HSM capacity)",
                 d.as_millis()
             ),
-            OpError::Setup(s) | OpError::Denied(s) => f.write_str(s),
+            OpError::Setup(s) | OpError::Denied(s) | OpError::Service(s) => f.write_str(s),
         }
     }
 }

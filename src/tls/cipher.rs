@@ -45,7 +45,7 @@ struct CipherCtx {
 /// The token's documented answer about a ciphertext: a bad PKCS#1 block
 /// (CKM_RSA_PKCS), or a value not below the modulus. Every other error may
 /// be token trouble and wakes the probe.
-fn is_data_error(e: &OpError) -> bool {
+pub(crate) fn is_data_error(e: &OpError) -> bool {
     matches!(e, OpError::Token(CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _)))
 }
 
@@ -53,6 +53,11 @@ impl CipherCtx {
     fn decrypt(&self, input: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         let (key, public) = self.key.as_ref()?;
         if self.pad != PAD_TLS {
+            // Only the TLS premaster decrypt is served by a key service.
+            if crate::keyservice::client::active().is_some() {
+                log::error!("RSA decrypt with {} refused: only TLS premaster secrets are decrypted with token keys", key.uri_text);
+                return None;
+            }
             return match runtime::with_hsm(&key.binding, |hsm| hsm.decrypt(key, Mech::RsaPkcs, input.to_vec())) {
                 Ok(v) => Some(Zeroizing::new(v)),
                 Err(e) => {
@@ -68,7 +73,7 @@ impl CipherCtx {
             return None;
         }
         let mech = key.premaster_mech();
-        let answer = match runtime::decrypt_premaster(key, mech.mech(), input) {
+        let answer = match crate::keyservice::premaster(key, input) {
             Ok(a) => a,
             Err(e) => {
                 // Before the token saw the ciphertext: not about the data.
@@ -83,8 +88,8 @@ impl CipherCtx {
         // CKM_RSA_PKCS (or a token that is an oracle) the token's own
         // answer already differs in kind and timing far more than this
         // wake-up (a lock and a condvar signal).
-        if let Some(e) = error.filter(|e| !is_data_error(e)) {
-            runtime::wake_probe(key, e);
+        if let Some(e) = error {
+            crate::keyservice::after_premaster_error(key, e);
         }
         Some(Zeroizing::new(premaster.to_vec()))
     }

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use crate::dispatch;
 use crate::ffi::ossl::{self, OSSL_PARAM};
 use crate::ffi::{guard, DISPATCH_END};
-use crate::pkcs11::runtime;
-use crate::pkcs11::token::{KeyRef, Mech, OpError};
-use cryptoki::error::{Error as CkError, RvError};
+use crate::keyservice::{self, proto};
+use crate::pkcs11::token::KeyRef;
 use crate::tls::digest::{Digest, Hasher};
 use crate::tls::key::{keydata, Kind, Public};
 use crate::tls::params::{self, def, end, ParamList};
@@ -98,20 +97,7 @@ impl SigCtx {
         let (key, public) = (&k.token, &k.public);
         let md = self.digest;
         (|| -> Result<(Vec<u8>, Scheme, Vec<u8>), String> {
-            let sign = |mech: Mech, data: &[u8]| {
-                let once = || runtime::with_hsm(&key.binding, |hsm| hsm.sign(key, mech, data.to_vec()));
-                match once() {
-                    // AWS CloudHSM reports throttling as CKR_FUNCTION_FAILED:
-                    // one more try after a pause. (Signing has no padding
-                    // oracle to protect, unlike the premaster decrypt.)
-                    Err(OpError::Token(CkError::Pkcs11(RvError::FunctionFailed, _))) => {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                        once()
-                    }
-                    r => r,
-                }
-                .map_err(|e| e.to_string())
-            };
+            let sign = |scheme: proto::Scheme, data: &[u8]| keyservice::sign(key, scheme, data).map_err(|e| e.to_string());
             match (self.kind, public) {
                 (Kind::Rsa, Public::Rsa { .. }) if self.pad == PAD_PSS => {
                     let md = md.ok_or("RSA-PSS without a digest")?;
@@ -123,24 +109,18 @@ impl SigCtx {
                         SaltLen::Len(n) => n,
                     };
                     let mgf = self.mgf1.unwrap_or(md);
-                    let mech = Mech::RsaPss { hash: md.mechanism(), mgf: mgf.mgf1(), salt: s_len as u64 };
-                    Ok((sign(mech, digest)?, Scheme::Pss { md, mgf1: mgf, salt: s_len }, digest.to_vec()))
+                    let salt = u32::try_from(s_len).map_err(|_| "PSS salt too long")?;
+                    let scheme = proto::Scheme::Pss { digest: md, mgf1: mgf, salt };
+                    Ok((sign(scheme, digest)?, Scheme::Pss { md, mgf1: mgf, salt: s_len }, digest.to_vec()))
                 }
                 (Kind::Rsa, Public::Rsa { .. }) => {
-                    let mut tbs = Vec::with_capacity(19 + digest.len());
-                    if let Some(md) = md {
-                        tbs.extend_from_slice(md.digest_info_prefix());
-                    }
-                    tbs.extend_from_slice(digest);
-                    let sig = sign(Mech::RsaPkcs, &tbs)?;
+                    // The DigestInfo is built where the token is called.
+                    let sig = sign(proto::Scheme::Pkcs1(md), digest)?;
                     // With a digest OpenSSL rebuilds the DigestInfo itself.
-                    Ok(match md {
-                        Some(_) => (sig, Scheme::Pkcs1(md), digest.to_vec()),
-                        None => (sig, Scheme::Pkcs1(None), tbs),
-                    })
+                    Ok((sig, Scheme::Pkcs1(md), digest.to_vec()))
                 }
                 (Kind::Ec, Public::Ec { curve, .. }) => {
-                    let rs = sign(Mech::Ecdsa, digest)?;
+                    let rs = sign(proto::Scheme::Ecdsa, digest)?;
                     let der = ecdsa_der(&rs, curve.field_bytes).ok_or_else(|| {
                         format!(
                             "the token returned an ECDSA signature of {} bytes; P-{} needs {} (r || s)",

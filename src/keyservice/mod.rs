@@ -1,0 +1,160 @@
+//! Private-key operations, wherever they run.
+//!
+//! With `HSMSSLKeyService On`, one process per server (the key service,
+//! [`service`]) alone loads the PKCS#11 library, logs in and holds the
+//! sessions; children send each operation over a local socket
+//! ([`client`], [`proto`]). Otherwise each child runs them itself
+//! (`pkcs11::runtime`). The TLS code calls [`sign`] and [`premaster`] and
+//! does not know which.
+//!
+//! [`admit`] is the one check of what an operation may ask of a key: the
+//! service applies it to every request, and the in-process path to every
+//! call, so both refuse the same things.
+
+pub mod client;
+pub mod proto;
+pub mod service;
+
+use std::sync::Arc;
+
+use cryptoki::error::{Error as CkError, RvError};
+
+use crate::pkcs11::runtime;
+use crate::pkcs11::token::{KeyRef, Mech, OpError, PublicKey, TokenAnswer};
+use proto::Scheme;
+
+/// What a token operation will be, once [`admit`] accepted the request.
+pub enum Admitted {
+    Sign { mech: Mech, data: Vec<u8> },
+    Premaster,
+}
+
+/// Bytes of an RSA modulus (its big-endian form without leading zeros).
+fn modulus_len(n: &[u8]) -> usize {
+    n.iter().position(|b| *b != 0).map(|i| n.len() - i).unwrap_or(0)
+}
+
+fn modulus_bits(n: &[u8]) -> usize {
+    match n.iter().position(|b| *b != 0) {
+        Some(i) => (n.len() - i) * 8 - n[i].leading_zeros() as usize,
+        None => 0,
+    }
+}
+
+/// Whether TLS may ask `key` for this operation, and the token mechanism
+/// and data if so: a signature of a digest of the right size in a scheme
+/// the key type has, or the decryption of exactly one modulus-sized block
+/// with an RSA key that may decrypt. The error says what was wrong.
+pub fn admit(key: &KeyRef, req: &proto::Request) -> Result<Admitted, String> {
+    match req {
+        proto::Request::Sign { scheme, digest, .. } => {
+            if !key.can_sign {
+                return Err("the key may not sign (CKA_SIGN is false)".into());
+            }
+            admit_sign(key, *scheme, digest).map(|(mech, data)| Admitted::Sign { mech, data })
+        }
+        proto::Request::Premaster { ciphertext, .. } => match &key.public {
+            PublicKey::Rsa { n, .. } if key.can_decrypt => {
+                let k = modulus_len(n);
+                if ciphertext.len() != k {
+                    return Err(format!("a premaster block of {} bytes; the key's modulus has {k}", ciphertext.len()));
+                }
+                Ok(Admitted::Premaster)
+            }
+            PublicKey::Rsa { .. } => Err("the key may not decrypt (CKA_DECRYPT is false)".into()),
+            PublicKey::Ec { .. } => Err("a premaster decrypt with an EC key".into()),
+        },
+    }
+}
+
+fn admit_sign(key: &KeyRef, scheme: Scheme, digest: &[u8]) -> Result<(Mech, Vec<u8>), String> {
+    match (&key.public, scheme) {
+        (PublicKey::Rsa { n, .. }, Scheme::Pkcs1(md)) => {
+            let tbs = match md {
+                Some(md) if digest.len() == md.size() => [md.digest_info_prefix(), digest].concat(),
+                Some(md) => return Err(format!("a {} digest of {} bytes", md.name(), digest.len())),
+                // TLS 1.0 and 1.1: MD5 and SHA-1 side by side.
+                None if digest.len() == 36 => digest.to_vec(),
+                None => return Err(format!("PKCS#1 data without a digest of {} bytes (only the 36 of MD5+SHA-1)", digest.len())),
+            };
+            if tbs.len() + 11 > modulus_len(n) {
+                return Err("a DigestInfo too long for the key".into());
+            }
+            Ok((Mech::RsaPkcs, tbs))
+        }
+        (PublicKey::Rsa { n, .. }, Scheme::Pss { digest: md, mgf1, salt }) => {
+            if digest.len() != md.size() {
+                return Err(format!("a {} digest of {} bytes", md.name(), digest.len()));
+            }
+            let em_len = (modulus_bits(n).saturating_sub(1)).div_ceil(8);
+            if salt as usize + md.size() + 2 > em_len {
+                return Err(format!("a PSS salt of {salt} bytes, too long for the key"));
+            }
+            Ok((Mech::RsaPss { hash: md.mechanism(), mgf: mgf1.mgf1(), salt: salt as u64 }, digest.to_vec()))
+        }
+        (PublicKey::Ec { .. }, Scheme::Ecdsa) => {
+            if ![20, 28, 32, 48, 64].contains(&digest.len()) {
+                return Err(format!("an ECDSA digest of {} bytes", digest.len()));
+            }
+            Ok((Mech::Ecdsa, digest.to_vec()))
+        }
+        (PublicKey::Rsa { .. }, Scheme::Ecdsa) => Err("an ECDSA signature with an RSA key".into()),
+        (PublicKey::Ec { .. }, _) => Err("an RSA signature with an EC key".into()),
+    }
+}
+
+/// Signs in this process (a child without key service, or the service).
+/// AWS CloudHSM reports throttling as CKR_FUNCTION_FAILED: one more try
+/// after a pause. (Signing has no padding oracle to protect, unlike the
+/// premaster decrypt.)
+pub fn sign_here(key: &Arc<KeyRef>, mech: Mech, data: &[u8]) -> Result<Vec<u8>, OpError> {
+    let once = || runtime::with_hsm(&key.binding, |hsm| hsm.sign(key, mech, data.to_vec()));
+    match once() {
+        Err(OpError::Token(CkError::Pkcs11(RvError::FunctionFailed, _))) => {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            once()
+        }
+        r => r,
+    }
+}
+
+/// Decrypts a TLS premaster block in this process with the mechanism the
+/// startup chose for the key; see `runtime::decrypt_premaster` for why the
+/// token's own answer comes back as `Ok`.
+pub fn premaster_here(key: &Arc<KeyRef>, ciphertext: &[u8]) -> Result<TokenAnswer, OpError> {
+    runtime::decrypt_premaster(key, key.premaster_mech().mech(), ciphertext)
+}
+
+/// A signature of `digest` with `key` in `scheme`.
+pub fn sign(key: &Arc<KeyRef>, scheme: Scheme, digest: &[u8]) -> Result<Vec<u8>, OpError> {
+    if let Some(c) = client::active() {
+        return c.sign(key, scheme, digest);
+    }
+    let req = proto::Request::Sign { key: 0, scheme, digest: digest.to_vec() };
+    match admit(key, &req).map_err(OpError::Setup)? {
+        Admitted::Sign { mech, data } => sign_here(key, mech, &data),
+        Admitted::Premaster => Err(OpError::Setup("internal error: a signature admitted as a decrypt".into())),
+    }
+}
+
+/// The token's answer to a TLS premaster block. The caller treats every
+/// answer alike (see `tls::cipher`), then calls [`after_premaster_error`]
+/// with the error, if any.
+pub fn premaster(key: &Arc<KeyRef>, ciphertext: &[u8]) -> Result<TokenAnswer, OpError> {
+    if let Some(c) = client::active() {
+        return c.premaster(key, ciphertext);
+    }
+    let req = proto::Request::Premaster { key: 0, ciphertext: ciphertext.to_vec() };
+    admit(key, &req).map_err(OpError::Setup)?;
+    premaster_here(key, ciphertext)
+}
+
+/// After a premaster decrypt's token error: unless it is the token's
+/// documented answer about the data, wake the probe of the process that
+/// talks to the token (a child with a key service has nothing to wake:
+/// the service wakes its own).
+pub fn after_premaster_error(key: &Arc<KeyRef>, error: OpError) {
+    if client::active().is_none() && !crate::tls::cipher::is_data_error(&error) {
+        runtime::wake_probe(key, error);
+    }
+}

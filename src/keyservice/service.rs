@@ -1,0 +1,352 @@
+//! The key service: one process per httpd instance, forked by httpd's
+//! parent once a configuration is loaded, that alone loads the PKCS#11
+//! library, logs in and holds the sessions. Children reach it over a Unix
+//! socket; see `hooks` for how the parent starts and supervises it.
+//!
+//! What keeps the children away from the credential:
+//! * the process is not dumpable (no ptrace, no /proc/<pid>/mem, no core
+//!   file), also after it changes user;
+//! * it runs as `HSMSSLKeyServiceUser` (default: httpd's `User`);
+//! * the socket is mode 0660, owned by that user and httpd's `Group`, and
+//!   each connection's peer must run as httpd's `User` and be a child of
+//!   this server's parent (SO_PEERCRED and /proc);
+//! * a request names a key by its startup index and asks only what
+//!   [`super::admit`] allows for it; anything else is refused and logged.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::proto::{self, Answer, Failure, Request};
+use super::{admit, premaster_here, sign_here, Admitted};
+use crate::pkcs11::runtime;
+use crate::pkcs11::token::{KeyRef, OpError};
+
+/// The name of the process (its /proc/<pid>/comm).
+pub const PROCESS_NAME: &CStr = c"hsm_ssl-keys";
+
+/// A Unix user: name, uid and primary gid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+/// The user named `name` (or `#uid`), from the system's user database.
+pub fn lookup_user(name: &str) -> Result<User, String> {
+    if let Some(n) = name.strip_prefix('#') {
+        let uid: libc::uid_t = n.parse().map_err(|_| "not a user name or #uid".to_string())?;
+        return by_uid(uid).ok_or_else(|| format!("no user has uid {uid}"));
+    }
+    let c = CString::new(name).map_err(|_| "a user name cannot contain NUL".to_string())?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: passwd is plain data; getpwnam_r fills it with pointers into
+    // `buf`, which outlives every use of them below.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
+        if rc != 0 || out.is_null() {
+            return Err("no such user on this system".into());
+        }
+        Ok(User { name: name.to_string(), uid: pw.pw_uid, gid: pw.pw_gid })
+    }
+}
+
+fn by_uid(uid: libc::uid_t) -> Option<User> {
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: as in lookup_user.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        let rc = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
+        if rc != 0 || out.is_null() {
+            return None;
+        }
+        Some(User { name: CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned(), uid: pw.pw_uid, gid: pw.pw_gid })
+    }
+}
+
+/// Everything a key service needs, decided by the parent before the fork.
+#[derive(Clone)]
+pub struct Plan {
+    pub socket: PathBuf,
+    /// The user the service runs as.
+    pub user: User,
+    /// httpd's User and Group: the children's credentials.
+    pub child_uid: libc::uid_t,
+    pub child_gid: libc::gid_t,
+    /// httpd's parent process.
+    pub parent: libc::pid_t,
+    /// The keys, in the order requests name them.
+    pub keys: Vec<Arc<KeyRef>>,
+}
+
+/// Forks the key service. Returns its pid in the parent; the new process
+/// runs [`serve`] and exits, never returning into httpd.
+pub fn start(plan: &Plan) -> Result<libc::pid_t, String> {
+    if plan.socket.as_os_str().len() >= 100 {
+        return Err(format!("the key service socket path {} is too long for a Unix socket; set a shorter DefaultRuntimeDir", plan.socket.display()));
+    }
+    // SAFETY: fork in httpd's parent, whose only other threads are idle
+    // token helpers (the startup joins its bounded threads); the new
+    // process only runs `serve` and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(format!("cannot fork the key service: {}", io::Error::last_os_error())),
+        0 => {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan))) {
+                Ok(Ok(())) => 0,
+                Ok(Err(e)) => {
+                    log::error!("key service (pid {}): {e}", std::process::id());
+                    1
+                }
+                Err(_) => 2,
+            };
+            // SAFETY: ends the forked process without running httpd's
+            // exit handlers or pool cleanups, which belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+        pid => Ok(pid),
+    }
+}
+
+fn prctl(option: libc::c_int, arg: libc::c_ulong) -> Result<(), String> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(option, arg, 0, 0, 0) } != 0 {
+        return Err(format!("prctl({option}): {}", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn set_up_process(plan: &Plan) -> Result<(), String> {
+    prctl(libc::PR_SET_NAME, PROCESS_NAME.as_ptr() as libc::c_ulong)?;
+    prctl(libc::PR_SET_DUMPABLE, 0)?;
+    // Gone with the parent, even if it is killed.
+    prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong)?;
+    // SAFETY: plain signal and mask calls. httpd's parent handlers (restart,
+    // stop) would only set flags nobody reads here: back to the defaults.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGINT, libc::SIGWINCH] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        if libc::getppid() != plan.parent {
+            return Err("httpd's parent exited before the key service started".into());
+        }
+    }
+    Ok(())
+}
+
+/// The listening socket, made while still root: only the service user and
+/// httpd's Group may connect.
+fn listen(plan: &Plan) -> Result<UnixListener, String> {
+    let path = &plan.socket;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove the old socket {}: {e}", path.display())),
+    }
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let l = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()));
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = l?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "socket path with NUL".to_string())?;
+    // SAFETY: chown/chmod of the socket just created, by path.
+    unsafe {
+        if libc::chown(c.as_ptr(), plan.user.uid, plan.child_gid) != 0 || libc::chmod(c.as_ptr(), 0o660) != 0 {
+            return Err(format!("cannot give {} to user {}: {}", path.display(), plan.user.name, io::Error::last_os_error()));
+        }
+    }
+    Ok(l)
+}
+
+fn drop_privileges(plan: &Plan) -> Result<(), String> {
+    // SAFETY: plain credential calls; failure of any is fatal to the service.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return Ok(()); // httpd not started as root: nothing to drop
+        }
+        let groups = [plan.user.gid];
+        if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(plan.user.gid) != 0 || libc::setuid(plan.user.uid) != 0 {
+            return Err(format!("cannot become user {}: {}", plan.user.name, io::Error::last_os_error()));
+        }
+    }
+    // A change of user resets the flag to fs.suid_dumpable: set it again.
+    prctl(libc::PR_SET_DUMPABLE, 0)
+}
+
+/// The key service's life: set up, open the token, serve until killed.
+fn serve(plan: &Plan) -> Result<(), String> {
+    set_up_process(plan)?;
+    let listener = listen(plan)?;
+    drop_privileges(plan)?;
+    runtime::set_serving();
+    for k in &plan.keys {
+        if let Err(e) = runtime::with_hsm(&k.binding, |h| h.prepare(k)) {
+            log::error!("key service: key {} is not usable yet: {e}; its handshakes fail until the token is back", k.uri_text);
+        }
+    }
+    log::info!(
+        "key service started: pid {} as user {}, {} key(s), socket {}",
+        std::process::id(),
+        plan.user.name,
+        plan.keys.len(),
+        plan.socket.display()
+    );
+    let keys: Arc<[Arc<KeyRef>]> = plan.keys.clone().into();
+    for conn in listener.incoming() {
+        let s = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("key service: accept failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+        };
+        let peer = match peer_of(&s, plan) {
+            Ok(pid) => pid,
+            Err((pid, uid, why)) => {
+                log::error!("key service: refused a connection from pid {pid} (uid {uid}): {why}");
+                continue;
+            }
+        };
+        let keys = keys.clone();
+        let spawned = std::thread::Builder::new().name("hsm_ssl-conn".into()).spawn(move || connection(s, peer, &keys));
+        if let Err(e) = spawned {
+            log::error!("key service: cannot start a thread for pid {peer}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// The peer's pid if it may use the service; otherwise its pid, uid and why not.
+fn peer_of(s: &UnixStream, plan: &Plan) -> Result<i32, (i32, u32, String)> {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED fills a ucred of the given size.
+    let rc = unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len) };
+    if rc != 0 {
+        return Err((0, u32::MAX, format!("cannot read its credentials: {}", io::Error::last_os_error())));
+    }
+    if cred.uid != plan.child_uid {
+        return Err((cred.pid, cred.uid, format!("not httpd's User (uid {})", plan.child_uid)));
+    }
+    match parent_of(cred.pid) {
+        Some(pp) if pp == plan.parent => Ok(cred.pid),
+        _ => Err((cred.pid, cred.uid, "not a process of this server".into())),
+    }
+}
+
+/// The parent pid of `pid`, from /proc/<pid>/stat.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Serves one child's connection until it closes it or sends something
+/// malformed.
+fn connection(mut s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
+    loop {
+        let body = match proto::read_frame(&mut s) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::InvalidData {
+                    log::error!("key service: refused a request from pid {peer}: {e}; connection closed");
+                }
+                return;
+            }
+        };
+        let answer = match Request::decode(&body) {
+            Ok(req) => execute(&req, peer, keys),
+            Err(e) => {
+                log::error!("key service: refused a request from pid {peer}: {e}; connection closed");
+                return;
+            }
+        };
+        if proto::write_frame(&mut s, &answer.encode()).is_err() {
+            return;
+        }
+    }
+}
+
+fn execute(req: &Request, peer: i32, keys: &[Arc<KeyRef>]) -> Answer {
+    let index = match req {
+        Request::Sign { key, .. } | Request::Premaster { key, .. } => *key,
+    };
+    let Some(key) = keys.get(index as usize) else {
+        log::error!("key service: refused a request from pid {peer}: no key number {index} (the service has {})", keys.len());
+        return Answer::Failed(Failure::Refused(format!("no key number {index}")));
+    };
+    match (admit(key, req), req) {
+        (Err(why), _) => {
+            log::error!("key service: refused a request from pid {peer} for key {}: {why}", key.uri_text);
+            Answer::Failed(Failure::Refused(why))
+        }
+        (Ok(Admitted::Sign { mech, data }), _) => match sign_here(key, mech, &data) {
+            Ok(sig) => Answer::Done(sig.into()),
+            Err(e) => Answer::Failed(failure(e)),
+        },
+        (Ok(Admitted::Premaster), Request::Premaster { ciphertext, .. }) => match premaster_here(key, ciphertext) {
+            Ok(Ok(block)) => Answer::Done(block.into()),
+            Ok(Err(e)) => {
+                // Same answer for every token error; the probe (not the
+                // client) decides whether the token is in trouble.
+                let text = e.to_string();
+                super::after_premaster_error(key, e);
+                Answer::PremasterError(text)
+            }
+            Err(e) => Answer::Failed(failure(e)),
+        },
+        (Ok(Admitted::Premaster), Request::Sign { .. }) => Answer::Failed(Failure::Refused("a signature admitted as a decrypt".into())),
+    }
+}
+
+fn failure(e: OpError) -> Failure {
+    let ms = |d: std::time::Duration| d.as_millis().min(u32::MAX as u128) as u32;
+    match e {
+        OpError::Busy(d) => Failure::Busy(ms(d)),
+        OpError::Timeout(d) => Failure::Timeout(ms(d)),
+        OpError::Setup(t) => Failure::Setup(t),
+        OpError::Denied(t) => Failure::Denied(t),
+        e @ (OpError::Token(_) | OpError::Service(_)) => Failure::Token(e.to_string()),
+    }
+}
+
+/// Removes a socket the service left (at a restart or stop).
+pub fn remove_socket(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_found_by_name_and_by_uid() {
+        let root = lookup_user("root").unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(lookup_user("#0").unwrap().name, "root");
+        assert!(lookup_user("no-such-user-here").unwrap_err().contains("no such user"));
+        assert!(lookup_user("#x").is_err());
+    }
+
+    #[test]
+    fn the_parent_of_a_process_is_read_from_proc() {
+        // SAFETY: getppid has no preconditions.
+        assert_eq!(parent_of(std::process::id() as i32), Some(unsafe { libc::getppid() }));
+        assert_eq!(parent_of(i32::MAX), None);
+    }
+}
