@@ -9,3 +9,4 @@
 #include <apr_strings.h>
 #include <apr_thread_proc.h>
 #include <unixd.h>
+#include <mpm_common.h>

@@ -105,17 +105,30 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
                 }
             }
             _ => {
-                // RESTART (the server restarts or stops) or UNREGISTER (the
-                // configuration pool is cleared): this configuration's
-                // service ends.
-                // SAFETY: a signal to our own child.
-                unsafe { libc::kill(s.pid, libc::SIGTERM) };
-                log::debug!("key service (pid {}) stopped with its configuration", s.pid);
-                service::remove_socket(&s.plan.socket);
+                // RESTART or UNREGISTER (the configuration pool is
+                // cleared): this configuration's service ends. At a stop
+                // at once; otherwise it serves the old children until they
+                // are done (see service::drain_watch), and the MPM reaps
+                // it (and stops it with the server) as an extra process.
                 if reason == httpd::APR_OC_REASON_RESTART {
-                    // SAFETY: as above.
+                    // SAFETY: unregistering the record APR called us for.
                     unsafe { httpd::apr_proc_other_child_unregister(data) };
                 }
+                if stopping() {
+                    // SAFETY: a signal to our own child.
+                    unsafe { libc::kill(s.pid, libc::SIGTERM) };
+                    service::remove_socket(&s.plan.socket);
+                } else {
+                    let mut generation: c_int = 0;
+                    // SAFETY: ap_mpm_query writes one int; the other calls
+                    // take plain values.
+                    unsafe {
+                        httpd::ap_mpm_query(httpd::AP_MPMQ_GENERATION as c_int, &mut generation);
+                        httpd::ap_register_extra_mpm_process(s.pid, generation);
+                        libc::kill(s.pid, libc::SIGUSR1);
+                    }
+                }
+                log::debug!("key service (pid {}) ends with its configuration", s.pid);
             }
         }
     })

@@ -18,7 +18,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::proto::{self, Answer, Failure, Request};
 use super::{admit, premaster_here, sign_here, Admitted};
@@ -27,6 +29,46 @@ use crate::pkcs11::token::{KeyRef, OpError};
 
 /// The name of the process (its /proc/<pid>/comm).
 pub const PROCESS_NAME: &CStr = c"hsm_ssl-keys";
+
+/// Set by SIGUSR1: the configuration is gone (a graceful restart).
+static DRAINING: AtomicBool = AtomicBool::new(false);
+/// Connections being served.
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+/// Milliseconds since START of the last request.
+static LAST_REQUEST: AtomicU64 = AtomicU64::new(0);
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// How long a draining service waits for its old children's next request.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
+
+extern "C" fn on_drain(_sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    DRAINING.store(true, Ordering::Relaxed);
+}
+
+fn now_ms() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// After a graceful restart the old children finish the connections they
+/// accepted, with the old configuration's keys: the old service serves
+/// them until none is connected or none has asked anything for
+/// DRAIN_IDLE, then exits. New children use the new service.
+fn drain_watch(socket: PathBuf) {
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if !DRAINING.load(Ordering::Relaxed) {
+            continue;
+        }
+        remove_socket(&socket);
+        let idle = Duration::from_millis(now_ms().saturating_sub(LAST_REQUEST.load(Ordering::Relaxed)));
+        if CONNECTIONS.load(Ordering::Relaxed) == 0 || idle >= DRAIN_IDLE {
+            log::debug!("key service (pid {}) of an old configuration exits", std::process::id());
+            // SAFETY: ends this process; nothing of httpd's runs here.
+            unsafe { libc::_exit(0) }
+        }
+    }
+}
 
 /// A Unix user: name, uid and primary gid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,9 +173,10 @@ fn set_up_process(plan: &Plan) -> Result<(), String> {
     // SAFETY: plain signal and mask calls. httpd's parent handlers (restart,
     // stop) would only set flags nobody reads here: back to the defaults.
     unsafe {
-        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGINT, libc::SIGWINCH] {
+        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGWINCH] {
             libc::signal(sig, libc::SIG_DFL);
         }
+        libc::signal(libc::SIGUSR1, on_drain as extern "C" fn(libc::c_int) as libc::sighandler_t);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
@@ -204,6 +247,12 @@ fn serve(plan: &Plan) -> Result<(), String> {
         plan.socket.display()
     );
     let keys: Arc<[Arc<KeyRef>]> = plan.keys.clone().into();
+    LAST_REQUEST.store(now_ms(), Ordering::Relaxed);
+    let socket = plan.socket.clone();
+    std::thread::Builder::new()
+        .name("hsm_ssl-drain".into())
+        .spawn(move || drain_watch(socket))
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
     for conn in listener.incoming() {
         let s = match conn {
             Ok(s) => s,
@@ -257,7 +306,13 @@ fn parent_of(pid: i32) -> Option<i32> {
 
 /// Serves one child's connection until it closes it or sends something
 /// malformed.
-fn connection(mut s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
+fn connection(s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
+    CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    serve_connection(s, peer, keys);
+    CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn serve_connection(mut s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
     loop {
         let body = match proto::read_frame(&mut s) {
             Ok(Some(b)) => b,
@@ -269,6 +324,7 @@ fn connection(mut s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
                 return;
             }
         };
+        LAST_REQUEST.store(now_ms(), Ordering::Relaxed);
         let answer = match Request::decode(&body) {
             Ok(req) => execute(&req, peer, keys),
             Err(e) => {
