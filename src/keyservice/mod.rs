@@ -158,3 +158,66 @@ pub fn after_premaster_error(key: &Arc<KeyRef>, error: OpError) {
         runtime::wake_probe(key, error);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::digest::Digest;
+    use proto::Request;
+
+    fn rsa(bits: usize, sign: bool, decrypt: bool) -> KeyRef {
+        let mut n = vec![0u8; bits / 8 + 1]; // a leading zero, as DER integers have
+        n[1] = 0xc0;
+        KeyRef::for_test(PublicKey::Rsa { n, e: vec![1, 0, 1] }, sign, decrypt)
+    }
+
+    fn ec() -> KeyRef {
+        KeyRef::for_test(PublicKey::Ec { params: vec![6, 8], point: vec![4; 65] }, true, false)
+    }
+
+    fn sign(scheme: Scheme, len: usize) -> Request {
+        Request::Sign { key: 0, scheme, digest: vec![0xab; len] }
+    }
+
+    #[test]
+    fn what_tls_needs_is_admitted_with_the_mechanism_and_data_it_needs() {
+        let k = rsa(2048, true, true);
+        match admit(&k, &sign(Scheme::Pkcs1(Some(Digest::Sha256)), 32)).unwrap() {
+            Admitted::Sign { mech: Mech::RsaPkcs, data } => {
+                assert_eq!(&data[..19], Digest::Sha256.digest_info_prefix());
+                assert_eq!(data.len(), 19 + 32);
+            }
+            _ => panic!("not a PKCS#1 signature"),
+        }
+        assert!(matches!(admit(&k, &sign(Scheme::Pkcs1(None), 36)), Ok(Admitted::Sign { .. })));
+        let pss = Scheme::Pss { digest: Digest::Sha256, mgf1: Digest::Sha256, salt: 32 };
+        assert!(matches!(admit(&k, &sign(pss, 32)), Ok(Admitted::Sign { mech: Mech::RsaPss { salt: 32, .. }, .. })));
+        // The largest salt RSA-2048 with SHA-256 allows: 256 - 32 - 2.
+        let max = Scheme::Pss { digest: Digest::Sha256, mgf1: Digest::Sha256, salt: 222 };
+        assert!(admit(&k, &sign(max, 32)).is_ok());
+        assert!(matches!(admit(&k, &Request::Premaster { key: 0, ciphertext: vec![1; 256] }), Ok(Admitted::Premaster)));
+        assert!(matches!(admit(&ec(), &sign(Scheme::Ecdsa, 32)), Ok(Admitted::Sign { mech: Mech::Ecdsa, .. })));
+    }
+
+    #[test]
+    fn anything_else_is_refused_with_the_reason() {
+        let k = rsa(2048, true, true);
+        let refused = |k: &KeyRef, r: Request| admit(k, &r).err().unwrap_or_else(|| panic!("admitted {r:?}"));
+        assert!(refused(&k, sign(Scheme::Pkcs1(Some(Digest::Sha256)), 31)).contains("31 bytes"));
+        assert!(refused(&k, sign(Scheme::Pkcs1(Some(Digest::Sha256)), 33)).contains("33 bytes"));
+        assert!(refused(&k, sign(Scheme::Pkcs1(None), 35)).contains("35 bytes"));
+        assert!(refused(&k, sign(Scheme::Pkcs1(None), 256)).contains("256 bytes"));
+        let pss = |salt| Scheme::Pss { digest: Digest::Sha256, mgf1: Digest::Sha256, salt };
+        assert!(refused(&k, sign(pss(32), 48)).contains("48 bytes"));
+        assert!(refused(&k, sign(pss(223), 32)).contains("salt"));
+        assert!(refused(&k, sign(Scheme::Ecdsa, 32)).contains("RSA key"));
+        assert!(refused(&k, Request::Premaster { key: 0, ciphertext: vec![1; 255] }).contains("modulus has 256"));
+        assert!(refused(&k, Request::Premaster { key: 0, ciphertext: vec![1; 512] }).contains("512 bytes"));
+        assert!(refused(&rsa(2048, false, true), sign(Scheme::Pkcs1(Some(Digest::Sha256)), 32)).contains("CKA_SIGN"));
+        assert!(refused(&rsa(2048, true, false), Request::Premaster { key: 0, ciphertext: vec![1; 256] }).contains("CKA_DECRYPT"));
+        let e = ec();
+        assert!(refused(&e, sign(Scheme::Ecdsa, 33)).contains("33 bytes"));
+        assert!(refused(&e, sign(Scheme::Pkcs1(Some(Digest::Sha256)), 32)).contains("EC key"));
+        assert!(refused(&e, Request::Premaster { key: 0, ciphertext: vec![1; 65] }).contains("EC key"));
+    }
+}

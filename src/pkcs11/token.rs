@@ -113,6 +113,34 @@ pub struct KeyRef {
 type KeyIdent = (String, Vec<u8>, Option<String>);
 
 impl KeyRef {
+    /// A key that was never on a token, for tests of what may be asked of it.
+    #[cfg(test)]
+    pub fn for_test(public: PublicKey, can_sign: bool, can_decrypt: bool) -> KeyRef {
+        let binding = Arc::new(Binding {
+            library: PathBuf::from("/nonexistent"),
+            pin: Arc::new(super::secret::Secret::new(b"test".to_vec())),
+            default_token: TokenSelector::default(),
+            max_sessions: 1,
+            session_wait: Duration::from_secs(1),
+            op_timeout: Duration::from_secs(1),
+            direct_calls: false,
+        });
+        KeyRef {
+            ident: (String::new(), vec![1], None),
+            uri_text: "pkcs11:object=test".into(),
+            token_serial: String::new(),
+            token_label: String::new(),
+            id: vec![1],
+            label: None,
+            public,
+            can_sign,
+            can_decrypt,
+            protection: Protection::default(),
+            binding,
+            premaster: std::sync::OnceLock::new(),
+        }
+    }
+
     /// The mechanism that decrypts this key's TLS premaster secrets.
     pub fn premaster_mech(&self) -> PremasterMech {
         self.premaster.get().copied().unwrap_or(PremasterMech::Pkcs1)
