@@ -654,3 +654,19 @@ fn configtest_starts_no_key_service() {
     let pids: Vec<u32> = s.p11.per_process().into_iter().map(|(p, _)| p).collect();
     assert!(pids.len() <= 1, "configtest: PKCS#11 calls from several processes {pids:?}");
 }
+
+#[test]
+fn with_hsmsslkeyservice_off_no_key_service_runs_and_children_use_the_token() {
+    let mut s = Site::new("ks-off", Mpm::Event);
+    s.key("www-rsa", "rsa:2048");
+    s.vhost("localhost", &["www-rsa"]);
+    s.global("HSMSSLKeyService Off");
+    s.start();
+    s.get(tls("1.3"));
+    s.get(rsa_kx());
+    assert!(key_services(&s).is_empty(), "a key service runs with HSMSSLKeyService Off: {:?}", key_services(&s));
+    assert!(!s.apache.error_log().contains("key service started"), "{}", s.apache.error_log());
+    let workers = workers(&s);
+    let signers: Vec<i32> = server_process_calls(&s).into_iter().filter(|(_, c)| count(c, "C_SignInit") > 0).map(|(p, _)| p).collect();
+    assert!(!signers.is_empty() && signers.iter().all(|p| workers.contains(p)), "signers {signers:?}, workers {workers:?}");
+}
