@@ -149,6 +149,7 @@ impl ApacheConfig {
             cfg: self,
             started: false,
             master: None,
+            control: std::sync::Mutex::new(Vec::new()),
             dir,
         };
         a.port = free_port();
@@ -210,6 +211,8 @@ pub struct Apache {
     pub cfg: ApacheConfig,
     started: bool,
     master: Option<i32>,
+    /// Pids of the `apache2 -k ...` commands run so far.
+    control: std::sync::Mutex<Vec<i32>>,
     // Last: dropped after Drop::drop has stopped the server.
     dir: TestDir,
 }
@@ -332,13 +335,15 @@ impl Apache {
     fn run_k(&self, action: &str) -> (Option<i32>, String) {
         let out_path = self.root.join(format!("logs/k-{action}.out"));
         let out = std::fs::File::create(&out_path).unwrap();
-        let status = self
+        let mut child = self
             .command()
             .args(["-k", action])
             .stdout(out.try_clone().unwrap())
             .stderr(out)
-            .status()
+            .spawn()
             .expect("run apache2");
+        self.control.lock().unwrap_or_else(|e| e.into_inner()).push(child.id() as i32);
+        let status = child.wait().expect("wait for apache2");
         (status.code(), std::fs::read_to_string(&out_path).unwrap_or_default())
     }
 
@@ -438,6 +443,14 @@ impl Apache {
     /// Master pid (from the pidfile at start/restart).
     pub fn master_pid(&self) -> Option<i32> {
         self.master
+    }
+
+    /// Pids of the `apache2 -k start|graceful|restart|stop` commands the
+    /// harness ran. `-k start` does httpd's first configuration pass (module
+    /// post_config hooks included) in its own pid before it forks the
+    /// daemon, so per-process call logs have entries for it.
+    pub fn control_pids(&self) -> Vec<i32> {
+        self.control.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Master first, then its live children.

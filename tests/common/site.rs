@@ -76,6 +76,18 @@ impl Site {
         self.apache.reconfigure(|c| c.vhosts.push(ssl_vhost(server_name, &body)));
     }
 
+    /// Change the token's user PIN and the `HSM_TEST_PIN` apache2 gets.
+    pub fn set_pin(&mut self, pin: &str) {
+        self.token.set_pin(pin);
+        self.apache.reconfigure(|c| {
+            for (k, v) in c.env.iter_mut() {
+                if k == "HSM_TEST_PIN" {
+                    *v = pin.to_string();
+                }
+            }
+        });
+    }
+
     pub fn global(&mut self, lines: &str) {
         self.apache.reconfigure(|c| {
             c.global.push_str(lines);

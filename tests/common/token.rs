@@ -120,6 +120,15 @@ impl Token {
         c
     }
 
+    /// Change the user PIN to `new_pin` (`pkcs11-tool --change-pin`), e.g.
+    /// for a test that looks for the PIN in memory and wants a value of its
+    /// own; [`Token::pin`] is updated.
+    pub fn set_pin(&mut self, new_pin: &str) {
+        run_ok(self.pkcs11_tool_login().args(["--change-pin", "--new-pin", new_pin]));
+        self.pin = new_pin.to_string();
+        self.share();
+    }
+
     /// Chown the token dir to the apache2 run user (see module docs).
     pub fn share(&self) {
         chown_r(&self.tokendir, RUN_USER);
