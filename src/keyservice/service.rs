@@ -134,6 +134,9 @@ pub fn start(plan: &Plan) -> Result<libc::pid_t, String> {
     if plan.socket.as_os_str().len() >= 100 {
         return Err(format!("the key service socket path {} is too long for a Unix socket; set a shorter DefaultRuntimeDir", plan.socket.display()));
     }
+    // Made by the parent before the fork: a child connecting right after
+    // the start waits in the backlog instead of finding no socket.
+    let listener = listen(plan)?;
     // SAFETY: fork in httpd's parent, whose only other threads are idle
     // token helpers (the startup joins its bounded threads); the new
     // process only runs `serve` and leaves with _exit.
@@ -141,7 +144,7 @@ pub fn start(plan: &Plan) -> Result<libc::pid_t, String> {
     match pid {
         -1 => Err(format!("cannot fork the key service: {}", io::Error::last_os_error())),
         0 => {
-            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan))) {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan, listener))) {
                 Ok(Ok(())) => 0,
                 Ok(Err(e)) => {
                     log::error!("key service (pid {}): {e}", std::process::id());
@@ -153,7 +156,12 @@ pub fn start(plan: &Plan) -> Result<libc::pid_t, String> {
             // exit handlers or pool cleanups, which belong to the parent.
             unsafe { libc::_exit(code) }
         }
-        pid => Ok(pid),
+        pid => {
+            // Only the service accepts: children forked later must not
+            // inherit the listening socket.
+            drop(listener);
+            Ok(pid)
+        }
     }
 }
 
@@ -166,6 +174,11 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> Result<(), String> {
 }
 
 fn set_up_process(plan: &Plan) -> Result<(), String> {
+    // A session of its own: the signals an MPM sends to its process group
+    // (SIGHUP to every child at a restart) are not for the service, which
+    // the parent stops itself (and the kernel, if the parent dies).
+    // SAFETY: setsid has no preconditions; it fails only for a group leader.
+    unsafe { libc::setsid() };
     prctl(libc::PR_SET_NAME, PROCESS_NAME.as_ptr() as libc::c_ulong)?;
     prctl(libc::PR_SET_DUMPABLE, 0)?;
     // Gone with the parent, even if it is killed.
@@ -188,8 +201,8 @@ fn set_up_process(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-/// The listening socket, made while still root: only the service user and
-/// httpd's Group may connect.
+/// The listening socket, made by httpd's parent (root): only the service
+/// user and httpd's Group may connect.
 fn listen(plan: &Plan) -> Result<UnixListener, String> {
     let path = &plan.socket;
     match std::fs::remove_file(path) {
@@ -229,9 +242,8 @@ fn drop_privileges(plan: &Plan) -> Result<(), String> {
 }
 
 /// The key service's life: set up, open the token, serve until killed.
-fn serve(plan: &Plan) -> Result<(), String> {
+fn serve(plan: &Plan, listener: UnixListener) -> Result<(), String> {
     set_up_process(plan)?;
-    let listener = listen(plan)?;
     drop_privileges(plan)?;
     runtime::set_serving();
     for k in &plan.keys {
