@@ -60,9 +60,11 @@ fn drain_watch(socket: PathBuf) {
         if !DRAINING.load(Ordering::Relaxed) {
             continue;
         }
-        remove_socket(&socket);
+        // The socket stays while draining: an old child's new thread still
+        // connects to it (new children use the new configuration's).
         let idle = Duration::from_millis(now_ms().saturating_sub(LAST_REQUEST.load(Ordering::Relaxed)));
         if CONNECTIONS.load(Ordering::Relaxed) == 0 || idle >= DRAIN_IDLE {
+            remove_socket(&socket);
             log::debug!("key service (pid {}) of an old configuration exits", std::process::id());
             // SAFETY: ends this process; nothing of httpd's runs here.
             unsafe { libc::_exit(0) }

@@ -461,8 +461,18 @@ impl Apache {
         v
     }
 
-    /// Live children of the master.
+    /// Live children of the master that serve requests (the key service,
+    /// `HSMSSLKeyService On`, is not one: see `key_service_pids`).
     pub fn child_pids(&self) -> Vec<i32> {
+        self.all_child_pids().into_iter().filter(|p| !is_key_service(*p)).collect()
+    }
+
+    /// Live key-service processes of this server (normally one).
+    pub fn key_service_pids(&self) -> Vec<i32> {
+        self.all_child_pids().into_iter().filter(|p| is_key_service(*p)).collect()
+    }
+
+    fn all_child_pids(&self) -> Vec<i32> {
         let Some(master) = self.master else { return Vec::new() };
         self.config_pids().into_iter().filter(|p| ppid_of(*p) == Some(master)).collect()
     }
@@ -606,4 +616,9 @@ impl Drop for Apache {
             eprintln!("[harness] apache2 ({}) had to be SIGKILLed on stop", self.root.display());
         }
     }
+}
+
+/// Whether `pid` is a key service (its process name is `hsm_ssl-keys`).
+fn is_key_service(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim() == "hsm_ssl-keys").unwrap_or(false)
 }
