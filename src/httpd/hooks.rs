@@ -653,7 +653,8 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
             if let Some((_, pin)) = STARTUP_PIN.lock().take() {
                 pin.wipe();
             }
-            let timeout = keys[0].binding.op_timeout;
+            let b = &keys[0].binding;
+            let timeout = (!b.direct_calls).then_some(b.op_timeout);
             crate::keyservice::client::activate(path, keys, timeout);
             return;
         }

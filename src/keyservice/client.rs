@@ -18,7 +18,8 @@ pub struct Client {
     path: PathBuf,
     /// The keys in the order the startup numbered them.
     keys: Vec<Arc<KeyRef>>,
-    timeout: Duration,
+    /// HSMSSLOperationTimeout; None with HSMSSLDirectCalls On (unbounded).
+    timeout: Option<Duration>,
     /// Connections not in use; a handshake takes one or opens a new one.
     idle: Mutex<Vec<UnixStream>>,
 }
@@ -31,7 +32,7 @@ pub fn active() -> Option<Arc<Client>> {
 }
 
 /// Makes this process send every operation to the service at `path`.
-pub fn activate(path: PathBuf, keys: Vec<Arc<KeyRef>>, timeout: Duration) {
+pub fn activate(path: PathBuf, keys: Vec<Arc<KeyRef>>, timeout: Option<Duration>) {
     *ACTIVE.lock() = Some(Arc::new(Client { path, keys, timeout, idle: Mutex::new(Vec::new()) }));
 }
 
@@ -39,6 +40,12 @@ pub fn activate(path: PathBuf, keys: Vec<Arc<KeyRef>>, timeout: Duration) {
 /// a configuration without key service).
 pub fn deactivate() {
     ACTIVE.lock().take();
+}
+
+/// What is left until `deadline` (at least 1 ms: zero means no timeout to
+/// the socket calls); None without a deadline.
+fn left(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))
 }
 
 /// Writes all of `buf` without raising SIGPIPE if the service went away.
@@ -73,21 +80,19 @@ impl Client {
             .ok_or_else(|| OpError::Setup(format!("key {} is not one the key service was started with", key.uri_text)))
     }
 
-    fn connect(&self, deadline: Instant) -> Result<UnixStream, OpError> {
+    fn connect(&self, deadline: Option<Instant>) -> Result<UnixStream, OpError> {
         let s = UnixStream::connect(&self.path).map_err(|e| {
             OpError::Setup(format!("cannot reach the key service at {}: {e} (httpd starts it again within a second if it died)", self.path.display()))
         })?;
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let _ = s.set_write_timeout(Some(left));
+        let _ = s.set_write_timeout(left(deadline));
         Ok(s)
     }
 
-    fn exchange(&self, s: &mut UnixStream, body: &[u8], deadline: Instant) -> Result<Answer, Lost> {
+    fn exchange(&self, s: &mut UnixStream, body: &[u8], deadline: Option<Instant>) -> Result<Answer, Lost> {
         let mut frame = zeroize::Zeroizing::new(Vec::with_capacity(4 + body.len()));
         proto::write_frame(&mut *frame, body).map_err(|error| Lost { error, sent: false })?;
         send_all(s, &frame).map_err(|error| Lost { error, sent: false })?;
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let _ = s.set_read_timeout(Some(left));
+        let _ = s.set_read_timeout(left(deadline));
         let body = match proto::read_frame(s) {
             Ok(Some(b)) => b,
             Ok(None) => return Err(Lost { error: io::ErrorKind::UnexpectedEof.into(), sent: true }),
@@ -100,7 +105,7 @@ impl Client {
     /// (it was restarted) fails before the request leaves: then once more
     /// on a new connection. Once sent, a request is never sent again.
     fn call(&self, req: &Request) -> Result<Answer, OpError> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.timeout.map(|t| Instant::now() + t);
         let body = req.encode();
         let mut pooled = self.idle.lock().pop();
         loop {
@@ -116,7 +121,7 @@ impl Client {
                 }
                 Err(Lost { sent: false, .. }) if was_pooled => continue,
                 Err(Lost { error, .. }) if matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                    return Err(OpError::Timeout(self.timeout));
+                    return Err(OpError::Timeout(self.timeout.unwrap_or_default()));
                 }
                 Err(Lost { error, .. }) => {
                     return Err(OpError::Setup(format!("the key service at {} did not answer: {error}", self.path.display())));
