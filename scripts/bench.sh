@@ -5,11 +5,13 @@
 #     sudo bash scripts/bench.sh --short         # a few seconds per cell (CI)
 #     sudo bash scripts/bench.sh --update-doc    # full run, then rewrite BENCHMARKS.md
 #
-# Starts Apache three ways on one machine with one SoftHSM2 token and one
-# certificate pair (file key; mod_hsm_ssl; libp11's pkcs11 engine), drives
-# full TLS handshakes at concurrency 1, 8 and 32 in four scenarios, measures
-# the token's raw signing rate, repeats the module's cells with 1 ms and
-# 5 ms added per PKCS#11 call, and writes report.md, handshakes.svg and
+# Starts Apache five ways on one machine with one SoftHSM2 token and one
+# certificate pair (file key; mod_hsm_ssl in-process, with direct calls and
+# with its key service; libp11's pkcs11 engine), drives full TLS handshakes
+# at concurrency 1, 8 and 32 in four scenarios, measures the token's raw
+# signing rate, repeats the module's cells (in-process and key service) and
+# the engine's with 1 ms and 5 ms added per PKCS#11 call, and writes
+# report.md, handshakes.svg and
 # cells.csv to a results folder (default target/bench/<UTC time>).
 #
 # Options go to the benchmark; see the top of tests/bench/handshake.rs

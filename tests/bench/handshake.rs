@@ -12,10 +12,12 @@
 //! --reps N            repetitions of the whole matrix (default 3)
 //! --concurrency LIST  e.g. 1,8,32 (default)
 //! --scenarios LIST    slugs: tls13-rsa-pss,tls12-ecdhe-rsa,tls12-rsa-kx,tls13-ecdsa-p256
-//! --setups LIST       file,module,module-direct,engine,module-1ms,engine-1ms,
-//!                     module-5ms,engine-5ms (default: all)
+//! --setups LIST       file,module,module-direct,module-service,engine,
+//!                     module-1ms,module-service-1ms,engine-1ms,module-5ms,
+//!                     module-service-5ms,engine-5ms (default: all)
 //! --out DIR           results folder (default target/bench/<UTC time>)
-//! --callgrind N       connections per callgrind cell (default 20, short 3, 0: skip)
+//! --callgrind N       connections per callgrind cell (default 20, short 3, 0: skip);
+//!                     the file key and the setups of --setups
 //! --update-doc        also write BENCHMARKS.md and tests/bench/latest/
 //! ```
 //!
@@ -69,14 +71,19 @@ impl Variant {
     }
 }
 
-pub const VARIANTS: [Variant; 8] = [
+/// The key service's variants right after the in-process module's, so
+/// that the pairs compared run side by side.
+pub const VARIANTS: [Variant; 11] = [
     Variant { kind: Kind::FileKey, latency_ms: 0 },
     Variant { kind: Kind::Module, latency_ms: 0 },
+    Variant { kind: Kind::ModuleService, latency_ms: 0 },
     Variant { kind: Kind::ModuleDirect, latency_ms: 0 },
     Variant { kind: Kind::Engine, latency_ms: 0 },
     Variant { kind: Kind::Module, latency_ms: 1 },
+    Variant { kind: Kind::ModuleService, latency_ms: 1 },
     Variant { kind: Kind::Engine, latency_ms: 1 },
     Variant { kind: Kind::Module, latency_ms: 5 },
+    Variant { kind: Kind::ModuleService, latency_ms: 5 },
     Variant { kind: Kind::Engine, latency_ms: 5 },
 ];
 
@@ -178,14 +185,17 @@ pub struct Cell {
     pub hs_per_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
-    /// Server CPU (all httpd processes) per handshake, microseconds.
+    /// Server CPU (all httpd processes, the key service included) per
+    /// handshake, microseconds.
     pub cpu_us: f64,
     /// Minor page faults and context switches (voluntary + involuntary)
     /// of all httpd threads, per handshake: the kernel side, which
     /// callgrind does not see.
     pub faults_per_hs: f64,
     pub switches_per_hs: f64,
-    /// Token key operations and PKCS#11 calls per handshake (token setups).
+    /// Token key operations and PKCS#11 calls per handshake (token setups),
+    /// from the wrapper's shared counters: every process that loaded it
+    /// adds to them, the key service included.
     pub ops_per_hs: Option<f64>,
     pub calls_per_hs: Option<f64>,
     pub first_error: Option<String>,
@@ -227,7 +237,12 @@ fn run_cell(bench: &Bench, o: &Options, variant: Variant, scenario: Scenario, co
         shm.set_latency_us(variant.latency_ms * 1000);
     }
     let connector = scenario.connector(&bench.ca);
-    let pids = server.apache.pids();
+    // The key service is a fork of httpd's parent: its CPU is the token
+    // work the other setups do inside the children.
+    let pids = setup::server_pids(&server.apache);
+    if variant.kind == Kind::ModuleService && setup::key_service_pids(server.apache.master_pid().unwrap_or(0)).is_empty() {
+        eprintln!("warning: no key service process ({}) under the {} server", setup::KEY_SERVICE_COMM, variant.kind.name());
+    }
     let counts0 = server.shm.as_ref().map(|s| s.counts());
     let cpu0 = cpu_seconds(&pids);
     let kernel0 = kernel_counts(&pids);
@@ -243,7 +258,7 @@ fn run_cell(bench: &Bench, o: &Options, variant: Variant, scenario: Scenario, co
     if let Some(shm) = &server.shm {
         shm.set_latency_us(0);
     }
-    if server.apache.pids() != pids {
+    if setup::server_pids(&server.apache) != pids {
         eprintln!("warning: the {} server's processes changed during a cell", variant.kind.name());
     }
     let all_ok = attempts.iter().filter(|a| a.ok).count();
@@ -323,7 +338,7 @@ fn main() {
     let works = |kind: Kind, scenario: Scenario| {
         preflight.iter().any(|p| p.kind == kind && p.scenario == scenario && p.result.is_ok())
     };
-    let profiles: Vec<CallProfile> = [Kind::Module, Kind::ModuleDirect, Kind::Engine]
+    let profiles: Vec<CallProfile> = [Kind::Module, Kind::ModuleDirect, Kind::ModuleService, Kind::Engine]
         .into_iter()
         .flat_map(|k| o.scenarios.iter().map(move |s| (k, *s)))
         .filter(|(k, s)| works(*k, *s))
@@ -367,7 +382,9 @@ fn main() {
         }
     }
 
-    let instructions = if o.callgrind > 0 { callgrind::measure(&bench, &o.scenarios, works, o.callgrind) } else { Vec::new() };
+    let kinds: Vec<Kind> = o.variants.iter().map(|v| v.kind).collect();
+    let instructions =
+        if o.callgrind > 0 { callgrind::measure(&bench, &kinds, &o.scenarios, works, o.callgrind) } else { Vec::new() };
 
     let machine = report::machine_info();
     let r = report::Report {

@@ -5,6 +5,9 @@
 //! * mod_hsm_ssl: the module, the keys inside the token;
 //! * mod_hsm_ssl with `HSMSSLDirectCalls On`: the same, token calls on
 //!   the worker thread (no helper-thread hop);
+//! * mod_hsm_ssl with `HSMSSLKeyService On`: the same, every token call in
+//!   the key service process (`hsm_ssl-keys`, a child of httpd's parent),
+//!   the children sending their operations over its Unix socket;
 //! * libp11 engine: mod_ssl with libp11's `pkcs11` ENGINE and the same
 //!   token keys, our module not loaded.
 //!
@@ -21,7 +24,7 @@ use std::process::Command;
 use crate::common::*;
 use crate::shm::Shm;
 
-/// MPM settings shared by all three: two children with 32 threads each,
+/// MPM settings shared by all: two children with 32 threads each,
 /// never replaced during a run (no spare-thread reaping, no request limit).
 const MPM: &str = "StartServers 2\nServerLimit 2\nThreadLimit 32\nThreadsPerChild 32\nMaxRequestWorkers 64\n\
     MinSpareThreads 1\nMaxSpareThreads 64\nMaxConnectionsPerChild 0\nListenBacklog 512";
@@ -35,6 +38,8 @@ pub enum Kind {
     Module,
     /// The module with `HSMSSLDirectCalls On` (no helper-thread hop).
     ModuleDirect,
+    /// The module with `HSMSSLKeyService On` (token calls in the key service).
+    ModuleService,
     Engine,
 }
 
@@ -44,6 +49,7 @@ impl Kind {
             Kind::FileKey => "file",
             Kind::Module => "module",
             Kind::ModuleDirect => "module-direct",
+            Kind::ModuleService => "module-service",
             Kind::Engine => "engine",
         }
     }
@@ -53,18 +59,51 @@ impl Kind {
             Kind::FileKey => "file key",
             Kind::Module => "mod_hsm_ssl",
             Kind::ModuleDirect => "mod_hsm_ssl direct calls",
+            Kind::ModuleService => "mod_hsm_ssl key service",
             Kind::Engine => "libp11 engine",
         }
     }
 
-    /// Either form of the module.
+    /// Any form of the module.
     pub fn is_module(self) -> bool {
-        matches!(self, Kind::Module | Kind::ModuleDirect)
+        matches!(self, Kind::Module | Kind::ModuleDirect | Kind::ModuleService)
     }
 }
 
 /// Every server of the benchmark, in the order the cells run.
-pub const KINDS: [Kind; 4] = [Kind::FileKey, Kind::Module, Kind::ModuleDirect, Kind::Engine];
+pub const KINDS: [Kind; 5] = [Kind::FileKey, Kind::Module, Kind::ModuleDirect, Kind::ModuleService, Kind::Engine];
+
+/// `/proc/<pid>/comm` of the key service (src/keyservice/service.rs).
+pub const KEY_SERVICE_COMM: &str = "hsm_ssl-keys";
+
+/// The key service processes among the children of httpd's parent
+/// `master` (whatever their command line).
+pub fn key_service_pids(master: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut v: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&p| ppid_of(p) == Some(master) && pid_alive(p))
+        .filter(|&p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim_end() == KEY_SERVICE_COMM))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every process of `apache` whose CPU counts: the parent, its children
+/// with httpd's command line and the key service (a fork of the parent,
+/// so it has that command line too; added here whatever it is).
+pub fn server_pids(apache: &Apache) -> Vec<i32> {
+    let mut v = apache.pids();
+    if let Some(master) = apache.master_pid() {
+        for p in key_service_pids(master) {
+            if !v.contains(&p) {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
 
 pub struct Server {
     pub kind: Kind,
@@ -146,18 +185,22 @@ impl Bench {
         for (cert, label) in certs {
             let key = match kind {
                 Kind::FileKey => (if *label == "bench-rsa" { &self.rsa_key } else { &self.ec_key }).display().to_string(),
-                Kind::Module | Kind::ModuleDirect | Kind::Engine => self.token.key_uri(label),
+                Kind::Module | Kind::ModuleDirect | Kind::ModuleService | Kind::Engine => self.token.key_uri(label),
             };
             body += &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"{key}\"\n", cert.display());
         }
         cfg = cfg.vhost(&ssl_vhost("localhost", &body));
         match kind {
             Kind::FileKey => cfg,
-            Kind::Module | Kind::ModuleDirect => cfg
+            Kind::Module | Kind::ModuleDirect | Kind::ModuleService => cfg
                 .token(&self.token)
                 .hsm_module()
                 .global(&format!("HSMSSLLibrary {}\nHSMSSLPin env:{PIN_ENV}", library.display()))
-                .global(if kind == Kind::ModuleDirect { "HSMSSLDirectCalls On" } else { "" })
+                .global(match kind {
+                    Kind::ModuleDirect => "HSMSSLDirectCalls On",
+                    Kind::ModuleService => "HSMSSLKeyService On",
+                    _ => "",
+                })
                 .env(PIN_ENV, &self.token.pin),
             Kind::Engine => {
                 let conf = engine_openssl_conf(self.pki.path(), name, library, &self.token.pin);
