@@ -38,8 +38,10 @@ static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 static LAST_REQUEST: AtomicU64 = AtomicU64::new(0);
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-/// How long a draining service waits for its old children's next request.
-const DRAIN_IDLE: Duration = Duration::from_secs(5);
+/// How long a draining service waits for a request before it exits even
+/// though old children still run (one serving a long download, say, needs
+/// no more handshakes).
+const DRAIN_IDLE: Duration = Duration::from_secs(30);
 
 extern "C" fn on_drain(_sig: libc::c_int) {
     // Only an atomic store: async-signal-safe.
@@ -51,25 +53,53 @@ fn now_ms() -> u64 {
 }
 
 /// After a graceful restart the old children finish the connections they
-/// accepted, with the old configuration's keys: the old service serves
-/// them until none is connected or none has asked anything for
-/// DRAIN_IDLE, then exits. New children use the new service.
-fn drain_watch(socket: PathBuf) {
-    loop {
+/// had accepted, with the old configuration's key numbers. The old service
+/// serves them until every child of httpd's parent that was alive when
+/// the drain began (the old children: the new ones are forked after the
+/// new configuration is read) has exited, or no request came for
+/// DRAIN_IDLE; then it exits. New children use the new service.
+fn drain_watch(socket: PathBuf, parent: libc::pid_t) {
+    while !DRAINING.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        if !DRAINING.load(Ordering::Relaxed) {
-            continue;
-        }
+    }
+    let me = std::process::id() as i32;
+    let old: Vec<(i32, u64)> = children_of(parent).into_iter().filter(|(p, _)| *p != me).collect();
+    loop {
         // The socket stays while draining: an old child's new thread still
-        // connects to it (new children use the new configuration's).
+        // connects to it.
         let idle = Duration::from_millis(now_ms().saturating_sub(LAST_REQUEST.load(Ordering::Relaxed)));
-        if CONNECTIONS.load(Ordering::Relaxed) == 0 || idle >= DRAIN_IDLE {
+        let alive = children_of(parent);
+        let waiting = old.iter().any(|o| alive.contains(o));
+        if !waiting || idle >= DRAIN_IDLE {
             remove_socket(&socket);
-            log::debug!("key service (pid {}) of an old configuration exits", std::process::id());
+            log::debug!("key service (pid {me}) of an old configuration exits");
             // SAFETY: ends this process; nothing of httpd's runs here.
             unsafe { libc::_exit(0) }
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The children of `parent` that are not key services, with their start
+/// times (so that a reused pid is not taken for an old child).
+fn children_of(parent: libc::pid_t) -> Vec<(i32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let open = stat.find('(')?;
+            let close = stat.rfind(')')?;
+            if stat.get(open + 1..close)? == PROCESS_NAME.to_str().ok()? {
+                return None;
+            }
+            // After "(comm)": state, ppid, ..., starttime is the 20th.
+            let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ppid: i32 = f.get(1)?.parse().ok()?;
+            let state = *f.first()?;
+            (ppid == parent && state != "Z").then_some((pid, f.get(19)?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// A Unix user: name, uid and primary gid.
@@ -262,10 +292,10 @@ fn serve(plan: &Plan, listener: UnixListener) -> Result<(), String> {
     );
     let keys: Arc<[Arc<KeyRef>]> = plan.keys.clone().into();
     LAST_REQUEST.store(now_ms(), Ordering::Relaxed);
-    let socket = plan.socket.clone();
+    let (socket, parent) = (plan.socket.clone(), plan.parent);
     std::thread::Builder::new()
         .name("hsm_ssl-drain".into())
-        .spawn(move || drain_watch(socket))
+        .spawn(move || drain_watch(socket, parent))
         .map_err(|e| format!("cannot start a thread: {e}"))?;
     for conn in listener.incoming() {
         let s = match conn {
@@ -411,6 +441,20 @@ mod tests {
         assert_eq!(lookup_user("#0").unwrap().name, "root");
         assert!(lookup_user("no-such-user-here").unwrap_err().contains("no such user"));
         assert!(lookup_user("#x").is_err());
+    }
+
+    #[test]
+    fn children_are_found_with_their_start_time_and_zombies_are_not() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let me = std::process::id() as i32;
+        let found = children_of(me);
+        let entry = found.iter().find(|(p, _)| *p == child.id() as i32).copied();
+        assert!(entry.is_some_and(|(_, start)| start > 0), "{found:?}");
+        child.kill().unwrap();
+        // Killed but not reaped: a zombie, no longer counted.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!children_of(me).iter().any(|(p, _)| *p == child.id() as i32));
+        child.wait().unwrap();
     }
 
     #[test]
