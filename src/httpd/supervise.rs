@@ -76,6 +76,13 @@ fn stopping() -> bool {
     rc != 0 || state == httpd::AP_MPMQ_STOPPING as c_int
 }
 
+/// Whether httpd is exiting (a stop), not restarting: the MPM's state says
+/// "stopping" for both while the configuration pool is cleared.
+fn exiting() -> bool {
+    // SAFETY: a plain query of httpd's state.
+    unsafe { httpd::ap_state_query(httpd::AP_SQ_MAIN_STATE as c_int) == httpd::AP_SQ_MS_EXITING as c_int }
+}
+
 /// APR's callback for the registered service. CURRENT is never held while
 /// calling into APR: unregistering runs this callback again (UNREGISTER).
 unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int) {
@@ -114,7 +121,7 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
                     // SAFETY: unregistering the record APR called us for.
                     unsafe { httpd::apr_proc_other_child_unregister(data) };
                 }
-                if stopping() {
+                if exiting() {
                     // SAFETY: a signal to our own child.
                     unsafe { libc::kill(s.pid, libc::SIGTERM) };
                     service::remove_socket(&s.plan.socket);

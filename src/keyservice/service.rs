@@ -64,6 +64,7 @@ fn drain_watch(socket: PathBuf, parent: libc::pid_t) {
     }
     let me = std::process::id() as i32;
     let old: Vec<(i32, u64)> = children_of(parent).into_iter().filter(|(p, _)| *p != me).collect();
+    log::debug!("key service (pid {me}) of an old configuration serves its {} old children until they exit", old.len());
     loop {
         // The socket stays while draining: an old child's new thread still
         // connects to it.
@@ -72,7 +73,7 @@ fn drain_watch(socket: PathBuf, parent: libc::pid_t) {
         let waiting = old.iter().any(|o| alive.contains(o));
         if !waiting || idle >= DRAIN_IDLE {
             remove_socket(&socket);
-            log::debug!("key service (pid {me}) of an old configuration exits");
+            log::debug!("key service (pid {me}) of an old configuration exits ({})", if waiting { "idle" } else { "its children are gone" });
             // SAFETY: ends this process; nothing of httpd's runs here.
             unsafe { libc::_exit(0) }
         }
