@@ -62,7 +62,7 @@ fn main() {
         .clang_arg("-DLINUX")
         .clang_arg("-D_REENTRANT")
         .allowlist_function("ap_(getword_conf|log_error_|hook_post_config|hook_pre_config|hook_child_init|hook_test_config|hook_check_config|mpm_query|state_query|check_cmd_context|server_root_relative|runtime_dir_relative|get_server_name_for_url|set_module_config)")
-        .allowlist_function("apr_proc_other_child_(register|unregister)|ap_register_extra_mpm_process")
+        .allowlist_function("apr_proc_other_child_(register|unregister)|apr_pool_(create_ex|destroy)")
         .allowlist_var("ap_unixd_config|APR_OC_REASON_.*")
         .allowlist_type("apr_proc_t|unixd_config_rec")
         .allowlist_function("apr_(pool_cleanup_register|pool_cleanup_null|pool_cleanup_kill|palloc|pstrdup|optional_hook_add|pool_userdata_get|pool_userdata_set|hook_sort_register)")

@@ -364,13 +364,15 @@ pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut a
     })
 }
 
-pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, _s: *mut server_rec) -> c_int {
+pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, s: *mut server_rec) -> c_int {
     guard("post_config", FAIL, || {
         loader::set_resolver(None);
         // The parent never signs; children must not inherit its sessions.
         runtime::shutdown();
         if !is_first_pass() {
-            if let Err(e) = start_key_service(pconf) {
+            // SAFETY: httpd's main server and its process record.
+            let process_pool = unsafe { (*(*s).process).pool };
+            if let Err(e) = start_key_service(pconf, process_pool) {
                 log::error!("{e}");
                 return FAIL;
             }
@@ -394,7 +396,7 @@ pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut ap
 
 /// With HSMSSLKeyService On and token keys configured: the key service of
 /// this configuration, started after the parent closed PKCS#11.
-fn start_key_service(pconf: *mut apr_pool_t) -> Result<(), String> {
+fn start_key_service(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t) -> Result<(), String> {
     let Some(g) = GENERATION.lock().clone() else { return Ok(()) };
     if !g.config.key_service.unwrap_or(false) {
         return Ok(());
@@ -425,7 +427,7 @@ fn start_key_service(pconf: *mut apr_pool_t) -> Result<(), String> {
         keys,
     };
     *g.service_socket.lock() = Some(plan.socket.clone());
-    super::supervise::start(pconf, plan).map(|_| ()).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
+    super::supervise::start(pconf, process_pool, plan).map(|_| ()).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
 }
 
 /// The strings of an APR array of `const char *`.

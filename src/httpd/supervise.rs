@@ -1,33 +1,45 @@
 //! httpd's parent starts the key service and keeps it running, the way
 //! mod_cgid keeps its daemon: registered as an APR "other child", so the
-//! MPM tells us when it dies (started again at once) and when the
-//! configuration pool goes away at a restart or stop (stopped then).
+//! MPM tells us when it dies (started again at once unless httpd stops or
+//! restarts).
+//!
+//! Each service's registration lives in a pool of its own under httpd's
+//! process pool, not in the configuration pool: when a configuration ends
+//! (a cleanup on its pool), its service is told to drain (a restart) or
+//! stopped (httpd exits), and the MPM still reports its death to us, so
+//! it is reaped quietly and its pool freed.
 
 use std::ffi::{c_int, c_void, CStr};
 use std::path::PathBuf;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::ffi::httpd::{self, apr_pool_t, apr_proc_t};
 use crate::keyservice::service::{self, Plan};
 
-/// The running service of the current configuration.
+/// A service httpd's parent started.
 struct Supervised {
     plan: Plan,
     pid: libc::pid_t,
     /// The APR record registered as an other child (lives in `pool`).
     proc_: *mut apr_proc_t,
-    /// The configuration pool the registration belongs to.
+    /// This service's own pool, under httpd's process pool.
     pool: *mut apr_pool_t,
 }
 
 // SAFETY: the pointers are only used by httpd's parent on its main thread
-// (post_config and the MPM's maintenance callbacks).
+// (post_config, pool cleanups and the MPM's maintenance callbacks).
 unsafe impl Send for Supervised {}
 
+/// The service of the current configuration.
 static CURRENT: Mutex<Option<Supervised>> = Mutex::new(None);
+/// Services of ended configurations, still draining.
+static ENDED: Mutex<Vec<Supervised>> = Mutex::new(Vec::new());
+
+/// httpd's process pool (lives until httpd exits).
+static PROCESS_POOL: AtomicPtr<apr_pool_t> = AtomicPtr::new(ptr::null_mut());
 
 /// Configurations loaded so far: part of the socket name, so that old
 /// children after a graceful restart never reach the new service (their
@@ -50,21 +62,35 @@ pub fn socket_path(pconf: *mut apr_pool_t) -> PathBuf {
     }
 }
 
-/// Starts the service for `plan` and registers it with the MPM.
-pub fn start(pconf: *mut apr_pool_t, plan: Plan) -> Result<libc::pid_t, String> {
-    let pid = service::start(&plan)?;
-    // SAFETY: apr_proc_t allocated in pconf (zeroed by us), registered on
-    // pconf: APR unregisters it (UNREGISTER callback) when pconf is cleared.
+/// Starts the service of the configuration whose pool is `pconf`; it ends
+/// with that configuration. `process_pool` is httpd's process pool.
+pub fn start(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t, plan: Plan) -> Result<libc::pid_t, String> {
+    PROCESS_POOL.store(process_pool, Ordering::Relaxed);
+    let pid = spawn(process_pool, plan)?;
+    // SAFETY: a cleanup with no data on the configuration pool.
     unsafe {
-        let proc_ = httpd::apr_palloc(pconf, std::mem::size_of::<apr_proc_t>()) as *mut apr_proc_t;
-        if proc_.is_null() {
+        httpd::apr_pool_cleanup_register(pconf, ptr::null(), Some(configuration_ends), Some(httpd::apr_pool_cleanup_null));
+    }
+    Ok(pid)
+}
+
+/// Forks the service and registers it as an other child in a new pool.
+fn spawn(process_pool: *mut apr_pool_t, plan: Plan) -> Result<libc::pid_t, String> {
+    let pid = service::start(&plan)?;
+    // SAFETY: a subpool of the process pool holds the apr_proc_t (zeroed
+    // here) and APR's registration; it is destroyed when the service has
+    // died and been unregistered (`maintenance`).
+    unsafe {
+        let mut pool: *mut apr_pool_t = ptr::null_mut();
+        if httpd::apr_pool_create_ex(&mut pool, process_pool, None, ptr::null_mut()) != 0 || pool.is_null() {
             libc::kill(pid, libc::SIGTERM);
-            return Err("out of memory registering the key service".into());
+            return Err("cannot make a pool to register the key service".into());
         }
+        let proc_ = httpd::apr_palloc(pool, std::mem::size_of::<apr_proc_t>()) as *mut apr_proc_t;
         ptr::write_bytes(proc_, 0, 1);
         (*proc_).pid = pid;
-        *CURRENT.lock() = Some(Supervised { plan, pid, proc_, pool: pconf });
-        httpd::apr_proc_other_child_register(proc_, Some(maintenance), proc_.cast(), ptr::null_mut(), pconf);
+        *CURRENT.lock() = Some(Supervised { plan, pid, proc_, pool });
+        httpd::apr_proc_other_child_register(proc_, Some(maintenance), proc_.cast(), ptr::null_mut(), pool);
     }
     Ok(pid)
 }
@@ -83,64 +109,66 @@ fn exiting() -> bool {
     unsafe { httpd::ap_state_query(httpd::AP_SQ_MAIN_STATE as c_int) == httpd::AP_SQ_MS_EXITING as c_int }
 }
 
-/// APR's callback for the registered service. CURRENT is never held while
-/// calling into APR: unregistering runs this callback again (UNREGISTER).
-unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int) {
-    crate::ffi::guard("key service maintenance", (), || {
-        let reason = reason as u32;
-        let proc_ = data as *mut apr_proc_t;
-        let watched = |reason: u32| {
-            let mut cur = CURRENT.lock();
-            match cur.as_ref() {
-                Some(s) if s.proc_ == proc_ && reason != httpd::APR_OC_REASON_RUNNING && reason != httpd::APR_OC_REASON_UNWRITABLE => cur.take(),
-                _ => None,
-            }
-        };
-        let Some(s) = watched(reason) else { return };
-        match reason {
-            httpd::APR_OC_REASON_DEATH | httpd::APR_OC_REASON_LOST => {
-                // SAFETY: unregistering the record APR called us for (the
-                // UNREGISTER callback that follows finds nothing to do).
-                unsafe { httpd::apr_proc_other_child_unregister(data) };
-                if stopping() {
-                    service::remove_socket(&s.plan.socket);
-                    return;
-                }
-                log::error!("key service (pid {}) died ({}); starting it again", s.pid, describe_status(reason, status));
-                if let Err(e) = start(s.pool, s.plan) {
-                    log::error!("key service could not be started again: {e}; handshakes with token keys fail until httpd is restarted");
-                }
-            }
-            _ => {
-                // RESTART or UNREGISTER (the configuration pool is
-                // cleared): this configuration's service ends. At a stop
-                // at once; otherwise it serves the old children until they
-                // are done (see service::drain_watch), and the MPM reaps
-                // it (and stops it with the server) as an extra process.
-                if reason == httpd::APR_OC_REASON_RESTART {
-                    // SAFETY: unregistering the record APR called us for.
-                    unsafe { httpd::apr_proc_other_child_unregister(data) };
-                }
-                if exiting() {
-                    // SAFETY: a signal to our own child.
-                    unsafe { libc::kill(s.pid, libc::SIGTERM) };
-                    service::remove_socket(&s.plan.socket);
-                } else {
-                    let mut generation: c_int = 0;
-                    // SAFETY: ap_mpm_query writes one int; the other calls
-                    // take plain values.
-                    unsafe {
-                        httpd::ap_mpm_query(httpd::AP_MPMQ_GENERATION as c_int, &mut generation);
-                        httpd::ap_register_extra_mpm_process(s.pid, generation);
-                        libc::kill(s.pid, libc::SIGUSR1);
-                    }
-                }
-                log::debug!("key service (pid {}) ends with its configuration", s.pid);
-            }
+/// The configuration pool is being cleared: at a restart the service
+/// serves the old children until they are gone (`service::drain_watch`),
+/// when httpd exits it stops now.
+unsafe extern "C" fn configuration_ends(_data: *mut c_void) -> httpd::apr_status_t {
+    crate::ffi::guard("key service cleanup", 0, || {
+        let Some(s) = CURRENT.lock().take() else { return 0 };
+        let exiting = exiting();
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(s.pid, if exiting { libc::SIGTERM } else { libc::SIGUSR1 }) };
+        if exiting {
+            service::remove_socket(&s.plan.socket);
         }
+        log::debug!("key service (pid {}) ends with its configuration", s.pid);
+        ENDED.lock().push(s);
+        0
     })
 }
 
+/// APR's callback for a registered service. No lock is held while calling
+/// into APR: unregistering runs this callback again (UNREGISTER).
+unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int) {
+    crate::ffi::guard("key service maintenance", (), || {
+        let reason = reason as u32;
+        if reason != httpd::APR_OC_REASON_DEATH && reason != httpd::APR_OC_REASON_LOST {
+            return; // running, restart, unregister: nothing to do here
+        }
+        let proc_ = data as *mut apr_proc_t;
+        let current = {
+            let mut cur = CURRENT.lock();
+            if cur.as_ref().is_some_and(|s| s.proc_ == proc_) { cur.take() } else { None }
+        };
+        let was_current = current.is_some();
+        let ended = current.is_none().then(|| {
+            let mut ended = ENDED.lock();
+            ended.iter().position(|s| s.proc_ == proc_).map(|i| ended.remove(i))
+        });
+        let Some(s) = current.or(ended.flatten()) else { return };
+        // SAFETY: the record APR called us for, then its pool (APR reads
+        // nothing of it after this callback returns).
+        unsafe {
+            httpd::apr_proc_other_child_unregister(data);
+        }
+        let (plan, pool, pid) = (s.plan, s.pool, s.pid);
+        let process_pool = PROCESS_POOL.load(Ordering::Relaxed);
+        // SAFETY: nothing refers to this pool any more.
+        unsafe { httpd::apr_pool_destroy(pool) };
+        if !was_current {
+            service::remove_socket(&plan.socket);
+            log::debug!("key service (pid {pid}) of an ended configuration has exited");
+            return;
+        }
+        if stopping() {
+            return;
+        }
+        log::error!("key service (pid {pid}) died ({}); starting it again", describe_status(reason, status));
+        if let Err(e) = spawn(process_pool, plan) {
+            log::error!("key service could not be started again: {e}; handshakes with token keys fail until httpd is restarted");
+        }
+    })
+}
 fn describe_status(reason: u32, status: c_int) -> String {
     if reason == httpd::APR_OC_REASON_LOST {
         return "lost".into();

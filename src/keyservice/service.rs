@@ -43,10 +43,22 @@ static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 /// no more handshakes).
 const DRAIN_IDLE: Duration = Duration::from_secs(30);
 
+/// When the drain began, in clock ticks since boot (the unit of a
+/// process's start time in /proc/<pid>/stat).
+static DRAIN_TICKS: AtomicU64 = AtomicU64::new(u64::MAX);
+
 extern "C" fn on_drain(_sig: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
+    // clock_gettime and atomic stores only: async-signal-safe.
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let hz = TICKS_PER_SECOND.load(Ordering::Relaxed);
+    DRAIN_TICKS.store(ts.tv_sec as u64 * hz + ts.tv_nsec as u64 * hz / 1_000_000_000, Ordering::Relaxed);
     DRAINING.store(true, Ordering::Relaxed);
 }
+
+/// sysconf(_SC_CLK_TCK), read before the handler is installed.
+static TICKS_PER_SECOND: AtomicU64 = AtomicU64::new(100);
 
 fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
@@ -63,7 +75,10 @@ fn drain_watch(socket: PathBuf, parent: libc::pid_t) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let me = std::process::id() as i32;
-    let old: Vec<(i32, u64)> = children_of(parent).into_iter().filter(|(p, _)| *p != me).collect();
+    // Started before the drain (or in the same tick): the old children.
+    // New children of the next configuration may already run by now.
+    let cutoff = DRAIN_TICKS.load(Ordering::Relaxed);
+    let old: Vec<(i32, u64)> = children_of(parent).into_iter().filter(|(p, start)| *p != me && *start <= cutoff).collect();
     log::debug!("key service (pid {me}) of an old configuration serves its {} old children until they exit", old.len());
     loop {
         // The socket stays while draining: an old child's new thread still
@@ -221,6 +236,10 @@ fn set_up_process(plan: &Plan) -> Result<(), String> {
     unsafe {
         for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGWINCH] {
             libc::signal(sig, libc::SIG_DFL);
+        }
+        let hz = libc::sysconf(libc::_SC_CLK_TCK);
+        if hz > 0 {
+            TICKS_PER_SECOND.store(hz as u64, Ordering::Relaxed);
         }
         libc::signal(libc::SIGUSR1, on_drain as extern "C" fn(libc::c_int) as libc::sighandler_t);
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
