@@ -32,6 +32,23 @@ pub const PROCESS_NAME: &CStr = c"hsm_ssl-keys";
 
 /// Set by SIGUSR1: the configuration is gone (a graceful restart).
 static DRAINING: AtomicBool = AtomicBool::new(false);
+/// Set by SIGTERM: httpd stops (or its parent died).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    STOPPING.store(true, Ordering::Relaxed);
+}
+
+/// Closes the sessions, logs out and finalizes PKCS#11 (so the HSM frees
+/// what this process held at once), then ends the process.
+fn finish(socket: &Path, why: &str) -> ! {
+    remove_socket(socket);
+    log::debug!("key service (pid {}) exits: {why}", std::process::id());
+    runtime::shutdown();
+    // SAFETY: ends this process; nothing of httpd's runs here.
+    unsafe { libc::_exit(0) }
+}
 /// Connections being served.
 static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 /// Milliseconds since START of the last request.
@@ -64,6 +81,9 @@ fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
+/// Ends the service when it is told to: at once (but cleanly) when httpd
+/// stops; after a graceful restart once its old children are done.
+///
 /// After a graceful restart the old children finish the connections they
 /// had accepted, with the old configuration's key numbers. The old service
 /// serves them until every child of httpd's parent that was alive when
@@ -72,6 +92,9 @@ fn now_ms() -> u64 {
 /// DRAIN_IDLE; then it exits. New children use the new service.
 fn drain_watch(socket: PathBuf, parent: libc::pid_t) {
     while !DRAINING.load(Ordering::Relaxed) {
+        if STOPPING.load(Ordering::Relaxed) {
+            finish(&socket, "httpd stops");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     let me = std::process::id() as i32;
@@ -86,11 +109,14 @@ fn drain_watch(socket: PathBuf, parent: libc::pid_t) {
         let idle = Duration::from_millis(now_ms().saturating_sub(LAST_REQUEST.load(Ordering::Relaxed)));
         let alive = children_of(parent);
         let waiting = old.iter().any(|o| alive.contains(o));
-        if !waiting || idle >= DRAIN_IDLE {
-            remove_socket(&socket);
-            log::debug!("key service (pid {me}) of an old configuration exits ({})", if waiting { "idle" } else { "its children are gone" });
-            // SAFETY: ends this process; nothing of httpd's runs here.
-            unsafe { libc::_exit(0) }
+        if STOPPING.load(Ordering::Relaxed) {
+            finish(&socket, "httpd stops");
+        }
+        if !waiting {
+            finish(&socket, "the children of its configuration are gone");
+        }
+        if idle >= DRAIN_IDLE {
+            finish(&socket, "no request from the children of its configuration for 30 s");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -234,9 +260,10 @@ fn set_up_process(plan: &Plan) -> Result<(), String> {
     // SAFETY: plain signal and mask calls. httpd's parent handlers (restart,
     // stop) would only set flags nobody reads here: back to the defaults.
     unsafe {
-        for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT, libc::SIGWINCH] {
+        for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGWINCH] {
             libc::signal(sig, libc::SIG_DFL);
         }
+        libc::signal(libc::SIGTERM, on_stop as extern "C" fn(libc::c_int) as libc::sighandler_t);
         let hz = libc::sysconf(libc::_SC_CLK_TCK);
         if hz > 0 {
             TICKS_PER_SECOND.store(hz as u64, Ordering::Relaxed);
