@@ -8,7 +8,8 @@
 # 2. builds the workspace (the module, and the PKCS#11 test wrapper the
 #    integration tests load),
 # 3. runs every unit and integration test. The integration tests in tests/
-#    start real apache2 servers with SoftHSM2 tokens and talk TLS to them,
+#    start real apache2 servers with SoftHSM2 tokens and talk TLS to them;
+#    some run a second time with HSMSSLKeyService Off (the in-process path),
 # 4. runs the handshake benchmark in its short mode (scripts/bench.sh).
 #
 # Exits non-zero if anything fails. Runs as root: apt-get, and apache2 is
@@ -36,6 +37,12 @@ say "cargo test --workspace (test threads: ${TEST_THREADS:-4})"
 # --no-fail-fast: run every test binary even when an earlier one failed, so
 # one run shows all failures; the exit status is still non-zero.
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" "$@"
+
+# The in-process path (HSMSSLKeyService Off) is kept for now: the tests of
+# TLS, of token faults and of a hostile token run again on it.
+say "cargo test with HSMSSLKeyService Off (core_tls, resilience, rsa_kx, hostile_token)"
+HSM_TEST_KEY_SERVICE=Off cargo test --no-fail-fast --test core_tls --test resilience --test rsa_kx --test hostile_token \
+    -- --test-threads="${TEST_THREADS:-4}" "$@"
 
 if [ "${SKIP_BENCH:-0}" = 1 ]; then
     say "skipping the short benchmark (SKIP_BENCH=1)"

@@ -111,7 +111,18 @@ fn a_key_replaced_on_the_token_after_startup_is_not_used() {
         "--keypairgen", "--key-type", "rsa:2048", "--label", "www-rsa", "--id", &id, "--usage-sign", "--usage-decrypt", "--sensitive",
     ]));
     s.token.share();
-    // A new child finds the key again.
+    // A new child (or, with the key service, a new service) finds the key
+    // again.
+    let old_service = s.apache.key_service_pids();
+    for pid in &old_service {
+        // SAFETY: a plain signal to a process of the test's own server.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !old_service.is_empty() && s.apache.key_service_pids().iter().all(|p| old_service.contains(p)) {
+        assert!(std::time::Instant::now() < deadline, "no new key service:\n{}", s.apache.error_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let old = s.apache.child_pids();
     for pid in &old {
         // SAFETY: a plain signal to a child of the test's own server.

@@ -468,6 +468,16 @@ fn assert_isolated(s: &Site, user: &str) {
     }
 
     let socket = started_socket(s, ks);
+    // Only the service (and httpd's parent, which keeps it for restarts of
+    // the service) holds the listening socket: a child that could accept
+    // on it could answer its siblings' requests.
+    let listening = listening_inodes(&socket);
+    assert!(!listening.is_empty(), "no listening socket at {socket} in /proc/net/unix");
+    assert!(socket_inodes(ks).iter().any(|i| listening.contains(i)), "the key service does not hold {socket}");
+    for w in workers(s) {
+        let held: Vec<u64> = socket_inodes(w).into_iter().filter(|i| listening.contains(i)).collect();
+        assert!(held.is_empty(), "worker {w} holds the key service's listening socket");
+    }
     let me = std::process::id();
     let mut conn = connect(&socket).unwrap_or_else(|e| panic!("cannot connect to the key service socket {socket}: {e}"));
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -492,6 +502,29 @@ fn assert_isolated(s: &Site, user: &str) {
     assert_eq!(key_services(s), vec![ks], "the key service went away after refusing a connection");
     s.get(tls("1.3"));
     s.get(rsa_kx());
+}
+
+/// Inodes of the listening Unix sockets bound to `path` (/proc/net/unix:
+/// flag 00010000 is __SO_ACCEPTCON).
+fn listening_inodes(path: &str) -> Vec<u64> {
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 8 && f[7] == path && f[3] == "00010000").then(|| f[6].parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// Inodes of the sockets `pid` has open.
+fn socket_inodes(pid: i32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+        .collect()
 }
 
 /// A Unix stream connection to `path` (`@name`: an abstract socket).

@@ -87,7 +87,9 @@ fn twenty_graceful_and_five_restarts_under_load_lose_nothing_but_what_restart_cl
     assert!(bad.is_empty(), "{} failed handshakes outside restarts; first: {:?}\n{log}", bad.len(), bad[0].error);
     // Sessions: only live children hold any, each at most its pool + 1.
     std::thread::sleep(Duration::from_secs(2));
-    let live = s.apache.child_pids();
+    // The processes that may hold sessions: the children, or the key service.
+    let mut live = s.apache.child_pids();
+    live.extend(s.apache.key_service_pids());
     let total_open: i64 = s.p11.per_process().iter().map(|(p, _)| open_sessions(&s.p11, *p as i32)).sum();
     let per_live: i64 = live.iter().map(|p| open_sessions(&s.p11, *p)).sum();
     assert_eq!(total_open, per_live, "processes that are gone still hold sessions");

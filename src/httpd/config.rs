@@ -30,7 +30,7 @@ pub struct GlobalConfig {
     /// (with a warning) instead of refusing it (default off).
     pub allow_exportable_keys: Option<bool>,
     /// HSMSSLKeyService: one key service process does every token
-    /// operation for the children (default off).
+    /// operation for the children (default on).
     pub key_service: Option<bool>,
     /// HSMSSLKeyServiceUser: the user the key service runs as (default:
     /// httpd's User).

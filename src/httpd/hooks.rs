@@ -246,7 +246,7 @@ impl Generation {
                     pin,
                     default_token: self.config.token.clone().map(|t| t.0).unwrap_or_default(),
                     max_sessions: self.config.max_sessions.unwrap_or_else(|| {
-                        if self.config.key_service.unwrap_or(false) {
+                        if self.config.key_service.unwrap_or(true) {
                             // One pool for every child: as many sessions as
                             // handshakes can be in flight, within reason.
                             (threads_per_child() * max_daemons()).min(MAX_SERVICE_SESSIONS)
@@ -398,7 +398,7 @@ pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut ap
 /// this configuration, started after the parent closed PKCS#11.
 fn start_key_service(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t) -> Result<(), String> {
     let Some(g) = GENERATION.lock().clone() else { return Ok(()) };
-    if !g.config.key_service.unwrap_or(false) {
+    if !g.config.key_service.unwrap_or(true) {
         return Ok(());
     }
     let keys = g.keys.lock().clone();
@@ -648,7 +648,9 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
         }
         if let Some(path) = g.service_socket.lock().clone() {
             // The key service does every token operation: this child
-            // keeps no copy of the PIN and never opens the library.
+            // keeps no copy of the PIN, never opens the library, and
+            // keeps no copy of the service's listening socket.
+            super::supervise::close_listener_in_child();
             if let Some(Ok(b)) = g.binding.get() {
                 b.pin.wipe();
             }

@@ -43,7 +43,7 @@ static COMMANDS: Commands = Commands([
     take1(
         c"HSMSSLKeyService",
         config::set_key_service,
-        c"On: one key service process per server does every token operation; children never hold the PIN or a token connection; default Off",
+        c"On (default): one key service process per server does every token operation; children never hold the PIN or a token connection. Off: every child talks to the token itself",
     ),
     take1(c"HSMSSLKeyServiceUser", config::set_key_service_user, c"the user the key service runs as (default: httpd's User)"),
     command_rec {

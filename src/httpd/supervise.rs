@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
+use std::os::unix::net::UnixListener;
+
 use parking_lot::Mutex;
 
 use crate::ffi::httpd::{self, apr_pool_t, apr_proc_t};
@@ -22,6 +24,9 @@ use crate::keyservice::service::{self, Plan};
 /// A service httpd's parent started.
 struct Supervised {
     plan: Plan,
+    /// The listening socket, while the configuration lasts (see
+    /// `service::listen`); None once the configuration ended.
+    listener: Option<UnixListener>,
     pid: libc::pid_t,
     /// The APR record registered as an other child (lives in `pool`).
     proc_: *mut apr_proc_t,
@@ -62,11 +67,20 @@ pub fn socket_path(pconf: *mut apr_pool_t) -> PathBuf {
     }
 }
 
+/// In a child (child_init): closes the inherited listening socket of the
+/// key service, before the child serves anything.
+pub fn close_listener_in_child() {
+    if let Some(s) = CURRENT.lock().as_mut() {
+        s.listener = None;
+    }
+}
+
 /// Starts the service of the configuration whose pool is `pconf`; it ends
 /// with that configuration. `process_pool` is httpd's process pool.
 pub fn start(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t, plan: Plan) -> Result<libc::pid_t, String> {
     PROCESS_POOL.store(process_pool, Ordering::Relaxed);
-    let pid = spawn(process_pool, plan)?;
+    let listener = service::listen(&plan)?;
+    let pid = spawn(process_pool, plan, listener)?;
     // SAFETY: a cleanup with no data on the configuration pool.
     unsafe {
         httpd::apr_pool_cleanup_register(pconf, ptr::null(), Some(configuration_ends), Some(httpd::apr_pool_cleanup_null));
@@ -75,8 +89,8 @@ pub fn start(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t, plan: Plan) 
 }
 
 /// Forks the service and registers it as an other child in a new pool.
-fn spawn(process_pool: *mut apr_pool_t, plan: Plan) -> Result<libc::pid_t, String> {
-    let pid = service::start(&plan)?;
+fn spawn(process_pool: *mut apr_pool_t, plan: Plan, listener: UnixListener) -> Result<libc::pid_t, String> {
+    let pid = service::start(&plan, &listener)?;
     // SAFETY: a subpool of the process pool holds the apr_proc_t (zeroed
     // here) and APR's registration; it is destroyed when the service has
     // died and been unregistered (`maintenance`).
@@ -89,7 +103,7 @@ fn spawn(process_pool: *mut apr_pool_t, plan: Plan) -> Result<libc::pid_t, Strin
         let proc_ = httpd::apr_palloc(pool, std::mem::size_of::<apr_proc_t>()) as *mut apr_proc_t;
         ptr::write_bytes(proc_, 0, 1);
         (*proc_).pid = pid;
-        *CURRENT.lock() = Some(Supervised { plan, pid, proc_, pool });
+        *CURRENT.lock() = Some(Supervised { plan, listener: Some(listener), pid, proc_, pool });
         httpd::apr_proc_other_child_register(proc_, Some(maintenance), proc_.cast(), ptr::null_mut(), pool);
     }
     Ok(pid)
@@ -114,7 +128,9 @@ fn exiting() -> bool {
 /// when httpd exits it stops now.
 unsafe extern "C" fn configuration_ends(_data: *mut c_void) -> httpd::apr_status_t {
     crate::ffi::guard("key service cleanup", 0, || {
-        let Some(s) = CURRENT.lock().take() else { return 0 };
+        let Some(mut s) = CURRENT.lock().take() else { return 0 };
+        // The parent's copy: the service keeps its own.
+        s.listener = None;
         let exiting = exiting();
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(s.pid, if exiting { libc::SIGTERM } else { libc::SIGUSR1 }) };
@@ -151,20 +167,20 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
         unsafe {
             httpd::apr_proc_other_child_unregister(data);
         }
-        let (plan, pool, pid) = (s.plan, s.pool, s.pid);
+        let (plan, pool, pid, listener) = (s.plan, s.pool, s.pid, s.listener);
         let process_pool = PROCESS_POOL.load(Ordering::Relaxed);
         // SAFETY: nothing refers to this pool any more.
         unsafe { httpd::apr_pool_destroy(pool) };
-        if !was_current {
+        let Some(listener) = listener.filter(|_| was_current) else {
             service::remove_socket(&plan.socket);
             log::debug!("key service (pid {pid}) of an ended configuration has exited");
             return;
-        }
+        };
         if stopping() {
             return;
         }
         log::error!("key service (pid {pid}) died ({}); starting it again", describe_status(reason, status));
-        if let Err(e) = spawn(process_pool, plan) {
+        if let Err(e) = spawn(process_pool, plan, listener) {
             log::error!("key service could not be started again: {e}; handshakes with token keys fail until httpd is restarted");
         }
     })

@@ -1,6 +1,6 @@
 //! Private-key operations, wherever they run.
 //!
-//! With `HSMSSLKeyService On`, one process per server (the key service,
+//! With `HSMSSLKeyService On` (the default), one process per server (the key service,
 //! [`service`]) alone loads the PKCS#11 library, logs in and holds the
 //! sessions; children send each operation over a local socket
 //! ([`client`], [`proto`]). Otherwise each child runs them itself

@@ -202,15 +202,43 @@ pub struct Plan {
     pub keys: Vec<Arc<KeyRef>>,
 }
 
-/// Forks the key service. Returns its pid in the parent; the new process
-/// runs [`serve`] and exits, never returning into httpd.
-pub fn start(plan: &Plan) -> Result<libc::pid_t, String> {
+/// Makes the service's listening socket, in httpd's parent (root). The
+/// parent keeps it for as long as the configuration lasts, so that a
+/// child connecting while the service starts, or starts again after it
+/// died, waits in the backlog instead of being refused; every new service
+/// of the configuration accepts on it. Children close it in child_init,
+/// before they serve anything.
+pub fn listen(plan: &Plan) -> Result<UnixListener, String> {
     if plan.socket.as_os_str().len() >= 100 {
         return Err(format!("the key service socket path {} is too long for a Unix socket; set a shorter DefaultRuntimeDir", plan.socket.display()));
     }
-    // Made by the parent before the fork: a child connecting right after
-    // the start waits in the backlog instead of finding no socket.
-    let listener = listen(plan)?;
+    let path = &plan.socket;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove the old socket {}: {e}", path.display())),
+    }
+    // SAFETY: umask only changes this process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let l = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()));
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = l?;
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "socket path with NUL".to_string())?;
+    // SAFETY: chown/chmod of the socket just created, by path.
+    unsafe {
+        if libc::chown(c.as_ptr(), plan.user.uid, plan.child_gid) != 0 || libc::chmod(c.as_ptr(), 0o660) != 0 {
+            return Err(format!("cannot give {} to user {}: {}", path.display(), plan.user.name, io::Error::last_os_error()));
+        }
+    }
+    Ok(l)
+}
+
+/// Forks the key service, which accepts on `listener` (see [`listen`]).
+/// Returns its pid in the parent; the new process runs [`serve`] and
+/// exits, never returning into httpd.
+pub fn start(plan: &Plan, listener: &UnixListener) -> Result<libc::pid_t, String> {
+    let own = listener.try_clone().map_err(|e| format!("cannot share the key service socket: {e}"))?;
     // SAFETY: fork in httpd's parent, whose only other threads are idle
     // token helpers (the startup joins its bounded threads); the new
     // process only runs `serve` and leaves with _exit.
@@ -218,7 +246,7 @@ pub fn start(plan: &Plan) -> Result<libc::pid_t, String> {
     match pid {
         -1 => Err(format!("cannot fork the key service: {}", io::Error::last_os_error())),
         0 => {
-            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan, listener))) {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan, own))) {
                 Ok(Ok(())) => 0,
                 Ok(Err(e)) => {
                     log::error!("key service (pid {}): {e}", std::process::id());
@@ -230,12 +258,7 @@ pub fn start(plan: &Plan) -> Result<libc::pid_t, String> {
             // exit handlers or pool cleanups, which belong to the parent.
             unsafe { libc::_exit(code) }
         }
-        pid => {
-            // Only the service accepts: children forked later must not
-            // inherit the listening socket.
-            drop(listener);
-            Ok(pid)
-        }
+        pid => Ok(pid),
     }
 }
 
@@ -278,31 +301,6 @@ fn set_up_process(plan: &Plan) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The listening socket, made by httpd's parent (root): only the service
-/// user and httpd's Group may connect.
-fn listen(plan: &Plan) -> Result<UnixListener, String> {
-    let path = &plan.socket;
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot remove the old socket {}: {e}", path.display())),
-    }
-    // SAFETY: umask only changes this process's file creation mask.
-    let old = unsafe { libc::umask(0o177) };
-    let l = UnixListener::bind(path).map_err(|e| format!("cannot listen on {}: {e}", path.display()));
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let l = l?;
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "socket path with NUL".to_string())?;
-    // SAFETY: chown/chmod of the socket just created, by path.
-    unsafe {
-        if libc::chown(c.as_ptr(), plan.user.uid, plan.child_gid) != 0 || libc::chmod(c.as_ptr(), 0o660) != 0 {
-            return Err(format!("cannot give {} to user {}: {}", path.display(), plan.user.name, io::Error::last_os_error()));
-        }
-    }
-    Ok(l)
 }
 
 fn drop_privileges(plan: &Plan) -> Result<(), String> {

@@ -2,10 +2,11 @@
 //! keys and one pair of certificates, so that only the key path differs:
 //!
 //! * file key: mod_ssl reads the PEM keys;
-//! * mod_hsm_ssl: the module, the keys inside the token;
+//! * mod_hsm_ssl: the module in-process (`HSMSSLKeyService Off`), the
+//!   keys inside the token;
 //! * mod_hsm_ssl with `HSMSSLDirectCalls On`: the same, token calls on
 //!   the worker thread (no helper-thread hop);
-//! * mod_hsm_ssl with `HSMSSLKeyService On`: the same, every token call in
+//! * mod_hsm_ssl with `HSMSSLKeyService On` (the default): every token call in
 //!   the key service process (`hsm_ssl-keys`, a child of httpd's parent),
 //!   the children sending their operations over its Unix socket;
 //! * libp11 engine: mod_ssl with libp11's `pkcs11` ENGINE and the same
@@ -197,9 +198,11 @@ impl Bench {
                 .hsm_module()
                 .global(&format!("HSMSSLLibrary {}\nHSMSSLPin env:{PIN_ENV}", library.display()))
                 .global(match kind {
-                    Kind::ModuleDirect => "HSMSSLDirectCalls On",
+                    // The in-process path is named: the key service is the
+                    // module's default.
+                    Kind::ModuleDirect => "HSMSSLKeyService Off\nHSMSSLDirectCalls On",
                     Kind::ModuleService => "HSMSSLKeyService On",
-                    _ => "",
+                    _ => "HSMSSLKeyService Off",
                 })
                 .env(PIN_ENV, &self.token.pin),
             Kind::Engine => {

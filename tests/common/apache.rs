@@ -304,6 +304,12 @@ impl Apache {
         s.push_str("SSLRandomSeed startup builtin\nSSLRandomSeed connect builtin\n");
         s.push_str("SSLSessionCache shmcb:@ROOT@/run/ssl_scache(512000)\nSSLSessionCacheTimeout 300\n");
         s.push_str("SSLCipherSuite HIGH:!aNULL\nSSLProtocol all -SSLv3\n");
+        // HSM_TEST_KEY_SERVICE=On|Off runs the tests with that key service
+        // setting (scripts/test.sh runs some tests again with Off); a
+        // test's own HSMSSLKeyService line below overrides it.
+        if let (Some(_), Ok(v)) = (&c.module, std::env::var("HSM_TEST_KEY_SERVICE")) {
+            s.push_str(&format!("HSMSSLKeyService {v}\n"));
+        }
         s.push_str("\n# --- test global lines ---\n");
         s.push_str(&c.global);
         s.push_str("\n# --- test vhosts ---\n");
