@@ -370,18 +370,17 @@ pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut ap
         // The parent never signs; children must not inherit its sessions.
         runtime::shutdown();
         if !is_first_pass() {
+            // The second startup pass is done: a PIN kept for it and not
+            // taken (no token key in this configuration) is wiped now,
+            // before the key service is forked.
+            if let Some((_, pin)) = STARTUP_PIN.lock().take() {
+                pin.wipe();
+            }
             // SAFETY: httpd's main server and its process record.
             let process_pool = unsafe { (*(*s).process).pool };
             if let Err(e) = start_key_service(pconf, process_pool) {
                 log::error!("{e}");
                 return FAIL;
-            }
-        }
-        if !is_first_pass() {
-            // The second startup pass is done: a PIN kept for it and not
-            // taken (no token key in this configuration) is wiped now.
-            if let Some((_, pin)) = STARTUP_PIN.lock().take() {
-                pin.wipe();
             }
         }
         if let Some(g) = GENERATION.lock().as_ref() {

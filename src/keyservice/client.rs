@@ -36,12 +36,6 @@ pub fn activate(path: PathBuf, keys: Vec<Arc<KeyRef>>, timeout: Option<Duration>
     *ACTIVE.lock() = Some(Arc::new(Client { path, keys, timeout, idle: Mutex::new(Vec::new()) }));
 }
 
-/// Back to in-process operations (the parent, before it forks children of
-/// a configuration without key service).
-pub fn deactivate() {
-    ACTIVE.lock().take();
-}
-
 /// What is left until `deadline` (at least 1 ms: zero means no timeout to
 /// the socket calls); None without a deadline.
 fn left(deadline: Option<Instant>) -> Option<Duration> {

@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,8 +49,7 @@ fn finish(socket: &Path, why: &str) -> ! {
     // SAFETY: ends this process; nothing of httpd's runs here.
     unsafe { libc::_exit(0) }
 }
-/// Connections being served.
-static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+
 /// Milliseconds since START of the last request.
 static LAST_REQUEST: AtomicU64 = AtomicU64::new(0);
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -321,6 +320,10 @@ fn drop_privileges(plan: &Plan) -> Result<(), String> {
 /// The key service's life: set up, open the token, serve until killed.
 fn serve(plan: &Plan, listener: UnixListener) -> Result<(), String> {
     set_up_process(plan)?;
+    // The service logs in with its configuration's PIN (in the keys'
+    // binding); the copy of an env: PIN the parent keeps for the next
+    // configuration is not needed here.
+    crate::pkcs11::pin::wipe_kept_env_pins();
     drop_privileges(plan)?;
     runtime::set_serving();
     for k in &plan.keys {
@@ -395,13 +398,7 @@ fn parent_of(pid: i32) -> Option<i32> {
 
 /// Serves one child's connection until it closes it or sends something
 /// malformed.
-fn connection(s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
-    CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-    serve_connection(s, peer, keys);
-    CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
-}
-
-fn serve_connection(mut s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
+fn connection(mut s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
     loop {
         let body = match proto::read_frame(&mut s) {
             Ok(Some(b)) => b,
