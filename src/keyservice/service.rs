@@ -18,7 +18,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,10 @@ fn finish(socket: &Path, why: &str) -> ! {
     // SAFETY: ends this process; nothing of httpd's runs here.
     unsafe { libc::_exit(0) }
 }
+
+/// Connections being served, and their bound.
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
+const MAX_CONNECTIONS: usize = 4096;
 
 /// Milliseconds since START of the last request.
 static LAST_REQUEST: AtomicU64 = AtomicU64::new(0);
@@ -361,9 +365,22 @@ fn serve(plan: &Plan, listener: UnixListener) -> Result<(), String> {
                 continue;
             }
         };
+        // A thread per connection, and a bound on them: a child that opens
+        // connections without end (a bug, or code run in it) must not take
+        // the service's memory; children hold at most one per handshake in
+        // flight.
+        if CONNECTIONS.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
+            log::error!("key service: refused a connection from pid {peer}: {MAX_CONNECTIONS} connections are open already");
+            continue;
+        }
+        CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         let keys = keys.clone();
-        let spawned = std::thread::Builder::new().name("hsm_ssl-conn".into()).spawn(move || connection(s, peer, &keys));
+        let spawned = std::thread::Builder::new().name("hsm_ssl-conn".into()).spawn(move || {
+            connection(s, peer, &keys);
+            CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
+        });
         if let Err(e) = spawned {
+            CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
             log::error!("key service: cannot start a thread for pid {peer}: {e}");
         }
     }
