@@ -1,10 +1,13 @@
 //! Generated declarations (see build.rs). Only the FFI edges use these.
 #![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unnecessary_transmutes, clippy::all)]
 
+// bindgen's output: its unsafe blocks are not ours to document.
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 pub mod httpd {
     include!(concat!(env!("OUT_DIR"), "/httpd.rs"));
 }
 
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 pub mod ossl {
     include!(concat!(env!("OUT_DIR"), "/ossl.rs"));
 }

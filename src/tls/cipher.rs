@@ -252,7 +252,7 @@ fn apply(c: &mut CipherCtx, params: *const OSSL_PARAM) -> bool {
     if params.is_null() {
         return true;
     }
-    // SAFETY (block): params is OpenSSL's valid END-terminated array.
+    // SAFETY: params is OpenSSL's valid END-terminated array (checked non-null above).
     unsafe {
         if let Some(p) = params::locate_const(params, ossl::OSSL_ASYM_CIPHER_PARAM_PAD_MODE) {
             let mode = match params::get_utf8(p) {
@@ -289,6 +289,7 @@ unsafe extern "C" fn decrypt_init(c: *mut c_void, provkey: *mut c_void, params: 
     guard("decrypt_init", 0, || {
         // SAFETY: see ctx(); provkey is keydata of our KEYMGMT.
         let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        // SAFETY: provkey is keydata of our KEYMGMT (OpenSSL pairs them).
         let Some(k) = (unsafe { keydata(provkey) }) else { return 0 };
         match (&k.hsm, &k.public, k.kind) {
             (Some(h), Some(p), Kind::Rsa) => c.key = Some((h.clone(), p.clone())),
@@ -358,6 +359,7 @@ unsafe extern "C" fn get_ctx_params(c: *mut c_void, params: *mut OSSL_PARAM) -> 
     guard("asym_cipher get_ctx_params", 0, || {
         // SAFETY: see ctx(); params valid.
         let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        // SAFETY: params is OpenSSL's valid END-terminated array.
         unsafe { params::set_int(params, ossl::OSSL_ASYM_CIPHER_PARAM_PAD_MODE, c.pad) as c_int }
     })
 }

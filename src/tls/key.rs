@@ -256,6 +256,7 @@ unsafe extern "C" fn import(kd: *mut c_void, selection: c_int, params: *const OS
     guard("keymgmt import", 0, || {
         // SAFETY: OpenSSL passes keydata of this KEYMGMT and a valid array.
         let Some(k) = (unsafe { keydata_mut(kd) }) else { return 0 };
+        // SAFETY: params is OpenSSL's valid END-terminated array.
         unsafe { import_into(k, selection, params) }.map_or_else(
             |e| {
                 log::debug!("key import refused: {e}");
@@ -267,7 +268,7 @@ unsafe extern "C" fn import(kd: *mut c_void, selection: c_int, params: *const OS
 }
 
 unsafe fn import_into(k: &mut KeyData, selection: c_int, params: *const OSSL_PARAM) -> Result<(), String> {
-    // SAFETY (whole fn): params is a valid END-terminated array (caller).
+    // SAFETY: params is a valid END-terminated array (this function's contract).
     unsafe {
         if let Some(p) = params::locate_const(params, HANDLE_PARAM) {
             let mut n: usize = 0;

@@ -68,6 +68,7 @@ pub unsafe fn locate_const(params: *const OSSL_PARAM, key: &[u8]) -> Option<*con
 pub unsafe fn set_int(params: *mut OSSL_PARAM, key: &[u8], v: c_int) -> bool {
     // SAFETY: per this function's contract.
     match unsafe { locate(params, key) } {
+        // SAFETY: p points into the caller's valid array.
         Some(p) => unsafe { ossl::OSSL_PARAM_set_int(p, v) == 1 },
         None => true,
     }
@@ -78,6 +79,7 @@ pub unsafe fn set_int(params: *mut OSSL_PARAM, key: &[u8], v: c_int) -> bool {
 pub unsafe fn set_utf8(params: *mut OSSL_PARAM, key: &[u8], v: &CStr) -> bool {
     // SAFETY: per this function's contract.
     match unsafe { locate(params, key) } {
+        // SAFETY: p points into the caller's valid array; v is NUL-terminated.
         Some(p) => unsafe { ossl::OSSL_PARAM_set_utf8_string(p, v.as_ptr()) == 1 },
         None => true,
     }
@@ -88,6 +90,7 @@ pub unsafe fn set_utf8(params: *mut OSSL_PARAM, key: &[u8], v: &CStr) -> bool {
 pub unsafe fn set_octets(params: *mut OSSL_PARAM, key: &[u8], v: &[u8]) -> bool {
     // SAFETY: per this function's contract; v is valid for v.len() bytes.
     match unsafe { locate(params, key) } {
+        // SAFETY: p points into the caller's valid array; v is a valid slice.
         Some(p) => unsafe { ossl::OSSL_PARAM_set_octet_string(p, v.as_ptr().cast(), v.len()) == 1 },
         None => true,
     }

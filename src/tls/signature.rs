@@ -140,7 +140,7 @@ impl SigCtx {
         if params.is_null() {
             return true;
         }
-        // SAFETY (block): params is OpenSSL's valid END-terminated array.
+        // SAFETY: params is OpenSSL's valid END-terminated array (checked non-null above).
         unsafe {
             if let Some(p) = params::locate_const(params, ossl::OSSL_SIGNATURE_PARAM_DIGEST) {
                 match params::get_utf8(p).and_then(|n| Digest::by_name(&n)) {
@@ -317,7 +317,9 @@ unsafe extern "C" fn sign(c: *mut c_void, sig: *mut u8, siglen: *mut usize, sigs
     guard("sign", 0, || {
         // SAFETY: see ctx(); tbs is valid for tbslen bytes (OpenSSL).
         let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        // SAFETY: tbs is valid for tbslen bytes (OpenSSL's contract).
         let data = if tbs.is_null() { &[][..] } else { unsafe { std::slice::from_raw_parts(tbs, tbslen) } };
+        // SAFETY: sig/siglen are OpenSSL's output buffer and length for sigsize bytes.
         unsafe { emit(c, sig, siglen, sigsize, || c.sign_digest(data)) }
     })
 }
@@ -326,6 +328,7 @@ unsafe extern "C" fn digest_sign_init(c: *mut c_void, mdname: *const c_char, pro
     guard("digest_sign_init", 0, || {
         // SAFETY: see ctx(); mdname is null or NUL-terminated.
         let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        // SAFETY: mdname is null or a NUL-terminated string (OpenSSL).
         let name = if mdname.is_null() { "SHA256".to_string() } else { unsafe { CStr::from_ptr(mdname) }.to_string_lossy().into_owned() };
         let Some(d) = Digest::by_name(&name) else {
             log::error!("TLS handshake refused: digest {name} is not supported with HSM keys");
@@ -356,6 +359,7 @@ unsafe extern "C" fn digest_sign_final(c: *mut c_void, sig: *mut u8, siglen: *mu
         // SAFETY: see ctx().
         let Some(c) = (unsafe { ctx(c) }) else { return 0 };
         if sig.is_null() {
+            // SAFETY: sig is null here; siglen is OpenSSL's valid out pointer.
             return unsafe { emit(c, sig, siglen, sigsize, || None) };
         }
         let digest = match c.hasher.take() {
@@ -373,6 +377,7 @@ unsafe extern "C" fn digest_sign(c: *mut c_void, sig: *mut u8, siglen: *mut usiz
         // SAFETY: see ctx(); tbs valid for tbslen bytes.
         let Some(c) = (unsafe { ctx(c) }) else { return 0 };
         if sig.is_null() {
+            // SAFETY: sig is null here; siglen is OpenSSL's valid out pointer.
             return unsafe { emit(c, sig, siglen, sigsize, || None) };
         }
         let Some(d) = c.digest else { return 0 };
@@ -444,6 +449,7 @@ unsafe extern "C" fn get_ctx_params(c: *mut c_void, params: *mut OSSL_PARAM) -> 
     guard("signature get_ctx_params", 0, || {
         // SAFETY: see ctx(); params is OpenSSL's valid array.
         let Some(c) = (unsafe { ctx(c) }) else { return 0 };
+        // SAFETY: params is OpenSSL's valid END-terminated array.
         unsafe {
             let name = match c.digest {
                 Some(Digest::Sha1) => c"SHA1",
