@@ -56,6 +56,10 @@ fi
 
 if command -v cargo >/dev/null 2>&1; then
     echo "install-deps.sh: cargo found: $(cargo --version)"
+    # scripts/test.sh checks formatting and clippy's lints.
+    if command -v rustup >/dev/null 2>&1; then
+        rustup component add rustfmt clippy
+    fi
 else
     echo "install-deps.sh: WARNING: cargo is not on PATH; install a Rust toolchain (>= 1.77) before building" >&2
 fi

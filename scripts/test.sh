@@ -33,10 +33,12 @@ SCRIPT=test.sh
 say "cargo build --workspace"
 cargo build --workspace
 
-# Every unsafe block of the module and the key tool has its SAFETY comment
-# (the crate denies clippy::undocumented_unsafe_blocks; only clippy sees it).
-say "cargo clippy --lib --bins (unsafe blocks documented)"
-cargo clippy --lib --bins -- -A clippy::all -D clippy::undocumented_unsafe_blocks
+# Formatted (rustfmt.toml) and clippy-clean, tests and benchmark included;
+# the crate also denies undocumented unsafe blocks, which only clippy sees.
+say "cargo fmt --check"
+cargo fmt --all --check
+say "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 say "cargo test --workspace (test threads: ${TEST_THREADS:-4})"
 # --no-fail-fast: run every test binary even when an earlier one failed, so

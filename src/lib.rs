@@ -8,8 +8,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod ffi;
+mod httpd;
+pub mod keyservice;
+pub mod keytool;
 pub mod pkcs11;
 pub mod tls;
-mod httpd;
-pub mod keytool;
-pub mod keyservice;

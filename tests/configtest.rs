@@ -99,12 +99,7 @@ fn an_absent_token_or_two_matching_tokens_are_refused() {
     refused(&mut s, &["no token matches token=nosuch", "'web'"]);
 
     let mut s = site("ct-twotokens");
-    let out = s
-        .token
-        .softhsm_util()
-        .args(["--init-token", "--free", "--label", "backup", "--pin", "1111", "--so-pin", "2222"])
-        .output()
-        .unwrap();
+    let out = s.token.softhsm_util().args(["--init-token", "--free", "--label", "backup", "--pin", "1111", "--so-pin", "2222"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // (pkcs11-tool --token-label matches label prefixes, so the second
     // token's label must not start with "web".)
@@ -174,7 +169,8 @@ fn a_wrong_pin_is_reported_and_tried_once() {
 
 #[test]
 fn a_locked_pin_or_a_final_try_is_not_tried_at_all() {
-    for (i, (flags, needle)) in [("0x40000", "the user PIN is locked"), ("0x20000", "the next wrong PIN would lock the user")].into_iter().enumerate() {
+    for (i, (flags, needle)) in [("0x40000", "the user PIN is locked"), ("0x20000", "the next wrong PIN would lock the user")].into_iter().enumerate()
+    {
         let mut s = site(&format!("ct-pinrisk{i}"));
         s.p11.token_flags(flags);
         refused(&mut s, &[needle, "not trying to log in"]);
@@ -228,7 +224,10 @@ fn keys_that_are_missing_ambiguous_public_only_or_of_an_unsupported_type_are_ref
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     s.apache.reconfigure(|c| {
         c.vhosts.clear();
-        c.vhosts.push(ssl_vhost("localhost", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa\"", cert.display())));
+        c.vhosts.push(ssl_vhost(
+            "localhost",
+            &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa\"", cert.display()),
+        ));
     });
     refused(&mut s, &["only a public key with that name", "private key is missing"]);
 
@@ -253,16 +252,24 @@ fn a_certificate_for_another_key_is_refused_with_both_fingerprints() {
     let wrong = s.cert("other", "localhost");
     s.apache.reconfigure(|c| {
         c.vhosts.clear();
-        c.vhosts.push(ssl_vhost("localhost", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa\"", wrong.display())));
+        c.vhosts.push(ssl_vhost(
+            "localhost",
+            &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa\"", wrong.display()),
+        ));
     });
     let token_fp = {
         let pem = s.token.public_key_pem("www-rsa");
         let der = std::process::Command::new("openssl").args(["pkey", "-pubin", "-outform", "DER", "-in"]).arg(&pem).output().unwrap().stdout;
-        let out = std::process::Command::new("sha256sum").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(&der)?;
-            c.wait_with_output()
-        }).unwrap();
+        let out = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(&der)?;
+                c.wait_with_output()
+            })
+            .unwrap();
         format!("sha256:{}", String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap())
     };
     refused(&mut s, &["does not belong to this key", "certificate public key sha256:", &format!("token key {token_fp}")]);
@@ -315,8 +322,11 @@ fn keys_in_included_files_are_checked_whatever_the_module_load_order() {
         let write = |cert: &std::path::Path| {
             std::fs::write(
                 &inc,
-                ssl_vhost("inc.example", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa\"", cert.display()))
-                    .replace("@PORT@", "*"),
+                ssl_vhost(
+                    "inc.example",
+                    &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa\"", cert.display()),
+                )
+                .replace("@PORT@", "*"),
             )
             .unwrap();
         };

@@ -88,9 +88,7 @@ fn thirty_two_clients_against_one_child_with_25_threads_all_succeed_with_paralle
     let clients: Vec<_> = (0..32)
         .map(|_| {
             let ca = s.ca.clone();
-            std::thread::spawn(move || {
-                tls_get(port, &ClientOpts { cafile: Some(ca), timeout: Some(Duration::from_secs(30)), ..tls("1.3") })
-            })
+            std::thread::spawn(move || tls_get(port, &ClientOpts { cafile: Some(ca), timeout: Some(Duration::from_secs(30)), ..tls("1.3") }))
         })
         .collect();
     let results: Vec<TlsResult> = clients.into_iter().map(|c| c.join().unwrap()).collect();

@@ -191,10 +191,7 @@ fn tls12_session_id_resumption_from_the_shared_cache_works_across_children_witho
         assert!(!has_ticket(&r), "{case}: resumed with a ticket, not by session ID:\n{}", r.raw);
     }
     let pids = server_side(&s, case, "TLSv1.2");
-    assert!(
-        pids[1..].iter().all(|p| *p != creator),
-        "{case}: a resumption was served by pid {creator}, which had exited: {pids:?}"
-    );
+    assert!(pids[1..].iter().all(|p| *p != creator), "{case}: a resumption was served by pid {creator}, which had exited: {pids:?}");
 }
 
 #[test]

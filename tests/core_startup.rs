@@ -24,11 +24,7 @@ fn the_error_line(s: &Site, e: &StartError) -> String {
     let mut uniq = lines.clone();
     uniq.dedup();
     assert!(!uniq.is_empty(), "no hsm_ssl error line:\n{log}");
-    assert!(
-        uniq.iter().all(|l| *l == uniq[0]),
-        "expected one error line, got:\n{}",
-        uniq.join("\n")
-    );
+    assert!(uniq.iter().all(|l| *l == uniq[0]), "expected one error line, got:\n{}", uniq.join("\n"));
     let l = uniq[0].to_string();
     assert!(l.contains("vhost localhost:"), "no vhost in: {l}");
     assert!(l.contains("httpd.conf:"), "no config file position in: {l}");
@@ -87,10 +83,7 @@ fn pin_value_in_the_key_uri_is_refused_and_points_to_hsmsslpin() {
             c.vhosts.clear();
             c.vhosts.push(ssl_vhost(
                 "localhost",
-                &format!(
-                    "SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa?pin-value=1234\"",
-                    cert.display()
-                ),
+                &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=www-rsa?pin-value=1234\"", cert.display()),
             ));
         });
     });

@@ -149,11 +149,7 @@ fn every_full_handshake_costs_one_token_operation_and_the_server_root_holds_no_p
     assert_eq!(s.p11.decrypt_ops() - decrypts, 3);
     for entry in walk(s.apache.dir()) {
         let text = std::fs::read(&entry).unwrap_or_default();
-        assert!(
-            !String::from_utf8_lossy(&text).contains("PRIVATE KEY"),
-            "private key material on disk in the server root: {}",
-            entry.display()
-        );
+        assert!(!String::from_utf8_lossy(&text).contains("PRIVATE KEY"), "private key material on disk in the server root: {}", entry.display());
     }
 }
 

@@ -18,10 +18,7 @@ fn file_key_apache_with(cfg: ApacheConfig, spec: &str) -> (Apache, std::path::Pa
     let (key, pubkey) = file_key(&pki, "server", spec);
     let cert = make_cert(&pki, &pubkey, "localhost", &["localhost"]);
     apache.reconfigure(|c| {
-        c.vhosts.push(ssl_vhost(
-            "localhost",
-            &format!("SSLCertificateFile {}\nSSLCertificateKeyFile {}", cert.display(), key.display()),
-        ))
+        c.vhosts.push(ssl_vhost("localhost", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile {}", cert.display(), key.display())))
     });
     apache.start().expect("apache2 starts");
     (apache, ca_cert(&pki))
@@ -50,10 +47,7 @@ fn event_mpm_serves_tls13_with_rsa_file_key() {
 #[test]
 fn tls12_client_sigalgs_choose_pkcs1_or_pss() {
     let (apache, ca) = file_key_apache("sigalgs", Mpm::Event, "rsa:2048");
-    let pkcs1 = tls_get(
-        apache.port,
-        &ClientOpts { tls: Some("1.2"), sigalgs: Some("RSA+SHA256".into()), ..opts(&ca) },
-    );
+    let pkcs1 = tls_get(apache.port, &ClientOpts { tls: Some("1.2"), sigalgs: Some("RSA+SHA256".into()), ..opts(&ca) });
     assert!(pkcs1.ok, "{}", pkcs1.raw);
     assert_eq!(pkcs1.protocol.as_deref(), Some("TLSv1.2"));
     assert_eq!(pkcs1.peer_sig_type.as_deref(), Some("RSA"), "{}", pkcs1.raw);
@@ -61,10 +55,7 @@ fn tls12_client_sigalgs_choose_pkcs1_or_pss() {
     assert!(pkcs1.cipher.as_deref().unwrap().starts_with("ECDHE-RSA-"), "{:?}", pkcs1.cipher);
     assert_eq!(pkcs1.http_status, Some(200));
 
-    let pss = tls_get(
-        apache.port,
-        &ClientOpts { tls: Some("1.2"), sigalgs: Some("RSA-PSS+SHA256".into()), ..opts(&ca) },
-    );
+    let pss = tls_get(apache.port, &ClientOpts { tls: Some("1.2"), sigalgs: Some("RSA-PSS+SHA256".into()), ..opts(&ca) });
     assert!(pss.ok, "{}", pss.raw);
     assert_eq!(pss.peer_sig_type.as_deref(), Some("RSA-PSS"), "{}", pss.raw);
     assert_eq!(pss.peer_sig_digest.as_deref(), Some("SHA256"));
@@ -74,10 +65,7 @@ fn tls12_client_sigalgs_choose_pkcs1_or_pss() {
 #[test]
 fn tls12_static_rsa_cipher_has_no_server_signature() {
     let (apache, ca) = file_key_apache("static-rsa", Mpm::Event, "rsa:2048");
-    let r = tls_get(
-        apache.port,
-        &ClientOpts { tls: Some("1.2"), cipher: Some("AES128-GCM-SHA256".into()), ..opts(&ca) },
-    );
+    let r = tls_get(apache.port, &ClientOpts { tls: Some("1.2"), cipher: Some("AES128-GCM-SHA256".into()), ..opts(&ca) });
     assert!(r.ok, "{}", r.raw);
     assert_eq!(r.cipher.as_deref(), Some("AES128-GCM-SHA256"));
     assert_eq!(r.peer_sig_type, None, "{}", r.raw);
@@ -100,10 +88,7 @@ fn ecdsa_file_key_gives_ecdsa_signatures() {
 fn handshake_failure_is_reported_not_ok() {
     let (apache, ca) = file_key_apache("fail", Mpm::Event, "rsa:2048");
     // A TLS 1.2 suite that needs an ECDSA key cannot be negotiated.
-    let r = tls_get(
-        apache.port,
-        &ClientOpts { tls: Some("1.2"), cipher: Some("ECDHE-ECDSA-AES128-GCM-SHA256".into()), ..opts(&ca) },
-    );
+    let r = tls_get(apache.port, &ClientOpts { tls: Some("1.2"), cipher: Some("ECDHE-ECDSA-AES128-GCM-SHA256".into()), ..opts(&ca) });
     assert!(!r.ok, "{}", r.raw);
     assert_eq!(r.http_status, None);
     // Wrong SNI name fails verification when a CA is given.
@@ -135,10 +120,7 @@ fn event_mpm_survives_graceful_and_full_restart() {
     let r = tls_get(apache.port, &opts(&ca));
     assert_eq!(r.http_status, Some(200), "{}", r.raw);
     let children_after = apache.child_pids();
-    assert!(
-        children_after.iter().all(|c| !children_before.contains(c)),
-        "children replaced: {children_before:?} -> {children_after:?}"
-    );
+    assert!(children_after.iter().all(|c| !children_before.contains(c)), "children replaced: {children_before:?} -> {children_after:?}");
 }
 
 #[test]
@@ -196,12 +178,7 @@ fn token_keys_are_protected_and_certs_carry_the_token_key() {
         let cert = make_cert(token.dir(), &pubkey, &format!("{key}.test"), &[&format!("{key}.test")]);
         assert_eq!(cert_pubkey_pem(&cert), pubkey_pem_text(&pubkey), "{key}");
         // Signed by the test CA.
-        let (code, out) = run_status(
-            std::process::Command::new("openssl")
-                .args(["verify", "-CAfile"])
-                .arg(ca_cert(token.dir()))
-                .arg(&cert),
-        );
+        let (code, out) = run_status(std::process::Command::new("openssl").args(["verify", "-CAfile"]).arg(ca_cert(token.dir())).arg(&cert));
         assert_eq!(code, 0, "{out}");
     }
     // The token dir belongs to the apache2 run user.

@@ -71,10 +71,7 @@ fn a_key_that_is_not_sensitive_is_refused_by_configtest_and_start_unless_allowed
     s.get(tls("1.3"));
     let log = s.apache.error_log();
     // The error log also holds the refusal of the first start.
-    let line = log
-        .lines()
-        .find(|l| l.contains(NOT_SENSITIVE) && l.contains("[hsm_ssl:warn]"))
-        .unwrap_or_else(|| panic!("no warning:\n{log}"));
+    let line = log.lines().find(|l| l.contains(NOT_SENSITIVE) && l.contains("[hsm_ssl:warn]")).unwrap_or_else(|| panic!("no warning:\n{log}"));
     assert!(line.contains("vhost localhost:") && line.contains("served because HSMSSLAllowExportableKeys is On"), "{line}");
 }
 
@@ -108,7 +105,16 @@ fn a_key_replaced_on_the_token_after_startup_is_not_used() {
         run_ok(s.token.pkcs11_tool_login().args(["--delete-object", "--type", kind, "--label", "www-rsa"]));
     }
     run_ok(s.token.pkcs11_tool_login().args([
-        "--keypairgen", "--key-type", "rsa:2048", "--label", "www-rsa", "--id", &id, "--usage-sign", "--usage-decrypt", "--sensitive",
+        "--keypairgen",
+        "--key-type",
+        "rsa:2048",
+        "--label",
+        "www-rsa",
+        "--id",
+        &id,
+        "--usage-sign",
+        "--usage-decrypt",
+        "--sensitive",
     ]));
     s.token.share();
     // A new child (or, with the key service, a new service) finds the key

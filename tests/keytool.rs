@@ -93,7 +93,12 @@ fn generate_makes_sensitive_non_extractable_key_pairs_and_refuses_a_taken_label(
     assert!(e.contains("--usage decrypt: use sign (the default) or sign,decrypt"), "{e}");
     // --help says why one would want decrypt.
     let help = ok(&kt(&token, &["--help"]));
-    assert!(help.contains("--usage sign,decrypt  an RSA key may also decrypt") && help.contains("AES128-GCM-SHA256") && help.contains("EC keys never decrypt"), "{help}");
+    assert!(
+        help.contains("--usage sign,decrypt  an RSA key may also decrypt")
+            && help.contains("AES128-GCM-SHA256")
+            && help.contains("EC keys never decrypt"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -103,7 +108,20 @@ fn csr_and_selfsign_are_signed_by_the_token_key_and_verify_with_openssl() {
     for (label, ty) in [("www-rsa", "rsa:2048"), ("www-ec", "ec:P-256")] {
         ok(&kt(&token, &["generate", "--label", label, "--type", ty]));
         let csr = dir.path().join(format!("{label}.csr"));
-        let out = ok(&kt(&token, &["csr", "--label", label, "--subject", "CN=www.example.com,O=Example", "--san", "DNS:www.example.com,IP:127.0.0.1", "--out", csr.to_str().unwrap()]));
+        let out = ok(&kt(
+            &token,
+            &[
+                "csr",
+                "--label",
+                label,
+                "--subject",
+                "CN=www.example.com,O=Example",
+                "--san",
+                "DNS:www.example.com,IP:127.0.0.1",
+                "--out",
+                csr.to_str().unwrap(),
+            ],
+        ));
         assert!(out.contains("written to"), "{out}");
         let v = openssl(&["req", "-in", csr.to_str().unwrap(), "-verify", "-noout", "-text"]);
         let text = String::from_utf8_lossy(&v.stdout).to_string() + &String::from_utf8_lossy(&v.stderr);
@@ -111,7 +129,10 @@ fn csr_and_selfsign_are_signed_by_the_token_key_and_verify_with_openssl() {
         assert!(text.contains("CN = www.example.com") && text.contains("DNS:www.example.com") && text.contains("IP Address:127.0.0.1"), "{text}");
 
         let crt = dir.path().join(format!("{label}.crt"));
-        ok(&kt(&token, &["selfsign", "--label", label, "--subject", "CN=localhost", "--san", "DNS:localhost", "--days", "30", "--out", crt.to_str().unwrap()]));
+        ok(&kt(
+            &token,
+            &["selfsign", "--label", label, "--subject", "CN=localhost", "--san", "DNS:localhost", "--days", "30", "--out", crt.to_str().unwrap()],
+        ));
         let x = openssl(&["x509", "-in", crt.to_str().unwrap(), "-noout", "-text"]);
         let text = String::from_utf8_lossy(&x.stdout);
         assert!(x.status.success() && text.contains("DNS:localhost") && text.contains("TLS Web Server Authentication"), "{text}");
@@ -204,10 +225,14 @@ fn apache_serves_with_a_key_from_generate_and_a_certificate_from_selfsign() {
     let mut s = Site::new("kt-serve", Mpm::Event);
     ok(&kt(&s.token, &["generate", "--label", "served", "--type", "rsa:2048"]));
     let crt = s.pki.path().join("served.crt");
-    ok(&kt(&s.token, &["selfsign", "--label", "served", "--subject", "CN=localhost", "--san", "DNS:localhost", "--days", "2", "--out", crt.to_str().unwrap()]));
+    ok(&kt(
+        &s.token,
+        &["selfsign", "--label", "served", "--subject", "CN=localhost", "--san", "DNS:localhost", "--days", "2", "--out", crt.to_str().unwrap()],
+    ));
     chmod(&crt, 0o644);
     s.apache.reconfigure(|c| {
-        c.vhosts.push(ssl_vhost("localhost", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=served\"", crt.display())))
+        c.vhosts
+            .push(ssl_vhost("localhost", &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"pkcs11:token=web;object=served\"", crt.display())))
     });
     // Site's token is labelled "web": generate ran on it (kt uses --token web).
     s.start();
@@ -222,7 +247,18 @@ fn import_puts_an_encrypted_pem_key_into_the_token_and_says_how_to_remove_the_fi
     let token = Token::new("kt");
     let dir = TestDir::new("kt-import");
     let key = dir.path().join("old.key");
-    let o = openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-aes256", "-pass", "pass:file-secret", "-out", key.to_str().unwrap()]);
+    let o = openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-aes256",
+        "-pass",
+        "pass:file-secret",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     let out = Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
         .args(["import", "--label", "old", "--key", key.to_str().unwrap(), "--passphrase", "env:KT_PASS"])
@@ -262,10 +298,7 @@ fn import_puts_an_encrypted_pem_key_into_the_token_and_says_how_to_remove_the_fi
 fn without_a_pin_source_the_tool_asks_on_the_terminal_without_echo() {
     let token = Token::new("kt");
     // `script` gives the tool a real terminal; the PIN is typed into it.
-    let cmd = format!(
-        "{} list --library {SOFTHSM} --token kt --httpd-conf /dev/null",
-        env!("CARGO_BIN_EXE_hsm-ssl-keytool")
-    );
+    let cmd = format!("{} list --library {SOFTHSM} --token kt --httpd-conf /dev/null", env!("CARGO_BIN_EXE_hsm-ssl-keytool"));
     let mut child = Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
         .env("SOFTHSM2_CONF", &token.conf)
@@ -457,7 +490,25 @@ fn delete_refuses_an_ambiguous_label_until_id_names_the_key_pair() {
     let dir = TestDir::new("kt-delete-stray");
     let pem = dir.path().join("other.crt");
     let der = dir.path().join("other.der");
-    assert!(openssl(&["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", dir.path().join("k").to_str().unwrap(), "-subj", "/CN=other", "-days", "1", "-out", pem.to_str().unwrap()]).status.success());
+    assert!(openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        dir.path().join("k").to_str().unwrap(),
+        "-subj",
+        "/CN=other",
+        "-days",
+        "1",
+        "-out",
+        pem.to_str().unwrap()
+    ])
+    .status
+    .success());
     assert!(openssl(&["x509", "-in", pem.to_str().unwrap(), "-outform", "DER", "-out", der.to_str().unwrap()]).status.success());
     run_ok(token.pkcs11_tool_login().args(["--write-object", der.to_str().unwrap(), "--type", "cert", "--label", "dup", "--id", "ff"]));
     let e = err(&kt(&token, &["delete", "--label", "dup", "--yes"]), 3);

@@ -75,9 +75,7 @@ fn read_encrypted(path: &Path) -> PKey<openssl::pkey::Private> {
 }
 
 fn find(session: &Session, class: ObjectClass, label: &str) -> Vec<ObjectHandle> {
-    session
-        .find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())])
-        .expect("find objects")
+    session.find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())]).expect("find objects")
 }
 
 fn bool_attr(session: &Session, obj: ObjectHandle, t: AttributeType) -> bool {
@@ -182,8 +180,7 @@ fn check_imported(session: &Session, token: &Token, label: &str, id: &[u8], pem:
         let digest = hash(MessageDigest::sha256(), &data).unwrap();
         let raw = session.sign(&Mechanism::Ecdsa, sk, &digest).expect("ECDSA sign on the token");
         let (r, s) = raw.split_at(raw.len() / 2);
-        let sig = EcdsaSig::from_private_components(BigNum::from_slice(r).unwrap(), BigNum::from_slice(s).unwrap())
-            .unwrap();
+        let sig = EcdsaSig::from_private_components(BigNum::from_slice(r).unwrap(), BigNum::from_slice(s).unwrap()).unwrap();
         sig.to_der().unwrap()
     };
     let mut verifier = Verifier::new(MessageDigest::sha256(), &public).unwrap();
@@ -200,10 +197,7 @@ fn check_imported(session: &Session, token: &Token, label: &str, id: &[u8], pem:
             Ok(pt) if decrypt => assert_eq!(pt, secret, "{label}: decryption"),
             Ok(_) => panic!("{label}: the token decrypted with a sign-only key"),
             Err(e) if decrypt => panic!("{label}: RSA decrypt on the token: {e}"),
-            Err(e) => assert!(
-                matches!(e, cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::KeyFunctionNotPermitted, _)),
-                "{label}: {e}"
-            ),
+            Err(e) => assert!(matches!(e, cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::KeyFunctionNotPermitted, _)), "{label}: {e}"),
         }
     }
 }
@@ -245,14 +239,15 @@ fn import_pem_keys() {
     openssl(&dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "rsa-pkcs8.pem"]);
     openssl(&dir, &["genrsa", "-traditional", "-out", "rsa-pkcs1.pem", "2048"]);
     openssl(&dir, &["ecparam", "-genkey", "-name", "prime256v1", "-out", "ec-sec1.pem"]);
-    openssl(&dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-aes256", "-pass", &pass_arg,
-                    "-out", "rsa-enc-pkcs8.pem"]);
+    openssl(&dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-aes256", "-pass", &pass_arg, "-out", "rsa-enc-pkcs8.pem"]);
     openssl(&dir, &["genrsa", "-traditional", "-aes128", "-passout", &pass_arg, "-out", "rsa-legacy-enc.pem", "2048"]);
     openssl(&dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out", "ec384-pkcs8.pem"]);
     // For the unwrap fallback.
     openssl(&dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072", "-out", "rsa3072-pkcs8.pem"]);
-    openssl(&dir, &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521", "-aes256", "-pass", &pass_arg,
-                    "-out", "ec521-enc-pkcs8.pem"]);
+    openssl(
+        &dir,
+        &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521", "-aes256", "-pass", &pass_arg, "-out", "ec521-enc-pkcs8.pem"],
+    );
     openssl(&dir, &["genrsa", "-traditional", "-out", "rsa-b.pem", "2048"]);
     openssl(&dir, &["ecparam", "-genkey", "-name", "prime256v1", "-out", "ec-b.pem"]);
     openssl(&dir, &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "rsa-fail.pem"]);
@@ -289,12 +284,15 @@ fn import_pem_keys() {
         imported += 1;
         check_imported(&session, &token, label, id, &dir.join(file), None, decrypt, Frozen::FULLY);
     }
-    for (file, label, id, decrypt) in [
-        ("rsa-enc-pkcs8.pem", "rsa-enc-pkcs8", &[0x05u8][..], true),
-        ("rsa-legacy-enc.pem", "rsa-legacy-enc", &[0x06], false),
-    ] {
+    for (file, label, id, decrypt) in
+        [("rsa-enc-pkcs8.pem", "rsa-enc-pkcs8", &[0x05u8][..], true), ("rsa-legacy-enc.pem", "rsa-legacy-enc", &[0x06], false)]
+    {
         let key = read_encrypted(&dir.join(file));
-        assert_eq!(import_key(&session, &key, label, id, Usage { decrypt }), Ok(Imported { path: ImportPath::Created, frozen: Frozen::FULLY }), "{file}");
+        assert_eq!(
+            import_key(&session, &key, label, id, Usage { decrypt }),
+            Ok(Imported { path: ImportPath::Created, frozen: Frozen::FULLY }),
+            "{file}"
+        );
         imported += 1;
         check_imported(&session, &token, label, id, &dir.join(file), Some(PASS), decrypt, Frozen::FULLY);
     }
@@ -319,9 +317,7 @@ fn import_pem_keys() {
         assert!(err.contains("wrong passphrase"), "{file}: {err}");
         assert!(!err.contains(WRONG) && !err.contains(PASS), "{file}: passphrase in the error: {err}");
     }
-    let err = read_private_key_pem(&dir.join("rsa-enc-pkcs8.pem"), &mut || Err("no terminal to ask on".into()))
-        .map(|_| ())
-        .unwrap_err();
+    let err = read_private_key_pem(&dir.join("rsa-enc-pkcs8.pem"), &mut || Err("no terminal to ask on".into())).map(|_| ()).unwrap_err();
     assert!(err.contains("no terminal to ask on"), "{err}");
 
     // --- unsupported keys ---------------------------------------------------
@@ -352,8 +348,10 @@ fn import_pem_keys() {
             Attribute::PublicExponent(spare_rsa.e().to_vec()),
         ])
         .expect("create a public key object");
-    openssl(&dir, &["req", "-x509", "-new", "-key", "rsa-fail.pem", "-subj", "/CN=cert-only", "-days", "1",
-                    "-outform", "DER", "-out", "cert-only.der"]);
+    openssl(
+        &dir,
+        &["req", "-x509", "-new", "-key", "rsa-fail.pem", "-subj", "/CN=cert-only", "-days", "1", "-outform", "DER", "-out", "cert-only.der"],
+    );
     let cert_der = std::fs::read(dir.join("cert-only.der")).unwrap();
     session
         .create_object(&[
@@ -436,10 +434,7 @@ fn import_pem_keys() {
     check_no_leftovers(&session, imported, "after a refused public key");
 
     // The unwrap itself fails: the AES key is destroyed, nothing created.
-    set_control(
-        &p11,
-        "failclass C_CreateObject CKO_PRIVATE_KEY CKR_TEMPLATE_INCONSISTENT\nfail C_UnwrapKey CKR_DEVICE_ERROR\n",
-    );
+    set_control(&p11, "failclass C_CreateObject CKO_PRIVATE_KEY CKR_TEMPLATE_INCONSISTENT\nfail C_UnwrapKey CKR_DEVICE_ERROR\n");
     p11.reset();
     let err = import_key(&session, &spare, "unwrap-fails", &[0x0c], Usage::default()).unwrap_err();
     assert!(err.contains("cannot unwrap the private key") && err.contains("CKR_DEVICE_ERROR"), "{err}");
@@ -457,7 +452,10 @@ fn import_pem_keys() {
 
     // And with the faults gone the same key imports directly.
     p11.clear_faults();
-    assert_eq!(import_key(&session, &spare, "device-error", &[0x0d], Usage::default()), Ok(Imported { path: ImportPath::Created, frozen: Frozen::FULLY }));
+    assert_eq!(
+        import_key(&session, &spare, "device-error", &[0x0d], Usage::default()),
+        Ok(Imported { path: ImportPath::Created, frozen: Frozen::FULLY })
+    );
     imported += 1;
     check_imported(&session, &token, "device-error", &[0x0d], &dir.join("rsa-fail.pem"), None, false, Frozen::FULLY);
     check_no_leftovers(&session, imported, "at the end");

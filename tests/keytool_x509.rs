@@ -40,12 +40,7 @@ fn corrupt(src: &Path, kind: &str, dst: &Path) {
 /// self-issued end-entity certificate, RFC 6818) and -check_ss_sig makes
 /// OpenSSL verify a trust anchor's signature, which it skips otherwise.
 fn verify_self_signed(crt: &Path) -> (i32, String) {
-    run_status(
-        Command::new("openssl")
-            .args(["verify", "-check_ss_sig", "-partial_chain", "-purpose", "sslserver", "-trusted"])
-            .arg(crt)
-            .arg(crt),
-    )
+    run_status(Command::new("openssl").args(["verify", "-check_ss_sig", "-partial_chain", "-purpose", "sslserver", "-trusted"]).arg(crt).arg(crt))
 }
 
 #[test]
@@ -73,11 +68,9 @@ fn token_keys_sign_requests_and_self_signed_certificates() {
     let subject = "CN=www.example.com,O=Example\\, Ltd,C=DE";
     let sans = parse_sans("DNS:www.example.com,DNS:example.com,IP:10.0.0.1,IP:::1").unwrap();
 
-    for (label, rsa, sig_alg) in [
-        ("web-rsa", true, "sha256WithRSAEncryption"),
-        ("web-p256", false, "ecdsa-with-SHA256"),
-        ("web-p384", false, "ecdsa-with-SHA256"),
-    ] {
+    for (label, rsa, sig_alg) in
+        [("web-rsa", true, "sha256WithRSAEncryption"), ("web-p256", false, "ecdsa-with-SHA256"), ("web-p384", false, "ecdsa-with-SHA256")]
+    {
         let uri = token.key_uri(label);
         let parsed = KeyUri::parse(&uri).unwrap();
         let keyref = Arc::new(hsm.resolve(&uri, &parsed).unwrap_or_else(|e| panic!("resolve {uri}: {e}")));
@@ -94,10 +87,7 @@ fn token_keys_sign_requests_and_self_signed_certificates() {
         assert!(rc == 0 && out.contains("self-signature verify OK"), "{label}: openssl req -verify: {out}");
         let text = openssl(&["req", "-noout", "-text", "-nameopt", "RFC2253", "-in"], &csr_path);
         assert!(text.contains("Subject: CN=www.example.com,O=Example\\, Ltd,C=DE"), "{label}: {text}");
-        assert!(
-            text.contains("DNS:www.example.com, DNS:example.com, IP Address:10.0.0.1, IP Address:0:0:0:0:0:0:0:1"),
-            "{label}: {text}"
-        );
+        assert!(text.contains("DNS:www.example.com, DNS:example.com, IP Address:10.0.0.1, IP Address:0:0:0:0:0:0:0:1"), "{label}: {text}");
         assert!(text.contains(&format!("Signature Algorithm: {sig_alg}")), "{label}: {text}");
         assert!(text.contains("Attributes:") && text.contains("Requested Extensions:"), "{label}: {text}");
         // The request carries the token key.

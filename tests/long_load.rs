@@ -16,8 +16,7 @@ fn open_sessions(p11: &P11Log, pid: i32) -> i64 {
         .into_iter()
         .find(|(p, _)| *p as i32 == pid)
         .map(|(_, calls)| {
-            calls.iter().filter(|c| *c == "C_OpenSession").count() as i64
-                - calls.iter().filter(|c| *c == "C_CloseSession").count() as i64
+            calls.iter().filter(|c| *c == "C_OpenSession").count() as i64 - calls.iter().filter(|c| *c == "C_CloseSession").count() as i64
         })
         .unwrap_or(0)
 }
@@ -77,10 +76,7 @@ fn twenty_graceful_and_five_restarts_under_load_lose_nothing_but_what_restart_cl
     }
     std::thread::sleep(Duration::from_secs(3));
     let outcomes = load.stop();
-    let bad: Vec<_> = outcomes
-        .iter()
-        .filter(|o| !o.ok && !excused.iter().any(|(a, b)| o.at >= *a && o.at <= *b))
-        .collect();
+    let bad: Vec<_> = outcomes.iter().filter(|o| !o.ok && !excused.iter().any(|(a, b)| o.at >= *a && o.at <= *b)).collect();
     let log = s.apache.error_log();
     eprintln!("restarts: {} handshakes, {} failed outside restart windows", outcomes.len(), bad.len());
     assert!(!log.contains("exit signal"), "a process crashed:\n{log}");

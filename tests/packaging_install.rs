@@ -28,12 +28,7 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "packaging-{}-{}-{}",
-            tag,
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
+        let p = std::env::temp_dir().join(format!("packaging-{}-{}-{}", tag, std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let _ = fs::remove_dir_all(&p);
         fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -69,11 +64,7 @@ fn write_exec(path: &Path, body: &str) {
 /// Every tracked `*.sh` file plus every tracked file whose first line is a
 /// bash (or sh) shebang.
 fn shell_scripts() -> Vec<String> {
-    let out = Command::new("git")
-        .args(["ls-files", "-z"])
-        .current_dir(repo())
-        .output()
-        .expect("git ls-files");
+    let out = Command::new("git").args(["ls-files", "-z"]).current_dir(repo()).output().expect("git ls-files");
     assert!(out.status.success(), "git ls-files failed: {}", text(&out));
     let mut set = BTreeSet::new();
     for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
@@ -87,14 +78,10 @@ fn shell_scripts() -> Vec<String> {
             continue;
         }
         let mut head = [0u8; 128];
-        let n = fs::File::open(&path)
-            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-            .unwrap_or(0);
+        let n = fs::File::open(&path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
         let first = String::from_utf8_lossy(&head[..n]);
         let first = first.lines().next().unwrap_or("");
-        if first.starts_with("#!")
-            && (first.contains("bash") || first.ends_with("/sh") || first.ends_with(" sh"))
-        {
+        if first.starts_with("#!") && (first.contains("bash") || first.ends_with("/sh") || first.ends_with(" sh")) {
             set.insert(name);
         }
     }
@@ -113,22 +100,10 @@ fn shellcheck_passes_on_every_shell_script() {
     }
     let scripts = shell_scripts();
     for mine in ["apxs/install.sh", "rpm/install-amazon-linux.sh"] {
-        assert!(
-            scripts.iter().any(|s| s == mine),
-            "{mine} is not among the tracked shell scripts {scripts:?} (not committed?)"
-        );
+        assert!(scripts.iter().any(|s| s == mine), "{mine} is not among the tracked shell scripts {scripts:?} (not committed?)");
     }
-    let out = Command::new("shellcheck")
-        .arg("--external-sources")
-        .args(&scripts)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "shellcheck found problems in {scripts:?}:\n{}",
-        text(&out)
-    );
+    let out = Command::new("shellcheck").arg("--external-sources").args(&scripts).current_dir(repo()).output().unwrap();
+    assert!(out.status.success(), "shellcheck found problems in {scripts:?}:\n{}", text(&out));
 }
 
 // ---------------------------------------------------------------------------
@@ -188,11 +163,7 @@ impl Stubs {
     }
 
     fn calls(&self) -> Vec<String> {
-        fs::read_to_string(self.dir.path().join("calls.log"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        fs::read_to_string(self.dir.path().join("calls.log")).unwrap_or_default().lines().map(str::to_owned).collect()
     }
 
     fn pin_env(&self) -> String {
@@ -201,11 +172,7 @@ impl Stubs {
 
     /// Runs the installer with the stubs first in PATH, `stdin` fed to it.
     fn run(&self, extra: &[&str], stdin: &str) -> Output {
-        let path = format!(
-            "{}:{}",
-            self.dir.path().join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = format!("{}:{}", self.dir.path().join("bin").display(), std::env::var("PATH").unwrap_or_default());
         let mut child = Command::new("bash")
             .arg(repo().join("rpm/install-amazon-linux.sh"))
             .arg("mod_hsm_ssl-0.1.0-1.amzn2023.x86_64.rpm")
@@ -224,14 +191,7 @@ impl Stubs {
     }
 }
 
-const GENERATE: &[&str] = &[
-    "--generate",
-    "www-rsa",
-    "--type",
-    "rsa:2048",
-    "--subject",
-    "CN=www.example.com,O=Example",
-];
+const GENERATE: &[&str] = &["--generate", "www-rsa", "--type", "rsa:2048", "--subject", "CN=www.example.com,O=Example"];
 
 /// The output mentions each step, in this order.
 fn assert_steps_in_order(out: &str, steps: &[&str]) {
@@ -283,11 +243,7 @@ fn amazon_installer_dry_run_lists_every_step_and_runs_nothing() {
 #[test]
 fn amazon_installer_dry_run_without_the_cloudhsm_client_says_how_to_install_it() {
     let stubs = Stubs::new();
-    let path = format!(
-        "{}:{}",
-        stubs.dir.path().join("bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", stubs.dir.path().join("bin").display(), std::env::var("PATH").unwrap_or_default());
     // Dry run: reports and goes on.
     let out = Command::new("bash")
         .arg(repo().join("rpm/install-amazon-linux.sh"))
@@ -337,9 +293,7 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
         "dnf install -y ./mod_hsm_ssl-0.1.0-1.amzn2023.x86_64.rpm".to_string(),
         format!("hsm-ssl-keytool list --json {kt}"),
         format!("hsm-ssl-keytool generate {kt} --label www-rsa --type rsa:2048"),
-        format!(
-            "hsm-ssl-keytool selfsign {kt} --label www-rsa --subject CN=www.example.com,O=Example --days 365 --out {cert}"
-        ),
+        format!("hsm-ssl-keytool selfsign {kt} --label www-rsa --subject CN=www.example.com,O=Example --days 365 --out {cert}"),
         format!("hsm-ssl-keytool config {kt} --label www-rsa --cert {cert}"),
         "apachectl configtest".to_string(),
         "systemctl daemon-reload".to_string(),
@@ -398,10 +352,7 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
     assert!(calls.iter().any(|c| c == "systemctl restart httpd"), "{calls:?}");
     let vhost = fs::read_to_string(stubs.root().join("etc/httpd/conf.d/hsm_ssl-vhost.conf")).unwrap();
     assert!(!vhost.contains("HSMSSLLibrary") && vhost.contains("<VirtualHost *:443>"), "{vhost}");
-    assert_eq!(
-        fs::metadata(&pin_file).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(fs::metadata(&pin_file).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
 #[test]
@@ -421,11 +372,7 @@ fn amazon_installer_moves_a_pin_from_the_old_environment_file() {
 
 #[test]
 fn amazon_installer_help() {
-    let out = Command::new("bash")
-        .arg(repo().join("rpm/install-amazon-linux.sh"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = Command::new("bash").arg(repo().join("rpm/install-amazon-linux.sh")).arg("--help").output().unwrap();
     let all = text(&out);
     assert!(out.status.success(), "{all}");
     for want in ["--generate LABEL", "--import LABEL", "--dry-run", "CLOUDHSM_PKCS11_LIB", "HSM_SSL_ROOT"] {
@@ -449,9 +396,7 @@ const MODS_ENABLED: &str = "/etc/apache2/mods-enabled";
 const MODULE_STATE: &str = "/var/lib/apache2/module";
 
 fn list_dir(dir: &str) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
+    fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
 }
 
 fn walk_files(dir: &Path, out: &mut BTreeSet<PathBuf>) {
@@ -471,11 +416,7 @@ impl MachineGuard {
     fn new(files: &[PathBuf]) -> MachineGuard {
         let mut state_before = BTreeSet::new();
         walk_files(Path::new(MODULE_STATE), &mut state_before);
-        MachineGuard {
-            saved: files.iter().map(|f| (f.clone(), fs::read(f).ok())).collect(),
-            enabled_before: list_dir(MODS_ENABLED),
-            state_before,
-        }
+        MachineGuard { saved: files.iter().map(|f| (f.clone(), fs::read(f).ok())).collect(), enabled_before: list_dir(MODS_ENABLED), state_before }
     }
 }
 
@@ -484,10 +425,7 @@ impl Drop for MachineGuard {
         // Disable what was enabled during the test: hsm_ssl first (it
         // depends on ssl), then the rest.
         let now = list_dir(MODS_ENABLED);
-        let mut added: Vec<String> = now
-            .difference(&self.enabled_before)
-            .filter_map(|f| f.strip_suffix(".load").map(str::to_owned))
-            .collect();
+        let mut added: Vec<String> = now.difference(&self.enabled_before).filter_map(|f| f.strip_suffix(".load").map(str::to_owned)).collect();
         added.sort_by_key(|m| m != "hsm_ssl");
         for m in &added {
             let _ = Command::new("a2dismod").args(["-q", "-f", m]).output();
@@ -523,15 +461,8 @@ static APACHE_LOCK: Mutex<()> = Mutex::new(());
 #[test]
 fn apxs_install_into_debian_apache_then_a2enmod_and_configtest() {
     let _lock = APACHE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    assert!(
-        Path::new("/etc/apache2/mods-available").is_dir(),
-        "this test needs Debian's apache2 (/etc/apache2/mods-available)"
-    );
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "this test installs into the system's apache2 and must run as root"
-    );
+    assert!(Path::new("/etc/apache2/mods-available").is_dir(), "this test needs Debian's apache2 (/etc/apache2/mods-available)");
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test installs into the system's apache2 and must run as root");
     let libexec = {
         let o = Command::new("apxs").args(["-q", "LIBEXECDIR"]).output().expect("apxs (apache2-dev) installed");
         assert!(o.status.success(), "{}", text(&o));
@@ -570,17 +501,10 @@ fn apxs_install_into_debian_apache_then_a2enmod_and_configtest() {
 
     let load_text = fs::read_to_string(&load).unwrap();
     assert_eq!(load_text.lines().next(), Some("# Depends: ssl"), "{load_text}");
-    assert!(
-        load_text.contains(&format!("LoadModule hsm_ssl_module {}", module.display())),
-        "{load_text}"
-    );
+    assert!(load_text.contains(&format!("LoadModule hsm_ssl_module {}", module.display())), "{load_text}");
     let conf_text = fs::read_to_string(&conf).unwrap();
     assert!(conf_text.contains("#HSMSSLLibrary") && conf_text.contains("#HSMSSLPin"), "{conf_text}");
-    assert!(
-        !conf_text.lines().any(|l| l.trim_start().starts_with("HSMSSL")),
-        "an active HSMSSL* directive in {}:\n{conf_text}",
-        conf.display()
-    );
+    assert!(!conf_text.lines().any(|l| l.trim_start().starts_with("HSMSSL")), "an active HSMSSL* directive in {}:\n{conf_text}", conf.display());
 
     // a2enmod enables ssl too, and the configuration is valid with the
     // module loaded (hsm_ssl.load sorts before ssl.load).

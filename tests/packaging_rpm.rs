@@ -91,8 +91,7 @@ impl Drop for Scratch {
 }
 
 fn mode(p: &Path) -> u32 {
-    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).permissions().mode()
-        & 0o7777
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).permissions().mode() & 0o7777
 }
 
 /// All paths under `root` (as absolute paths inside root), files, symlinks
@@ -138,10 +137,7 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     let shellcheck_bin = find_tool("shellcheck");
     let _ = (find_tool("git"), find_tool("bash"), &rpmbuild_bin);
     assert!(Path::new(APACHE_BIN).is_file(), "{APACHE_BIN} not found: apt-get install apache2");
-    assert!(
-        Path::new(&format!("{APACHE_MODULES}/mod_ssl.so")).is_file(),
-        "{APACHE_MODULES}/mod_ssl.so not found: apt-get install apache2"
-    );
+    assert!(Path::new(&format!("{APACHE_MODULES}/mod_ssl.so")).is_file(), "{APACHE_MODULES}/mod_ssl.so not found: apt-get install apache2");
     assert!(Path::new(SOFTHSM_LIB).is_file(), "{SOFTHSM_LIB} not found: apt-get install softhsm2");
 
     let scratch_path = std::env::temp_dir().join(format!("hsm-ssl-rpm-test-{}", std::process::id()));
@@ -280,19 +276,10 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     let dbpath = "/var/lib/rpm";
     run(
         "rpm -i --root",
-        Command::new(&rpm_bin)
-            .arg("--root")
-            .arg(&root)
-            .arg("--dbpath")
-            .arg(dbpath)
-            .args(["-i", "--nodeps", "--noscripts"])
-            .arg(&bin_rpm),
+        Command::new(&rpm_bin).arg("--root").arg(&root).arg("--dbpath").arg(dbpath).args(["-i", "--nodeps", "--noscripts"]).arg(&bin_rpm),
     );
     // rpm -V: every file as packaged (digest, mode, owner).
-    run(
-        "rpm -V --root",
-        Command::new(&rpm_bin).arg("--root").arg(&root).arg("--dbpath").arg(dbpath).args(["-V", "--nodeps", "mod_hsm_ssl"]),
-    );
+    run("rpm -V --root", Command::new(&rpm_bin).arg("--root").arg(&root).arg("--dbpath").arg(dbpath).args(["-V", "--nodeps", "mod_hsm_ssl"]));
     let mut on_disk = BTreeSet::new();
     walk(&root, &root, &[dbpath], &mut on_disk);
     let is_dir = |p: &str| std::fs::symlink_metadata(root.join(&p[1..])).map(|m| m.is_dir()).unwrap_or(false);
@@ -327,12 +314,7 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
         "rpm2cpio | cpio",
         Command::new("sh")
             .arg("-c")
-            .arg(format!(
-                "'{}' '{}' | '{}' -idm --quiet --no-absolute-filenames",
-                rpm2cpio_bin.display(),
-                bin_rpm.display(),
-                cpio_bin.display()
-            ))
+            .arg(format!("'{}' '{}' | '{}' -idm --quiet --no-absolute-filenames", rpm2cpio_bin.display(), bin_rpm.display(), cpio_bin.display()))
             .current_dir(&ex),
     );
     let read = |p: &str| std::fs::read_to_string(ex.join(&p[1..])).unwrap_or_else(|e| panic!("read {p} from the RPM: {e}"));
@@ -348,10 +330,7 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     ] {
         assert!(example.contains(needle), "{EXAMPLE} lacks {needle:?}");
     }
-    assert!(
-        example.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')),
-        "{EXAMPLE} must be all comments"
-    );
+    assert!(example.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')), "{EXAMPLE} must be all comments");
     let dropin = read(DROPIN);
     assert!(dropin.contains("[Service]") && dropin.contains("EnvironmentFile=-/etc/sysconfig/httpd-hsm-ssl"), "{DROPIN}:\n{dropin}");
     assert!(dropin.lines().any(|l| l == "LoadCredential=hsm-ssl-pin:/etc/httpd/hsm-ssl/hsm-ssl-pin"), "{DROPIN}:\n{dropin}");

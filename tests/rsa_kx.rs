@@ -92,12 +92,8 @@ fn wait_for_log(s: &Site, needle: &str) {
 fn robot(s: &Site, case: &str) -> String {
     assert!(std::path::Path::new(SSLYZE).exists(), "{SSLYZE} missing: run scripts/install-deps.sh");
     let json = s.pki.path().join(format!("robot-{}.json", case.replace([' ', '/'], "_")));
-    let out = Command::new(SSLYZE)
-        .args(["--robot", "--json_out"])
-        .arg(&json)
-        .arg(format!("127.0.0.1:{}", s.apache.port))
-        .output()
-        .expect("run sslyze");
+    let out =
+        Command::new(SSLYZE).args(["--robot", "--json_out"]).arg(&json).arg(format!("127.0.0.1:{}", s.apache.port)).output().expect("run sslyze");
     let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
         panic!("{case}: sslyze wrote no JSON ({e}):\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     });

@@ -48,7 +48,9 @@ fn sign_x509(o: &Opts, selfsigned: bool) -> Res<String> {
     }
     let days: u32 = match (selfsigned, o.get("--days")) {
         (false, _) => 0,
-        (true, Some(d)) => d.parse().ok().filter(|d| (1..=36500).contains(d)).ok_or_else(|| fail(Code::Usage, "--days: a number of days from 1 to 36500"))?,
+        (true, Some(d)) => {
+            d.parse().ok().filter(|d| (1..=36500).contains(d)).ok_or_else(|| fail(Code::Usage, "--days: a number of days from 1 to 36500"))?
+        }
         (true, None) => return Err(fail(Code::Usage, "--days is required (see --help)")),
     };
     let t = Target::from_opts(o)?;
@@ -68,9 +70,7 @@ fn import_cmd(o: &Opts) -> Res<String> {
     let label = o.label()?.to_string();
     let path = std::path::PathBuf::from(o.need("--key")?);
     let pass_source = match o.get("--passphrase") {
-        Some(p) => Some(
-            mod_hsm_ssl::pkcs11::pin::PinSource::parse(p).map_err(|e| fail(Code::Usage, e.replace("HSMSSLPin", "--passphrase")))?,
-        ),
+        Some(p) => Some(mod_hsm_ssl::pkcs11::pin::PinSource::parse(p).map_err(|e| fail(Code::Usage, e.replace("HSMSSLPin", "--passphrase")))?),
         None => None,
     };
     let mut ask = move || -> Result<zeroize::Zeroizing<String>, String> {

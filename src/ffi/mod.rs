@@ -19,19 +19,17 @@ pub use guard::guard;
 /// tables hold. The id stored beside it tells OpenSSL the real signature.
 #[macro_export]
 macro_rules! dispatch {
-    ($id:expr, $f:expr, $ty:ty) => {
-        {
-            let f: $ty = $f;
-            $crate::ffi::ossl::OSSL_DISPATCH {
-                function_id: $id as ::std::ffi::c_int,
-                // SAFETY: OpenSSL calls this pointer only through the
-                // signature that the function id documents in
-                // core_dispatch.h, which the given type spells out;
-                // transmuting between function pointer types keeps the address.
-                function: Some(unsafe { ::std::mem::transmute::<$ty, unsafe extern "C" fn()>(f) }),
-            }
+    ($id:expr, $f:expr, $ty:ty) => {{
+        let f: $ty = $f;
+        $crate::ffi::ossl::OSSL_DISPATCH {
+            function_id: $id as ::std::ffi::c_int,
+            // SAFETY: OpenSSL calls this pointer only through the
+            // signature that the function id documents in
+            // core_dispatch.h, which the given type spells out;
+            // transmuting between function pointer types keeps the address.
+            function: Some(unsafe { ::std::mem::transmute::<$ty, unsafe extern "C" fn()>(f) }),
         }
-    };
+    }};
 }
 
 pub const DISPATCH_END: ossl::OSSL_DISPATCH = ossl::OSSL_DISPATCH { function_id: 0, function: None };

@@ -136,11 +136,8 @@ pub unsafe extern "C" fn set_max_sessions(cmd: *mut cmd_parms, _m: *mut c_void, 
     // SAFETY: forwarded Apache arguments.
     unsafe {
         directive(cmd, arg, |a, _| {
-            let n: usize = a
-                .parse()
-                .ok()
-                .filter(|n| (1..=1024).contains(n))
-                .ok_or_else(|| format!("HSMSSLMaxSessions {a}: give a number from 1 to 1024"))?;
+            let n: usize =
+                a.parse().ok().filter(|n| (1..=1024).contains(n)).ok_or_else(|| format!("HSMSSLMaxSessions {a}: give a number from 1 to 1024"))?;
             CONFIG.lock().max_sessions = Some(n);
             Ok(())
         })

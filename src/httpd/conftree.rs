@@ -139,4 +139,3 @@ pub fn pkcs11_vhosts(pool: *mut apr_pool_t) -> Vec<SslVhost> {
     }
     out
 }
-

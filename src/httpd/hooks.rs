@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::ffi::httpd::{self, apr_array_header_t, apr_pool_t, apr_status_t, server_rec};
 use crate::ffi::guard;
+use crate::ffi::httpd::{self, apr_array_header_t, apr_pool_t, apr_status_t, server_rec};
 use crate::pkcs11::pin::PinSource;
 use crate::pkcs11::runtime;
 use crate::pkcs11::secret::Secret;
@@ -71,18 +71,16 @@ impl Vhost {
     }
 }
 
+/// What to log about a key at startup, with the level of each line.
+type Notes = Vec<(log::Level, String)>;
+
 /// Resolves and checks one configured key, each PKCS#11 step bounded by
 /// HSMSSLOperationTimeout: URI, library, token, the one login, the key,
 /// its public half against the certificate, the mechanisms TLS needs,
 /// whether the key could leave the token (`key_protection`). Returns the
 /// key and what to log about it: warnings about TLS modes that will not
 /// work and about the key's protection, with their log level.
-fn check_key(
-    binding: &Arc<Binding>,
-    uri_text: &str,
-    cert: Option<&str>,
-    allow_exportable: bool,
-) -> Result<(Arc<KeyRef>, Vec<(log::Level, String)>), String> {
+fn check_key(binding: &Arc<Binding>, uri_text: &str, cert: Option<&str>, allow_exportable: bool) -> Result<(Arc<KeyRef>, Notes), String> {
     let uri = KeyUri::parse(uri_text).map_err(|e| format!("malformed key URI: {e}"))?;
     let limit = binding.op_timeout;
     // Finding the key is tried up to three times: a token can be briefly
@@ -93,8 +91,8 @@ fn check_key(
     let (hsm, key) = loop {
         attempt += 1;
         let b = binding.clone();
-        let hsm = runtime::bounded(limit, "loading and initializing the PKCS#11 library", move || runtime::hsm_for(&b))?
-            .map_err(|e| e.to_string())?;
+        let hsm =
+            runtime::bounded(limit, "loading and initializing the PKCS#11 library", move || runtime::hsm_for(&b))?.map_err(|e| e.to_string())?;
         let (h, t, u) = (hsm.clone(), uri_text.to_string(), uri.clone());
         match runtime::bounded(limit, "logging in and finding the key", move || h.resolve(&t, &u))? {
             Ok(k) => break (hsm, Arc::new(k)),
@@ -204,12 +202,15 @@ impl Generation {
     fn binding(&self) -> Result<Arc<Binding>, String> {
         self.binding
             .get_or_init(|| {
-                let (library, _) = self.config.library.clone().ok_or(
-                    "no HSMSSLLibrary is configured: add 'HSMSSLLibrary /path/to/vendor-pkcs11.so' to the main server configuration",
-                )?;
-                let (source, origin) = self.config.pin.clone().ok_or(
-                    "no HSMSSLPin is configured: add 'HSMSSLPin env:VAR' (or file:/path, exec:/program) to the main server configuration",
-                )?;
+                let (library, _) = self
+                    .config
+                    .library
+                    .clone()
+                    .ok_or("no HSMSSLLibrary is configured: add 'HSMSSLLibrary /path/to/vendor-pkcs11.so' to the main server configuration")?;
+                let (source, origin) =
+                    self.config.pin.clone().ok_or(
+                        "no HSMSSLPin is configured: add 'HSMSSLPin env:VAR' (or file:/path, exec:/program) to the main server configuration",
+                    )?;
                 let cached = {
                     let mut c = STARTUP_PIN.lock();
                     match c.take() {
@@ -302,7 +303,8 @@ fn describe(s: *mut server_rec) -> String {
     // SAFETY: s is a live server_rec from httpd; strings are NUL-terminated.
     unsafe {
         let s = &*s;
-        let host = if s.server_hostname.is_null() { "(no ServerName)".into() } else { CStr::from_ptr(s.server_hostname).to_string_lossy().into_owned() };
+        let host =
+            if s.server_hostname.is_null() { "(no ServerName)".into() } else { CStr::from_ptr(s.server_hostname).to_string_lossy().into_owned() };
         let port = if s.addrs.is_null() { s.port } else { (*s.addrs).host_port };
         let defn = if s.defn_name.is_null() {
             String::new()
@@ -412,8 +414,9 @@ fn start_key_service(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t) -> R
         (u.user_id, u.group_id, name)
     };
     let user = match &g.config.key_service_user {
-        Some((name, origin)) => crate::keyservice::service::lookup_user(name)
-            .map_err(|e| format!("HSMSSLKeyServiceUser {name} ({}): {e}", origin.0))?,
+        Some((name, origin)) => {
+            crate::keyservice::service::lookup_user(name).map_err(|e| format!("HSMSSLKeyServiceUser {name} ({}): {e}", origin.0))?
+        }
         None => crate::keyservice::service::lookup_user(&format!("#{child_uid}"))
             .map_err(|e| format!("the key service runs as httpd's User {child_user}, but: {e}"))?,
     };
@@ -452,7 +455,12 @@ unsafe fn strings(a: *mut apr_array_header_t) -> Vec<String> {
     out
 }
 
-pub unsafe extern "C" fn add_cert_files(s: *mut server_rec, _p: *mut apr_pool_t, certs: *mut apr_array_header_t, keys: *mut apr_array_header_t) -> c_int {
+pub unsafe extern "C" fn add_cert_files(
+    s: *mut server_rec,
+    _p: *mut apr_pool_t,
+    certs: *mut apr_array_header_t,
+    keys: *mut apr_array_header_t,
+) -> c_int {
     guard("add_cert_files", OK, || {
         let Some(g) = GENERATION.lock().clone() else { return OK };
         // SAFETY: mod_ssl's arrays of `const char *`.
@@ -499,11 +507,8 @@ pub unsafe extern "C" fn init_server(s: *mut server_rec, _p: *mut apr_pool_t, is
                 return FAIL;
             }
         }
-        let cannot_decrypt = g
-            .keys
-            .lock()
-            .iter()
-            .any(|k| v.uris.contains(&k.uri_text) && matches!(k.public, PublicKey::Rsa { .. }) && !k.can_decrypt);
+        let cannot_decrypt =
+            g.keys.lock().iter().any(|k| v.uris.contains(&k.uri_text) && matches!(k.public, PublicKey::Rsa { .. }) && !k.can_decrypt);
         if cannot_decrypt {
             // SAFETY: mod_ssl's live SSL_CTX for this vhost.
             if let Err(e) = unsafe { drop_rsa_key_exchange(ctx) } {
@@ -586,8 +591,7 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
                     let at = format!("{}: SSLCertificateKeyFile \"{}\" ({})", v.name, redacted(&k.uri), k.origin);
                     let binding = g.binding().map_err(|e| format!("{at}: {e}"))?;
                     let allow_exportable = g.config.allow_exportable_keys.unwrap_or(false);
-                    let (_, notes) =
-                        check_key(&binding, &k.uri, k.cert.as_deref(), allow_exportable).map_err(|e| format!("{at}: {e}"))?;
+                    let (_, notes) = check_key(&binding, &k.uri, k.cert.as_deref(), allow_exportable).map_err(|e| format!("{at}: {e}"))?;
                     for (level, w) in notes {
                         log::log!(level, "{at}: {w}");
                     }
@@ -680,7 +684,11 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
                 }
             }
             if let Err(e) = r {
-                log::error!("child {}: key {} is not usable yet: {e}; handshakes with it fail until the token is back", std::process::id(), k.uri_text);
+                log::error!(
+                    "child {}: key {} is not usable yet: {e}; handshakes with it fail until the token is back",
+                    std::process::id(),
+                    k.uri_text
+                );
             }
         }
     })

@@ -130,7 +130,12 @@ unsafe extern "C" fn register_hooks(_p: *mut apr_pool_t) {
             httpd::ap_hook_post_config(Some(hooks::post_config_last), ptr::null(), ptr::null(), httpd::APR_HOOK_REALLY_LAST as c_int);
             httpd::ap_hook_child_init(Some(hooks::child_init), ptr::null(), ptr::null(), httpd::APR_HOOK_MIDDLE as c_int);
             httpd::ap_hook_check_config(Some(hooks::check_config), ptr::null(), ptr::null(), httpd::APR_HOOK_MIDDLE as c_int);
-            type AddCert = unsafe extern "C" fn(*mut httpd::server_rec, *mut apr_pool_t, *mut httpd::apr_array_header_t, *mut httpd::apr_array_header_t) -> c_int;
+            type AddCert = unsafe extern "C" fn(
+                *mut httpd::server_rec,
+                *mut apr_pool_t,
+                *mut httpd::apr_array_header_t,
+                *mut httpd::apr_array_header_t,
+            ) -> c_int;
             type InitServer = unsafe extern "C" fn(*mut httpd::server_rec, *mut apr_pool_t, c_int, *mut openssl_sys::SSL_CTX) -> c_int;
             // mod_ssl's optional hooks, by name (APR_OPTIONAL_HOOK).
             httpd::apr_optional_hook_add(

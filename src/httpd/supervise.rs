@@ -154,7 +154,11 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
         let proc_ = data as *mut apr_proc_t;
         let current = {
             let mut cur = CURRENT.lock();
-            if cur.as_ref().is_some_and(|s| s.proc_ == proc_) { cur.take() } else { None }
+            if cur.as_ref().is_some_and(|s| s.proc_ == proc_) {
+                cur.take()
+            } else {
+                None
+            }
         };
         let was_current = current.is_some();
         let ended = current.is_none().then(|| {

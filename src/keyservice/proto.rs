@@ -33,7 +33,11 @@ pub enum Scheme {
     /// PKCS#1 v1.5 over a DigestInfo the service builds for `digest`; with
     /// no digest, the 36-byte MD5+SHA-1 of TLS 1.0 and 1.1.
     Pkcs1(Option<Digest>),
-    Pss { digest: Digest, mgf1: Digest, salt: u32 },
+    Pss {
+        digest: Digest,
+        mgf1: Digest,
+        salt: u32,
+    },
     Ecdsa,
 }
 

@@ -113,7 +113,10 @@ pub fn generate(o: &Opts) -> Res<String> {
     let t = Target::from_opts(o)?;
     let (_ctx, s, token) = t.session()?;
     if !with_label(&s, &label)?.is_empty() {
-        return Err(fail(Code::Key, format!("token '{token}' already has objects labelled '{label}'; choose another --label (or delete the old key first)")));
+        return Err(fail(
+            Code::Key,
+            format!("token '{token}' already has objects labelled '{label}'; choose another --label (or delete the old key first)"),
+        ));
     }
     let id = random_id()?;
     let common_pub = vec![
@@ -153,8 +156,9 @@ pub fn generate(o: &Opts) -> Res<String> {
     };
     pubt.shrink_to_fit();
     privt.shrink_to_fit();
-    let ((pub_h, _), frozen) = make_frozen(&format!("the private key '{label}'"), |extra| s.generate_key_pair(&mech, &pubt, &[&privt[..], extra].concat()))
-        .map_err(|e| fail(Code::Key, format!("generating the key pair in token '{token}': {}", crate::pkcs11::token::ck_error_text(&e))))?;
+    let ((pub_h, _), frozen) =
+        make_frozen(&format!("the private key '{label}'"), |extra| s.generate_key_pair(&mech, &pubt, &[&privt[..], extra].concat()))
+            .map_err(|e| fail(Code::Key, format!("generating the key pair in token '{token}': {}", crate::pkcs11::token::ck_error_text(&e))))?;
     let public = read_public(&s, pub_h, spec)?;
     let fp = certcheck::token_fingerprint(&public).unwrap_or_else(|e| format!("({e})"));
     let kind = match spec {
@@ -202,7 +206,9 @@ pub fn resolve(t: &Target, uri_text: &str) -> Res<(Arc<Hsm>, Arc<KeyRef>)> {
     let binding = t.binding()?;
     let hsm = crate::pkcs11::runtime::hsm_for(&binding).map_err(|e| fail(Code::Setup, e.to_string()))?;
     let key = hsm.resolve(uri_text, &uri).map_err(|e| match e {
-        crate::pkcs11::token::OpError::Setup(m) if m.contains("no private key") || m.contains("private keys with") || m.contains("does not serve") => {
+        crate::pkcs11::token::OpError::Setup(m)
+            if m.contains("no private key") || m.contains("private keys with") || m.contains("does not serve") =>
+        {
             fail(Code::Key, m)
         }
         other => fail(Code::Setup, other.to_string()),
@@ -276,7 +282,10 @@ fn list_keys(s: &Session) -> Res<Vec<Listed>> {
     let mut out = Vec::new();
     for h in privs {
         let a = s
-            .get_attributes(h, &[AttributeType::Label, AttributeType::Id, AttributeType::KeyType, AttributeType::Sensitive, AttributeType::Extractable])
+            .get_attributes(
+                h,
+                &[AttributeType::Label, AttributeType::Id, AttributeType::KeyType, AttributeType::Sensitive, AttributeType::Extractable],
+            )
             .map_err(|e| ck("reading key attributes", e))?;
         let mut l = Listed { label: String::new(), id: Vec::new(), kind: "unknown".into(), sensitive: false, extractable: true, public: None };
         let mut kt = None;
@@ -312,9 +321,7 @@ fn list_keys(s: &Session) -> Res<Vec<Listed>> {
                     _ => "EC (other curve)".into(),
                 };
                 if let Some(params) = params {
-                    let pubs = s
-                        .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(l.id.clone())])
-                        .unwrap_or_default();
+                    let pubs = s.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(l.id.clone())]).unwrap_or_default();
                     if let Some(ph) = pubs.first() {
                         if let Ok(PublicKey::Ec { point, .. }) = read_public(s, *ph, KeySpec::Ec("", &[])) {
                             l.public = Some(PublicKey::Ec { params, point });

@@ -50,10 +50,8 @@ fn is_pair_class(c: Option<ObjectClass>) -> bool {
 /// Chooses among `objs` (every object labelled `label`); Err is the
 /// message of a refusal (exit code 3), nothing deleted.
 pub fn plan<H: Clone + PartialEq>(label: &str, objs: &[Obj<H>], id: Option<&[u8]>) -> Result<Plan<H>, String> {
-    let privs: Vec<&Obj<H>> = objs
-        .iter()
-        .filter(|o| o.class == Some(ObjectClass::PRIVATE_KEY) && id.map_or(true, |want| o.id.as_deref() == Some(want)))
-        .collect();
+    let privs: Vec<&Obj<H>> =
+        objs.iter().filter(|o| o.class == Some(ObjectClass::PRIVATE_KEY) && id.map_or(true, |want| o.id.as_deref() == Some(want))).collect();
     let key = match privs.as_slice() {
         [one] => *one,
         [] => {

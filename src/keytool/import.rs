@@ -90,10 +90,7 @@ pub enum ImportPath {
 /// `passphrase` is called (once) only when the key is encrypted; its error
 /// is returned as is. A wrong passphrase gives an error saying so. Only RSA
 /// of at least 2048 bits and EC keys on P-256, P-384 and P-521 are accepted.
-pub fn read_private_key_pem(
-    path: &Path,
-    passphrase: &mut dyn FnMut() -> Result<Zeroizing<String>, String>,
-) -> Result<PKey<Private>, String> {
+pub fn read_private_key_pem(path: &Path, passphrase: &mut dyn FnMut() -> Result<Zeroizing<String>, String>) -> Result<PKey<Private>, String> {
     let shown = path.display();
     let data = Zeroizing::new(std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?);
     let block = private_key_block(&data).map_err(|e| format!("{shown}: {e}"))?;
@@ -144,10 +141,8 @@ pub fn read_private_key_pem(
 /// hand to OpenSSL. Refuses files with no or several private keys and
 /// private key formats we do not read (DSA, OpenSSH, ...).
 fn private_key_block(data: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-    let text = std::str::from_utf8(data).map_err(|_| {
-        "not a PEM file (binary data; DER keys are not supported, convert with `openssl pkey -outform PEM`)"
-            .to_string()
-    })?;
+    let text = std::str::from_utf8(data)
+        .map_err(|_| "not a PEM file (binary data; DER keys are not supported, convert with `openssl pkey -outform PEM`)".to_string())?;
     let mut found: Vec<(&str, usize)> = Vec::new();
     let mut unsupported: Option<&str> = None;
     let mut pos = 0;
@@ -190,10 +185,7 @@ fn private_key_block(data: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
 
 /// The first OpenSSL reason in an error stack, for messages.
 fn openssl_reason(e: &ErrorStack) -> String {
-    e.errors()
-        .iter()
-        .find_map(|err| err.reason().map(str::to_string))
-        .unwrap_or_else(|| "unrecognized data".to_string())
+    e.errors().iter().find_map(|err| err.reason().map(str::to_string)).unwrap_or_else(|| "unrecognized data".to_string())
 }
 
 /// What we need to know about a supported key.
@@ -266,10 +258,7 @@ fn key_type_name(id: Id) -> String {
         Id::DSA => "DSA".into(),
         Id::DH => "DH".into(),
         Id::RSA_PSS => "RSA-PSS (a PSS-restricted RSA key)".into(),
-        other => Nid::from_raw(other.as_raw())
-            .short_name()
-            .map(str::to_string)
-            .unwrap_or_else(|_| format!("#{}", other.as_raw())),
+        other => Nid::from_raw(other.as_raw()).short_name().map(str::to_string).unwrap_or_else(|_| format!("#{}", other.as_raw())),
     }
 }
 
@@ -330,13 +319,7 @@ pub struct Imported {
 /// first and, if the token refuses that template, without them. Returns
 /// which way worked. If the public key cannot be created, the private key
 /// just created is destroyed again.
-pub fn import_key(
-    session: &Session,
-    key: &PKeyRef<Private>,
-    label: &str,
-    id: &[u8],
-    usage: Usage,
-) -> Result<Imported, String> {
+pub fn import_key(session: &Session, key: &PKeyRef<Private>, label: &str, id: &[u8], usage: Usage) -> Result<Imported, String> {
     if label.is_empty() {
         return Err("the key label must not be empty".into());
     }
@@ -385,11 +368,7 @@ pub fn import_key(
                 Attribute::Exponent2(part(rsa.dmq1())),
                 Attribute::Coefficient(part(rsa.iqmp())),
             ]);
-            public.extend([
-                Attribute::Encrypt(usage.decrypt),
-                Attribute::Modulus(rsa.n().to_vec()),
-                Attribute::PublicExponent(rsa.e().to_vec()),
-            ]);
+            public.extend([Attribute::Encrypt(usage.decrypt), Attribute::Modulus(rsa.n().to_vec()), Attribute::PublicExponent(rsa.e().to_vec())]);
         }
         KeyInfo::Ec { ec, params, order_len } => {
             let d = ec
@@ -420,10 +399,7 @@ pub fn import_key(
     let ((private_handle, frozen), path) = match created {
         Ok(h) => (h, ImportPath::Created),
         Err(e) if is_refusal(&e) => {
-            log::info!(
-                "import: the token refuses plaintext private keys ({}); importing \"{label}\" by unwrapping",
-                ck_error_text(&e)
-            );
+            log::info!("import: the token refuses plaintext private keys ({}); importing \"{label}\" by unwrapping", ck_error_text(&e));
             (import_by_unwrap(session, key, &what, &private_base)?, ImportPath::Unwrapped)
         }
         Err(e) => return Err(format!("cannot create the private key \"{label}\": {}", ck_error_text(&e))),
@@ -445,18 +421,14 @@ pub fn import_key(
 
 /// Error if a private key, public key or certificate already has `label`.
 fn refuse_taken_label(session: &Session, label: &str) -> Result<(), String> {
-    for (class, what) in [
-        (ObjectClass::PRIVATE_KEY, "private key"),
-        (ObjectClass::PUBLIC_KEY, "public key"),
-        (ObjectClass::CERTIFICATE, "certificate"),
-    ] {
+    for (class, what) in
+        [(ObjectClass::PRIVATE_KEY, "private key"), (ObjectClass::PUBLIC_KEY, "public key"), (ObjectClass::CERTIFICATE, "certificate")]
+    {
         let found = session
             .find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())])
             .map_err(|e| format!("cannot search the token for \"{label}\": {}", ck_error_text(&e)))?;
         if !found.is_empty() {
-            return Err(format!(
-                "the token already has a {what} labelled \"{label}\"; choose another label or delete the existing objects first"
-            ));
+            return Err(format!("the token already has a {what} labelled \"{label}\"; choose another label or delete the existing objects first"));
         }
     }
     Ok(())
@@ -480,19 +452,10 @@ const KEK_LEN: usize = 32;
 
 /// The fallback: wrap the PKCS#8 of `key` under a fresh AES-256 key
 /// (RFC 5649), bring that AES key into the token as a session key, unwrap.
-fn import_by_unwrap(
-    session: &Session,
-    key: &PKeyRef<Private>,
-    what: &str,
-    template: &[Attribute],
-) -> Result<(ObjectHandle, Frozen), String> {
-    let pkcs8 = Zeroizing::new(
-        key.private_key_to_pkcs8()
-            .map_err(|e| format!("cannot encode the key as PKCS#8 ({})", openssl_reason(&e)))?,
-    );
+fn import_by_unwrap(session: &Session, key: &PKeyRef<Private>, what: &str, template: &[Attribute]) -> Result<(ObjectHandle, Frozen), String> {
+    let pkcs8 = Zeroizing::new(key.private_key_to_pkcs8().map_err(|e| format!("cannot encode the key as PKCS#8 ({})", openssl_reason(&e)))?);
     let mut kek = Zeroizing::new([0u8; KEK_LEN]);
-    openssl::rand::rand_priv_bytes(&mut kek[..])
-        .map_err(|e| format!("cannot generate a random wrapping key ({})", openssl_reason(&e)))?;
+    openssl::rand::rand_priv_bytes(&mut kek[..]).map_err(|e| format!("cannot generate a random wrapping key ({})", openssl_reason(&e)))?;
     let wrapped = aes256_wrap_pad(&kek, &pkcs8)?;
     drop(pkcs8);
     let unwrapping_key = session_aes_key(session, &kek)?;
@@ -529,10 +492,7 @@ fn session_aes_key<'a>(session: &'a Session, kek: &[u8; KEK_LEN]) -> Result<Temp
     match created {
         Ok(handle) => Ok(TempObject { session, handle, what: "AES wrapping key" }),
         Err(e) if is_refusal(&e) => {
-            log::info!(
-                "import: the token refuses a plaintext AES session key too ({}); carrying it in with RSA-OAEP",
-                ck_error_text(&e)
-            );
+            log::info!("import: the token refuses a plaintext AES session key too ({}); carrying it in with RSA-OAEP", ck_error_text(&e));
             aes_key_via_rsa_oaep(session, kek)
         }
         Err(e) => Err(format!("cannot create the AES session key for unwrapping: {}", ck_error_text(&e))),
@@ -597,15 +557,13 @@ fn aes_key_via_rsa_oaep<'a>(session: &'a Session, kek: &[u8; KEK_LEN]) -> Result
         return Err("the token did not return the RSA transport key's modulus and exponent".into());
     };
     let bad = |e: ErrorStack| format!("cannot use the RSA transport key ({})", openssl_reason(&e));
-    let rsa = Rsa::from_public_components(BigNum::from_slice(&n).map_err(bad)?, BigNum::from_slice(&e).map_err(bad)?)
-        .map_err(bad)?;
+    let rsa = Rsa::from_public_components(BigNum::from_slice(&n).map_err(bad)?, BigNum::from_slice(&e).map_err(bad)?).map_err(bad)?;
     let transport = PKey::from_rsa(rsa).map_err(bad)?;
 
     let mut last = String::new();
-    for (md, mech_hash, mgf) in [
-        (Md::sha256(), MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
-        (Md::sha1(), MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
-    ] {
+    for (md, mech_hash, mgf) in
+        [(Md::sha256(), MechanismType::SHA256, PkcsMgfType::MGF1_SHA256), (Md::sha1(), MechanismType::SHA1, PkcsMgfType::MGF1_SHA1)]
+    {
         let encrypted = oaep_encrypt(&transport, md, kek).map_err(bad)?;
         let mechanism = Mechanism::RsaPkcsOaep(PkcsOaepParams::new(mech_hash, mgf, PkcsOaepSource::empty()));
         match session.unwrap_key(&mechanism, rsa_private.handle, &encrypted, &aes_template()) {
@@ -736,7 +694,14 @@ mod tests {
             let k = PKey::from_ec_key(EcKey::generate(&g).unwrap()).unwrap();
             match key_info(&k).unwrap() {
                 KeyInfo::Ec { order_len, .. } => {
-                    assert_eq!(order_len, match nid { Nid::SECP521R1 => 66, Nid::SECP384R1 => 48, _ => 32 })
+                    assert_eq!(
+                        order_len,
+                        match nid {
+                            Nid::SECP521R1 => 66,
+                            Nid::SECP384R1 => 48,
+                            _ => 32,
+                        }
+                    )
                 }
                 KeyInfo::Rsa(_) => unreachable!(),
             }

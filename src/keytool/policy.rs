@@ -34,10 +34,7 @@ impl Usage {
         match parts.as_slice() {
             ["sign"] => Ok(Usage { decrypt: false }),
             ["decrypt", "sign"] => Ok(Usage { decrypt: true }),
-            _ => Err(fail(
-                Code::Usage,
-                format!("--usage {s}: use sign (the default) or sign,decrypt (decrypt only for TLS 1.2 RSA key exchange)"),
-            )),
+            _ => Err(fail(Code::Usage, format!("--usage {s}: use sign (the default) or sign,decrypt (decrypt only for TLS 1.2 RSA key exchange)"))),
         }
     }
 

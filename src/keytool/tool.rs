@@ -263,7 +263,10 @@ impl Target {
             _ => HttpdDefaults::default(),
         };
         let library = o.get("--library").map(str::to_string).or(d.library).ok_or_else(|| {
-            fail(Code::Setup, "no PKCS#11 library: give --library /path/to/vendor-pkcs11.so (or HSMSSLLibrary in the Apache configuration, --httpd-conf)")
+            fail(
+                Code::Setup,
+                "no PKCS#11 library: give --library /path/to/vendor-pkcs11.so (or HSMSSLLibrary in the Apache configuration, --httpd-conf)",
+            )
         })?;
         let token = match o.get("--token").map(str::to_string).or(d.token) {
             Some(t) => TokenSelector::parse_directive(&t).map_err(|e| fail(Code::Usage, e.replace("HSMSSLToken", "--token")))?,
@@ -319,9 +322,7 @@ impl Target {
         if info.user_pin_final_try() {
             return Err(fail(Code::Setup, format!("token '{label}': the next wrong PIN would lock the user; not trying to log in")));
         }
-        let session = ctx
-            .open_rw_session(slot)
-            .map_err(|e| fail(Code::Setup, format!("token '{label}': {}", ck_error_text(&e))))?;
+        let session = ctx.open_rw_session(slot).map_err(|e| fail(Code::Setup, format!("token '{label}': {}", ck_error_text(&e))))?;
         let pin = self.pin()?;
         match session.login_with_raw(UserType::User, &pin.to_raw_auth_pin()) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
@@ -395,13 +396,7 @@ fn create_temp_beside(path: &Path, dir: &Path) -> Res<(PathBuf, std::fs::File)> 
         let mut r = [0u8; 6];
         openssl::rand::rand_bytes(&mut r).map_err(|e| fail(Code::Other, format!("no random bytes from OpenSSL: {e}")))?;
         let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), crate::pkcs11::uri::hex(&r)));
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-        {
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&tmp) {
             Ok(f) => return Ok((tmp, f)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(fail(Code::Other, format!("cannot create a file in {}: {e}", dir.display()))),
@@ -442,9 +437,7 @@ pub fn for_the_tool(msg: &str) -> String {
 
 /// A token label as it goes into a `pkcs11:` URI.
 pub fn pct(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// The key URI the tool prints for `label` (on `token` if given): every URI
@@ -464,7 +457,10 @@ pub fn key_uri(token: Option<&str>, label: &str) -> String {
 /// parser, to the same label.
 pub fn check_label(label: &str) -> Res<()> {
     if label.is_empty() {
-        return Err(fail(Code::Usage, "--label is empty: give the key a name, e.g. --label www-rsa (httpd finds the key by it: pkcs11:object=<label>)"));
+        return Err(fail(
+            Code::Usage,
+            "--label is empty: give the key a name, e.g. --label www-rsa (httpd finds the key by it: pkcs11:object=<label>)",
+        ));
     }
     if let Some(c) = label.chars().find(|c| c.is_control()) {
         return Err(fail(Code::Usage, format!("--label {label:?} contains the control character U+{:04X}: use printable characters only", c as u32)));
@@ -500,7 +496,8 @@ mod tests {
     fn httpd_defaults_come_from_the_main_file_and_its_includes() {
         let d = std::env::temp_dir().join(format!("keytool-conf-{}", std::process::id()));
         std::fs::create_dir_all(d.join("conf.d")).unwrap();
-        std::fs::write(d.join("httpd.conf"), format!("ServerRoot {}\nHSMSSLLibrary /lib/p11.so\nIncludeOptional conf.d/*.conf\n", d.display())).unwrap();
+        std::fs::write(d.join("httpd.conf"), format!("ServerRoot {}\nHSMSSLLibrary /lib/p11.so\nIncludeOptional conf.d/*.conf\n", d.display()))
+            .unwrap();
         std::fs::write(d.join("conf.d/hsm.conf"), "HSMSSLPin \"env:CLOUDHSM_PIN\"\nHSMSSLToken web\n").unwrap();
         let x = read_httpd_defaults(&d.join("httpd.conf")).unwrap();
         assert_eq!(x.library.as_deref(), Some("/lib/p11.so"));

@@ -121,11 +121,7 @@ pub fn parse_subject(s: &str) -> Result<X509Name, String> {
         let value: String = part[eq + 1..].iter().map(|(c, _)| c).collect();
         let value = value.trim();
         let Some(&(canonical, nid)) = ATTRIBUTES.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)) else {
-            return Err(format!(
-                "unknown subject attribute '{name}' (in '{}'); known attributes: {}",
-                text.trim(),
-                known_attributes()
-            ));
+            return Err(format!("unknown subject attribute '{name}' (in '{}'); known attributes: {}", text.trim(), known_attributes()));
         };
         if value.is_empty() {
             return Err(format!("subject attribute {canonical} has an empty value; give a value or leave the attribute out"));
@@ -160,9 +156,9 @@ fn parse_san(entry: &str) -> Result<String, String> {
         check_dns_name(value).map_err(|why| format!("subject alternative name DNS:{value}: {why}"))?;
         Ok(format!("DNS:{}", value.to_ascii_lowercase()))
     } else if kind.trim().eq_ignore_ascii_case("IP") {
-        let ip: IpAddr = value.parse().map_err(|_| {
-            format!("subject alternative name IP:{value}: not an IPv4 or IPv6 address (e.g. IP:192.0.2.10, IP:2001:db8::1)")
-        })?;
+        let ip: IpAddr = value
+            .parse()
+            .map_err(|_| format!("subject alternative name IP:{value}: not an IPv4 or IPv6 address (e.g. IP:192.0.2.10, IP:2001:db8::1)"))?;
         Ok(format!("IP:{ip}"))
     } else {
         Err(format!("subject alternative name '{entry}': unsupported type '{}'; use DNS:<host name> or IP:<address>", kind.trim()))
@@ -295,8 +291,7 @@ pub fn csr_pem(key: &PKeyRef<Private>, subject: &str, sans: &[String]) -> Result
     let mut b = X509ReqBuilder::new().map_err(oom)?;
     b.set_version(0).map_err(oom)?;
     b.set_subject_name(&name).map_err(oom)?;
-    b.set_pubkey(key)
-        .map_err(|e| format!("OpenSSL cannot put the token key's public key into the request: {e}"))?;
+    b.set_pubkey(key).map_err(|e| format!("OpenSSL cannot put the token key's public key into the request: {e}"))?;
     let mut exts = Stack::new().map_err(oom)?;
     add_san_extension(&mut exts, sans, &b.x509v3_context(None))?;
     if !exts.is_empty() {
@@ -333,8 +328,7 @@ pub fn selfsigned_pem(key: &PKeyRef<Private>, subject: &str, sans: &[String], da
     let not_after = Asn1Time::days_from_now(days).map_err(oom)?;
     b.set_not_before(&not_before).map_err(oom)?;
     b.set_not_after(&not_after).map_err(oom)?;
-    b.set_pubkey(key)
-        .map_err(|e| format!("OpenSSL cannot put the token key's public key into the certificate: {e}"))?;
+    b.set_pubkey(key).map_err(|e| format!("OpenSSL cannot put the token key's public key into the certificate: {e}"))?;
     b.append_extension(BasicConstraints::new().critical().build().map_err(oom)?).map_err(oom)?;
     let mut ku = KeyUsage::new();
     ku.critical().digital_signature();
@@ -359,18 +353,13 @@ mod tests {
     use super::*;
 
     fn rfc2253(name: &X509Name) -> Vec<(String, String)> {
-        name.entries()
-            .map(|e| (e.object().nid().short_name().unwrap().to_string(), e.data().as_utf8().unwrap().to_string()))
-            .collect()
+        name.entries().map(|e| (e.object().nid().short_name().unwrap().to_string(), e.data().as_utf8().unwrap().to_string())).collect()
     }
 
     #[test]
     fn subject_is_parsed_in_rfc4514_order_with_escapes() {
         let n = parse_subject("CN=www.example.com, O=Example\\, Ltd ,C=DE").unwrap();
-        assert_eq!(
-            rfc2253(&n),
-            [("C", "DE"), ("O", "Example, Ltd"), ("CN", "www.example.com")].map(|(a, b)| (a.to_string(), b.to_string()))
-        );
+        assert_eq!(rfc2253(&n), [("C", "DE"), ("O", "Example, Ltd"), ("CN", "www.example.com")].map(|(a, b)| (a.to_string(), b.to_string())));
         let n = parse_subject("cn=a\\=b\\\\c,ou=x,OU=y,dc=example,DC=com,emailaddress=a@b.c").unwrap();
         let e = rfc2253(&n);
         assert_eq!(e.last().unwrap(), &("CN".to_string(), "a=b\\c".to_string()));

@@ -28,8 +28,8 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{AttributeType, ObjectHandle};
 use cryptoki::session::Session;
 use cryptoki_sys::{
-    CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID, CKR_BUFFER_TOO_SMALL, CKR_OK, CK_ATTRIBUTE, CK_FUNCTION_LIST, CK_MECHANISM, CK_OBJECT_HANDLE,
-    CK_RV, CK_SESSION_HANDLE, CK_ULONG, CK_UNAVAILABLE_INFORMATION,
+    CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID, CKR_BUFFER_TOO_SMALL, CKR_OK, CK_ATTRIBUTE, CK_FUNCTION_LIST, CK_MECHANISM,
+    CK_OBJECT_HANDLE, CK_RV, CK_SESSION_HANDLE, CK_ULONG, CK_UNAVAILABLE_INFORMATION,
 };
 
 use super::token::ck_error_text;
@@ -92,7 +92,8 @@ impl Direct {
     /// The error says what is missing.
     pub fn open(library: &Path) -> Result<Direct, String> {
         let shown = library.display();
-        let path = CString::new(std::os::unix::ffi::OsStrExt::as_bytes(library.as_os_str())).map_err(|_| format!("{shown}: a NUL byte in the path"))?;
+        let path =
+            CString::new(std::os::unix::ffi::OsStrExt::as_bytes(library.as_os_str())).map_err(|_| format!("{shown}: a NUL byte in the path"))?;
         // SAFETY: a valid C string; RTLD_NOLOAD only takes another reference
         // to a library that is loaded already, it runs no initializers.
         let lib = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
@@ -153,7 +154,15 @@ impl Direct {
     /// a larger length) fails it: the error is logged here, with the size
     /// the token named, and returned as CKR_BUFFER_TOO_SMALL resp.
     /// `InvalidValue`, both [`spoils_session`].
-    fn run(&self, s: &Session, mech: &Mechanism, key: ObjectHandle, data: &[u8], init: (Init, Function), op: (Op, Function)) -> Result<Vec<u8>, CkError> {
+    fn run(
+        &self,
+        s: &Session,
+        mech: &Mechanism,
+        key: ObjectHandle,
+        data: &[u8],
+        init: (Init, Function),
+        op: (Op, Function),
+    ) -> Result<Vec<u8>, CkError> {
         let mut ck_mech: CK_MECHANISM = mech.into();
         // SAFETY: a live session and key handle of this library; ck_mech
         // and the parameters it points into (`mech`) outlive the call.
@@ -200,7 +209,9 @@ impl Direct {
         match rv {
             CKR_OK => {}
             CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID => return Ok(None),
-            other => return Err(AttrError::Token(ty, Rv::from(other).into_result(Function::GetAttributeValue).err().unwrap_or(CkError::InvalidValue))),
+            other => {
+                return Err(AttrError::Token(ty, Rv::from(other).into_result(Function::GetAttributeValue).err().unwrap_or(CkError::InvalidValue)))
+            }
         }
         if a.ulValueLen == CK_UNAVAILABLE_INFORMATION {
             return Ok(None);
@@ -216,7 +227,9 @@ impl Direct {
         match rv {
             CKR_OK => {}
             CKR_ATTRIBUTE_SENSITIVE | CKR_ATTRIBUTE_TYPE_INVALID => return Ok(None),
-            other => return Err(AttrError::Token(ty, Rv::from(other).into_result(Function::GetAttributeValue).err().unwrap_or(CkError::InvalidValue))),
+            other => {
+                return Err(AttrError::Token(ty, Rv::from(other).into_result(Function::GetAttributeValue).err().unwrap_or(CkError::InvalidValue)))
+            }
         }
         if a.ulValueLen > claimed {
             return Err(AttrError::Overrun { ty, got: a.ulValueLen, claimed });

@@ -51,10 +51,7 @@ fn shared() -> &'static Shared {
                 0,
             );
             if p == libc::MAP_FAILED {
-                log::warn!(
-                    "cannot map a shared page for the refused-PIN record ({}); each process keeps its own",
-                    std::io::Error::last_os_error()
-                );
+                log::warn!("cannot map a shared page for the refused-PIN record ({}); each process keeps its own", std::io::Error::last_os_error());
                 return Box::leak(Box::new(Shared { refused_gen: AtomicU64::new(0), refused_pid: AtomicU32::new(0), trying: AtomicU32::new(0) }));
             }
             &*(p as *const Shared)
@@ -209,7 +206,13 @@ mod tests {
         assert_eq!(code, 0, "the first login did not run");
         assert_eq!(refused(), Some(first));
         let mut ran = false;
-        assert_eq!(login(Duration::from_secs(1), || { ran = true; ((), false) }), Err(first));
+        assert_eq!(
+            login(Duration::from_secs(1), || {
+                ran = true;
+                ((), false)
+            }),
+            Err(first)
+        );
         assert!(!ran, "logged in after a refusal in another process");
         let (_, code) = in_child(|| match login(Duration::from_secs(1), || ((), false)) {
             Err(pid) if pid == first => 7,
@@ -260,7 +263,13 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         let mut ran = false;
-        assert_eq!(login(Duration::from_secs(5), || { ran = true; ((), false) }), Err(pid as u32));
+        assert_eq!(
+            login(Duration::from_secs(5), || {
+                ran = true;
+                ((), false)
+            }),
+            Err(pid as u32)
+        );
         assert!(!ran);
         assert!(t.elapsed() >= Duration::from_millis(250), "did not wait for the turn");
         let mut status = 0;

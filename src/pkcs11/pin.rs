@@ -335,9 +335,9 @@ fn read_bounded(mut r: impl Read) -> std::io::Result<Option<zeroize::Zeroizing<V
 fn read_file(path: &Path) -> Result<Secret, String> {
     let shown = path.display();
     let f = open_pin_file(path)?;
-    let content = read_bounded(f)
-        .map_err(|e| format!("HSMSSLPin file:{shown}: cannot read the PIN file: {e}"))?
-        .ok_or_else(|| format!("HSMSSLPin file:{shown}: the file is larger than {MAX_PIN_INPUT} bytes; it must hold only the PIN, on its first line"))?;
+    let content = read_bounded(f).map_err(|e| format!("HSMSSLPin file:{shown}: cannot read the PIN file: {e}"))?.ok_or_else(|| {
+        format!("HSMSSLPin file:{shown}: the file is larger than {MAX_PIN_INPUT} bytes; it must hold only the PIN, on its first line")
+    })?;
     let pin = first_line(&content);
     if pin.is_empty() {
         return Err(format!("HSMSSLPin file:{shown}: the first line of the file is empty"));
@@ -413,7 +413,7 @@ fn run_program(path: &Path, limit: Duration) -> Result<Secret, String> {
     // which is ignored: the program then runs as it did before.
     unsafe {
         command.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as u32);
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             Ok(())
         });
     }
@@ -431,7 +431,9 @@ fn run_program(path: &Path, limit: Duration) -> Result<Secret, String> {
     let buf = match read {
         Ok(buf) => buf,
         Err(Overflow::TooLong) => {
-            return Err(format!("HSMSSLPin exec:{shown}: the program printed more than {MAX_PIN_INPUT} bytes without a line end; it must print only the PIN"))
+            return Err(format!(
+                "HSMSSLPin exec:{shown}: the program printed more than {MAX_PIN_INPUT} bytes without a line end; it must print only the PIN"
+            ))
         }
         Err(Overflow::Deadline) => {
             return Err(format!("HSMSSLPin exec:{shown}: the program did not finish within {} s and was killed", limit.as_secs()))

@@ -324,10 +324,7 @@ fn probe_once(key: &Arc<KeyRef>, error: &OpError, count: u64) {
             "{what}; a check of token '{}' that uses no client data (C_GetSessionInfo, C_GetAttributeValue) passed: the token stays in use",
             key.token_label
         ),
-        Err(e) => log::warn!(
-            "{what}; a check of token '{}' that uses no client data failed too ({e}): handled as token trouble",
-            key.token_label
-        ),
+        Err(e) => log::warn!("{what}; a check of token '{}' that uses no client data failed too ({e}): handled as token trouble", key.token_label),
     }
 }
 
@@ -468,10 +465,7 @@ pub fn bounded<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() 
             let _ = thread.join();
             Ok(v)
         }
-        Err(_) => Err(format!(
-            "{what} did not return within {} s (HSMSSLOperationTimeout); is the HSM reachable?",
-            limit.as_secs_f32()
-        )),
+        Err(_) => Err(format!("{what} did not return within {} s (HSMSSLOperationTimeout); is the HSM reachable?", limit.as_secs_f32())),
     }
 }
 

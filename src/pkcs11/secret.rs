@@ -79,9 +79,8 @@ impl Pages {
         let cap = bytes.len().max(1).div_ceil(page) * page;
         // SAFETY: a fresh private anonymous mapping; no existing memory is
         // touched.
-        let ptr = unsafe {
-            libc::mmap(std::ptr::null_mut(), cap, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-        };
+        let ptr =
+            unsafe { libc::mmap(std::ptr::null_mut(), cap, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
         if ptr == libc::MAP_FAILED {
             // Out of address space: refuse to hold the PIN rather than keep
             // it somewhere unprotected; the login then fails with an empty PIN.

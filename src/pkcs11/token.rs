@@ -65,10 +65,16 @@ impl Binding {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PublicKey {
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     /// `params`: CKA_EC_PARAMS (DER of the curve OID); `point`: the
     /// uncompressed point (04 || X || Y).
-    Ec { params: Vec<u8>, point: Vec<u8> },
+    Ec {
+        params: Vec<u8>,
+        point: Vec<u8>,
+    },
 }
 
 /// What a private key's attributes say about whether it could ever leave
@@ -171,9 +177,7 @@ impl PremasterMech {
     pub fn describe(self) -> &'static str {
         match self {
             PremasterMech::Raw => "raw RSA (CKM_RSA_X_509), padding checked in constant time in the module",
-            PremasterMech::Pkcs1 => {
-                "the token offers no usable CKM_RSA_X_509 for decryption: the token checks the padding (CKM_RSA_PKCS)"
-            }
+            PremasterMech::Pkcs1 => "the token offers no usable CKM_RSA_X_509 for decryption: the token checks the padding (CKM_RSA_PKCS)",
         }
     }
 }
@@ -232,11 +236,7 @@ impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             OpError::Token(e) => write!(f, "{}", ck_error_text(e)),
-            OpError::Timeout(d) => write!(
-                f,
-                "the token did not answer within {} ms (HSMSSLOperationTimeout); is the HSM reachable?",
-                d.as_millis()
-            ),
+            OpError::Timeout(d) => write!(f, "the token did not answer within {} ms (HSMSSLOperationTimeout); is the HSM reachable?", d.as_millis()),
             OpError::Busy(d) => write!(
                 f,
                 "no PKCS#11 session became free within {} ms (all sessions busy; raise HSMSSLMaxSessions or add HSM capacity)",
@@ -277,10 +277,7 @@ fn rv_name(rv: RvError) -> String {
 /// Errors after which the session is dropped and the operation retried once
 /// on a fresh session.
 fn is_session_error(e: &CkError) -> bool {
-    matches!(
-        e,
-        CkError::Pkcs11(RvError::SessionHandleInvalid | RvError::SessionClosed, _)
-    )
+    matches!(e, CkError::Pkcs11(RvError::SessionHandleInvalid | RvError::SessionClosed, _))
 }
 
 /// The mechanisms TLS needs, in a form that can cross to a helper thread
@@ -342,12 +339,7 @@ pub struct PoolStats {
 
 impl Pool {
     fn new(max: usize, wait: Duration) -> Pool {
-        Pool {
-            inner: Mutex::new(PoolInner { idle: Vec::new(), open: 0, stats: PoolStats::default() }),
-            freed: Condvar::new(),
-            max: max.max(1),
-            wait,
-        }
+        Pool { inner: Mutex::new(PoolInner { idle: Vec::new(), open: 0, stats: PoolStats::default() }), freed: Condvar::new(), max: max.max(1), wait }
     }
 
     fn take(&self, ctx: &Pkcs11, slot: Slot) -> Result<Session, OpError> {
@@ -477,11 +469,7 @@ impl Hsm {
         let lib = &binding.library;
         let shown = lib.display();
         match std::fs::metadata(lib) {
-            Err(e) => {
-                return Err(format!(
-                    "HSMSSLLibrary {shown}: {e}; install the vendor's PKCS#11 library or fix the path"
-                ))
-            }
+            Err(e) => return Err(format!("HSMSSLLibrary {shown}: {e}; install the vendor's PKCS#11 library or fix the path")),
             Ok(m) if !m.is_file() => return Err(format!("HSMSSLLibrary {shown}: not a regular file")),
             Ok(_) => {}
         }
@@ -490,9 +478,7 @@ impl Hsm {
                 "HSMSSLLibrary {shown}: cannot load it as a shared library ({le}); \
                  point HSMSSLLibrary at the vendor's PKCS#11 .so"
             ),
-            CkError::MissingSymbol(s) => format!(
-                "HSMSSLLibrary {shown}: the library exports no {s}, so it is not a PKCS#11 library"
-            ),
+            CkError::MissingSymbol(s) => format!("HSMSSLLibrary {shown}: the library exports no {s}, so it is not a PKCS#11 library"),
             other => format!("HSMSSLLibrary {shown}: {}", ck_error_text(&other)),
         })?;
         // The only way the module signs, decrypts and reads key attributes
@@ -500,9 +486,8 @@ impl Hsm {
         // direct.rs). It is the library cryptoki just loaded, by the same
         // path, so its function list is always there; if not, something
         // is badly wrong and nothing is initialized yet.
-        let direct = super::direct::Direct::open(lib).map_err(|e| {
-            format!("HSMSSLLibrary {shown}: cannot take the library's function list ({e}); is it a PKCS#11 library?")
-        })?;
+        let direct = super::direct::Direct::open(lib)
+            .map_err(|e| format!("HSMSSLLibrary {shown}: cannot take the library's function list ({e}); is it a PKCS#11 library?"))?;
         let owns_init = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) => {
                 take_left_behind(lib);
@@ -579,10 +564,8 @@ impl Hsm {
                  (check HSMSSLPin, then log in once by hand to reset the counter)"
             )));
         }
-        let anchor = self
-            .ctx
-            .open_ro_session(slot)
-            .map_err(|e| OpError::Setup(format!("token '{label}': cannot open a session: {}", ck_error_text(&e))))?;
+        let anchor =
+            self.ctx.open_ro_session(slot).map_err(|e| OpError::Setup(format!("token '{label}': cannot open a session: {}", ck_error_text(&e))))?;
         let pin = self.binding.pin.to_raw_auth_pin();
         // One login at a time across the server's processes, and none once
         // the token refused this generation's PIN in any of them.
@@ -654,9 +637,7 @@ impl Hsm {
         if let Some(id) = &uri.id {
             tmpl.push(Attribute::Id(id.clone()));
         }
-        let found = s
-            .find_objects(&tmpl)
-            .map_err(|e| format!("searching token '{}': {}", tok.label, ck_error_text(&e)))?;
+        let found = s.find_objects(&tmpl).map_err(|e| format!("searching token '{}': {}", tok.label, ck_error_text(&e)))?;
         let what = match (&uri.object, &uri.id) {
             (Some(l), Some(id)) => format!("label '{l}' and id {}", hex(id)),
             (Some(l), None) => format!("label '{l}'"),
@@ -704,9 +685,8 @@ impl Hsm {
                 public
             }
             Some(KeyType::EC) => {
-                let params = self
-                    .attribute(s, handle, AttributeType::EcParams)?
-                    .ok_or("the token does not reveal the EC key's curve (CKA_EC_PARAMS)")?;
+                let params =
+                    self.attribute(s, handle, AttributeType::EcParams)?.ok_or("the token does not reveal the EC key's curve (CKA_EC_PARAMS)")?;
                 let point = self.ec_point(s, handle, &id, label.as_deref())?.ok_or_else(|| {
                     format!(
                         "no public key object with the same CKA_ID ({}) as the EC private key; \
@@ -716,11 +696,7 @@ impl Hsm {
                 })?;
                 PublicKey::Ec { params, point }
             }
-            Some(other) => {
-                return Err(format!(
-                    "the key is of type {other}, which mod_hsm_ssl does not serve; {SUPPORTED}"
-                ))
-            }
+            Some(other) => return Err(format!("the key is of type {other}, which mod_hsm_ssl does not serve; {SUPPORTED}")),
             None => return Err("the token does not say what type the key is".into()),
         };
         Ok(KeyRef {
@@ -815,9 +791,10 @@ impl Hsm {
     /// CKA_KEY_TYPE; None if the token does not say.
     fn key_type(&self, s: &Session, h: ObjectHandle) -> Result<Option<KeyType>, String> {
         let Some(v) = self.attribute(s, h, AttributeType::KeyType)? else { return Ok(None) };
-        let raw: [u8; std::mem::size_of::<cryptoki_sys::CK_KEY_TYPE>()] = v.as_slice().try_into().map_err(|_| {
-            format!("the token returned {} bytes for CKA_KEY_TYPE, a CK_ULONG (a token or library bug)", v.len())
-        })?;
+        let raw: [u8; std::mem::size_of::<cryptoki_sys::CK_KEY_TYPE>()] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("the token returned {} bytes for CKA_KEY_TYPE, a CK_ULONG (a token or library bug)", v.len()))?;
         let raw = cryptoki_sys::CK_KEY_TYPE::from_ne_bytes(raw);
         KeyType::try_from(raw).map(Some).map_err(|_| format!("the key is of type {raw:#x}, which mod_hsm_ssl does not serve; {SUPPORTED}"))
     }
@@ -858,10 +835,7 @@ impl Hsm {
     fn mechanisms(&self, key: &KeyRef) -> Result<(Arc<TokenState>, Vec<cryptoki::mechanism::MechanismType>), String> {
         let sel = TokenSelector { serial: Some(key.token_serial.clone()), ..Default::default() };
         let tok = self.token(&sel).map_err(|e| e.to_string())?;
-        let list = self
-            .ctx
-            .get_mechanism_list(tok.slot)
-            .map_err(|e| format!("cannot list the token's mechanisms: {}", ck_error_text(&e)))?;
+        let list = self.ctx.get_mechanism_list(tok.slot).map_err(|e| format!("cannot list the token's mechanisms: {}", ck_error_text(&e)))?;
         Ok((tok, list))
     }
 
@@ -923,8 +897,8 @@ impl Hsm {
             return Ok(None);
         }
         let (tok, list) = self.mechanisms(key)?;
-        let raw = list.contains(&MechanismType::RSA_X_509)
-            && self.ctx.get_mechanism_info(tok.slot, MechanismType::RSA_X_509).is_ok_and(|i| i.decrypt());
+        let raw =
+            list.contains(&MechanismType::RSA_X_509) && self.ctx.get_mechanism_info(tok.slot, MechanismType::RSA_X_509).is_ok_and(|i| i.decrypt());
         let mech = match raw.then(|| self.raw_round_trip(key)) {
             None => PremasterMech::Pkcs1,
             Some(Ok(())) => PremasterMech::Raw,
@@ -989,12 +963,7 @@ impl Hsm {
                 self.handles.lock().insert(key.ident.clone(), v.clone());
                 Ok(v)
             }
-            other => Err(OpError::Setup(format!(
-                "key {} is no longer on token '{}' ({} objects match)",
-                key.uri_text,
-                tok.label,
-                other.len()
-            ))),
+            other => Err(OpError::Setup(format!("key {} is no longer on token '{}' ({} objects match)", key.uri_text, tok.label, other.len()))),
         }
     }
 
@@ -1159,9 +1128,7 @@ fn token_info(ctx: &Pkcs11, slot: Slot) -> Result<cryptoki::slot::TokenInfo, CkE
 /// The one initialized token `sel` names (any, if `sel` is empty), with an
 /// error that lists the tokens present when there is not exactly one.
 pub fn find_token(ctx: &Pkcs11, sel: &TokenSelector, library: &std::path::Path) -> Result<(Slot, cryptoki::slot::TokenInfo), String> {
-    let slots = ctx
-        .get_slots_with_token()
-        .map_err(|e| format!("cannot list tokens: {}", ck_error_text(&e)))?;
+    let slots = ctx.get_slots_with_token().map_err(|e| format!("cannot list tokens: {}", ck_error_text(&e)))?;
     let mut found = Vec::new();
     let mut seen = Vec::new();
     for slot in slots {
@@ -1189,14 +1156,10 @@ pub fn find_token(ctx: &Pkcs11, sel: &TokenSelector, library: &std::path::Path) 
     }
     match found.len() {
         1 => Ok(found.pop().expect("one element")),
-        0 if seen.is_empty() => Err(format!(
-            "no initialized token is present in {} (is the HSM client configured and reachable?)",
-            library.display()
-        )),
-        0 => Err(format!(
-            "no token matches {sel}; tokens present: {}",
-            seen.join(", ")
-        )),
+        0 if seen.is_empty() => {
+            Err(format!("no initialized token is present in {} (is the HSM client configured and reachable?)", library.display()))
+        }
+        0 => Err(format!("no token matches {sel}; tokens present: {}", seen.join(", "))),
         _ => Err(format!(
             "{} tokens match {sel} ({}); say which one with token= or serial= in the key URI or with HSMSSLToken",
             found.len(),
@@ -1204,7 +1167,6 @@ pub fn find_token(ctx: &Pkcs11, sel: &TokenSelector, library: &std::path::Path) 
         )),
     }
 }
-
 
 /// The keys the module serves, for error messages.
 const SUPPORTED: &str = "supported: RSA of 2048 to 8192 bits, EC P-256, P-384, P-521";
@@ -1221,11 +1183,7 @@ fn check_rsa_size(public: &PublicKey) -> Result<(), String> {
     if RSA_BITS.contains(&bits) {
         return Ok(());
     }
-    Err(format!(
-        "the RSA key has {bits} bits; mod_hsm_ssl serves RSA keys of {} to {} bits",
-        RSA_BITS.start(),
-        RSA_BITS.end()
-    ))
+    Err(format!("the RSA key has {bits} bits; mod_hsm_ssl serves RSA keys of {} to {} bits", RSA_BITS.start(), RSA_BITS.end()))
 }
 
 /// CKA_MODULUS and CKA_PUBLIC_EXPONENT of an RSA key object (private or
@@ -1294,10 +1252,7 @@ mod tests {
             n.insert(0, 0);
         }
         assert!(check_rsa_size(&padded).is_ok());
-        assert_eq!(
-            check_rsa_size(&rsa(256, 0x7f)).unwrap_err(),
-            "the RSA key has 2047 bits; mod_hsm_ssl serves RSA keys of 2048 to 8192 bits"
-        );
+        assert_eq!(check_rsa_size(&rsa(256, 0x7f)).unwrap_err(), "the RSA key has 2047 bits; mod_hsm_ssl serves RSA keys of 2048 to 8192 bits");
         assert!(check_rsa_size(&rsa(128, 0x80)).unwrap_err().contains("1024 bits"));
         assert!(check_rsa_size(&rsa(1025, 0x01)).unwrap_err().contains("8193 bits"));
         assert!(check_rsa_size(&PublicKey::Ec { params: vec![], point: vec![] }).is_ok());

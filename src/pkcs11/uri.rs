@@ -29,9 +29,7 @@ impl TokenSelector {
         if s.starts_with("pkcs11:") {
             let uri = KeyUri::parse_inner(s, false)?;
             if uri.object.is_some() || uri.id.is_some() {
-                return Err(format!(
-                    "HSMSSLToken '{s}': give token attributes only (token=, serial=, manufacturer=, model=, slot-id=)"
-                ));
+                return Err(format!("HSMSSLToken '{s}': give token attributes only (token=, serial=, manufacturer=, model=, slot-id=)"));
             }
             if uri.token.is_empty() {
                 return Err(format!("HSMSSLToken '{s}': no token attribute given"));
@@ -82,9 +80,19 @@ pub struct KeyUri {
 }
 
 const PATH_ATTRS: &[&str] = &[
-    "token", "manufacturer", "serial", "model", "slot-id", "object", "id", "type",
-    "library-manufacturer", "library-description", "library-version",
-    "slot-description", "slot-manufacturer",
+    "token",
+    "manufacturer",
+    "serial",
+    "model",
+    "slot-id",
+    "object",
+    "id",
+    "type",
+    "library-manufacturer",
+    "library-description",
+    "library-version",
+    "slot-description",
+    "slot-manufacturer",
 ];
 
 impl KeyUri {
@@ -98,9 +106,7 @@ impl KeyUri {
     }
 
     fn parse_inner(s: &str, key: bool) -> Result<KeyUri, String> {
-        let rest = s
-            .strip_prefix("pkcs11:")
-            .ok_or_else(|| "a PKCS#11 URI starts with 'pkcs11:'".to_string())?;
+        let rest = s.strip_prefix("pkcs11:").ok_or_else(|| "a PKCS#11 URI starts with 'pkcs11:'".to_string())?;
         let (path, query) = match rest.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
@@ -108,26 +114,19 @@ impl KeyUri {
         let mut uri = KeyUri::default();
         let mut seen: Vec<&str> = Vec::new();
         for attr in path.split(';').filter(|a| !a.is_empty()) {
-            let (name, raw) = attr
-                .split_once('=')
-                .ok_or_else(|| format!("attribute '{attr}' has no '=value'"))?;
+            let (name, raw) = attr.split_once('=').ok_or_else(|| format!("attribute '{attr}' has no '=value'"))?;
             if !PATH_ATTRS.contains(&name) {
                 if name.starts_with("pin-") {
                     return Err(pin_refusal(name));
                 }
-                return Err(format!(
-                    "unknown attribute '{name}' (known: token, serial, manufacturer, model, slot-id, object, id, type)"
-                ));
+                return Err(format!("unknown attribute '{name}' (known: token, serial, manufacturer, model, slot-id, object, id, type)"));
             }
             if seen.contains(&name) {
                 return Err(format!("attribute '{name}' given twice"));
             }
             seen.push(name);
             let value = percent_decode(raw).map_err(|e| format!("attribute '{name}': {e}"))?;
-            let text = || {
-                String::from_utf8(value.clone())
-                    .map_err(|_| format!("attribute '{name}' is not valid UTF-8 after percent-decoding"))
-            };
+            let text = || String::from_utf8(value.clone()).map_err(|_| format!("attribute '{name}' is not valid UTF-8 after percent-decoding"));
             match name {
                 "token" => uri.token.label = Some(nonempty(name, text()?)?),
                 "serial" => uri.token.serial = Some(nonempty(name, text()?)?),
@@ -135,9 +134,7 @@ impl KeyUri {
                 "model" => uri.token.model = Some(nonempty(name, text()?)?),
                 "slot-id" => {
                     let t = text()?;
-                    uri.token.slot_id = Some(
-                        t.parse().map_err(|_| format!("slot-id '{t}' is not a decimal number"))?,
-                    )
+                    uri.token.slot_id = Some(t.parse().map_err(|_| format!("slot-id '{t}' is not a decimal number"))?)
                 }
                 "object" => uri.object = Some(nonempty(name, text()?)?),
                 "id" => {
@@ -149,9 +146,7 @@ impl KeyUri {
                 "type" => {
                     let t = text()?;
                     if key && t != "private" {
-                        return Err(format!(
-                            "type={t}: SSLCertificateKeyFile must name a private key (type=private or no type)"
-                        ));
+                        return Err(format!("type={t}: SSLCertificateKeyFile must name a private key (type=private or no type)"));
                     }
                 }
                 // Library and slot descriptions do not select anything here:
@@ -269,10 +264,7 @@ mod tests {
     #[test]
     fn redaction_hides_pin_values_and_keeps_the_rest() {
         assert_eq!(redacted("pkcs11:object=k?pin-value=1234"), "pkcs11:object=k?pin-value=***");
-        assert_eq!(
-            redacted("pkcs11:pin-value=9;object=k?pin-source=file:/p&x=1"),
-            "pkcs11:pin-value=***;object=k?pin-source=***&x=1"
-        );
+        assert_eq!(redacted("pkcs11:pin-value=9;object=k?pin-source=file:/p&x=1"), "pkcs11:pin-value=***;object=k?pin-source=***&x=1");
         assert_eq!(redacted("pkcs11:object=k"), "pkcs11:object=k");
     }
 

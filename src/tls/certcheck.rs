@@ -97,7 +97,12 @@ pub(crate) fn token_key(public: &Public) -> Result<Pkey, String> {
             Public::Ec { curve, point } => (
                 c"EC",
                 ossl::OSSL_PARAM_BLD_push_utf8_string(bld, ossl::OSSL_PKEY_PARAM_GROUP_NAME.as_ptr() as *const c_char, curve.group.as_ptr(), 0) == 1
-                    && ossl::OSSL_PARAM_BLD_push_octet_string(bld, ossl::OSSL_PKEY_PARAM_PUB_KEY.as_ptr() as *const c_char, point.as_ptr().cast(), point.len()) == 1,
+                    && ossl::OSSL_PARAM_BLD_push_octet_string(
+                        bld,
+                        ossl::OSSL_PKEY_PARAM_PUB_KEY.as_ptr() as *const c_char,
+                        point.as_ptr().cast(),
+                        point.len(),
+                    ) == 1,
             ),
         };
         let params = if ok { ossl::OSSL_PARAM_BLD_to_param(bld) } else { ptr::null_mut() };

@@ -111,7 +111,13 @@ struct Versions {
 /// whether it was good; each would tell a Bleichenbacher / ROBOT attacker
 /// whether a ciphertext of their choice was PKCS#1-conformant. An error is
 /// handled as an all-zero answer, which fails the check like any bad block.
-fn premaster_from(answer: TokenAnswer, mech: PremasterMech, k: usize, v: Versions, random: &[u8; PREMASTER]) -> (Zeroizing<[u8; PREMASTER]>, Option<OpError>) {
+fn premaster_from(
+    answer: TokenAnswer,
+    mech: PremasterMech,
+    k: usize,
+    v: Versions,
+    random: &[u8; PREMASTER],
+) -> (Zeroizing<[u8; PREMASTER]>, Option<OpError>) {
     let (plain, error) = match answer {
         Ok(p) => (Zeroizing::new(p), None),
         Err(e) => (Zeroizing::new(Vec::new()), Some(e)),
@@ -391,7 +397,6 @@ pub static RSA_ASYM_CIPHER: [ossl::OSSL_DISPATCH; 10] = [
     dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_GETTABLE_CTX_PARAMS, gettable, Table),
     DISPATCH_END,
 ];
-
 
 #[cfg(test)]
 mod tests {

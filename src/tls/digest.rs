@@ -188,10 +188,7 @@ mod tests {
     #[test]
     fn sha256_of_abc_matches_the_standard_vector() {
         let d = Hasher::oneshot(Digest::Sha256, b"abc").unwrap();
-        assert_eq!(
-            d.iter().map(|b| format!("{b:02x}")).collect::<String>(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(d.iter().map(|b| format!("{b:02x}")).collect::<String>(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]

@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::dispatch;
 use crate::ffi::ossl::{self, OSSL_CALLBACK, OSSL_PARAM};
 use crate::ffi::{guard, DISPATCH_END};
 use crate::pkcs11::token::{KeyRef, PublicKey};
 use crate::tls::params::{self, def, end, ParamList};
 use crate::tls::sigcheck::SigCheck;
-use crate::dispatch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -84,9 +84,8 @@ impl Public {
         match p {
             PublicKey::Rsa { n, e } => Ok(Public::Rsa { n: strip(n), e: strip(e) }),
             PublicKey::Ec { params, point } => {
-                let curve = curve_by_oid(params).ok_or_else(|| {
-                    "the EC key is on a curve mod_hsm_ssl does not serve (supported: P-256, P-384, P-521)".to_string()
-                })?;
+                let curve = curve_by_oid(params)
+                    .ok_or_else(|| "the EC key is on a curve mod_hsm_ssl does not serve (supported: P-256, P-384, P-521)".to_string())?;
                 Ok(Public::Ec { curve, point: point.clone() })
             }
         }
@@ -149,7 +148,8 @@ const HANDLE_PARAM: &[u8] = b"hsm_ssl-key-handle\0";
 
 /// Keys (with their signature check) handed from
 /// [`super::provider::evp_pkey_for`] to `import`.
-static PENDING: Mutex<Vec<(usize, Arc<KeyRef>, Arc<SigCheck>)>> = Mutex::new(Vec::new());
+type Parked = (usize, Arc<KeyRef>, Arc<SigCheck>);
+static PENDING: Mutex<Vec<Parked>> = Mutex::new(Vec::new());
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
 pub fn park(key: Arc<KeyRef>, check: Arc<SigCheck>) -> usize {
@@ -348,8 +348,14 @@ unsafe extern "C" fn export(kd: *mut c_void, selection: c_int, cb: OSSL_CALLBACK
                     !bn.is_null() && ossl::OSSL_PARAM_BLD_push_BN(bld, key.as_ptr() as *const c_char, bn.cast()) == 1
                 }),
                 Public::Ec { curve, point } => {
-                    ossl::OSSL_PARAM_BLD_push_utf8_string(bld, ossl::OSSL_PKEY_PARAM_GROUP_NAME.as_ptr() as *const c_char, curve.group.as_ptr(), 0) == 1
-                        && ossl::OSSL_PARAM_BLD_push_octet_string(bld, ossl::OSSL_PKEY_PARAM_PUB_KEY.as_ptr() as *const c_char, point.as_ptr().cast(), point.len()) == 1
+                    ossl::OSSL_PARAM_BLD_push_utf8_string(bld, ossl::OSSL_PKEY_PARAM_GROUP_NAME.as_ptr() as *const c_char, curve.group.as_ptr(), 0)
+                        == 1
+                        && ossl::OSSL_PARAM_BLD_push_octet_string(
+                            bld,
+                            ossl::OSSL_PKEY_PARAM_PUB_KEY.as_ptr() as *const c_char,
+                            point.as_ptr().cast(),
+                            point.len(),
+                        ) == 1
                 }
             };
             let mut ret = 0;
@@ -430,8 +436,7 @@ unsafe extern "C" fn get_params(kd: *mut c_void, params: *mut OSSL_PARAM) -> c_i
                 && params::set_utf8(params, ossl::OSSL_PKEY_PARAM_DEFAULT_DIGEST, c"SHA256")
                 && match public {
                     Public::Rsa { n, e } => {
-                        params::set_bn(params, ossl::OSSL_PKEY_PARAM_RSA_N, n)
-                            && params::set_bn(params, ossl::OSSL_PKEY_PARAM_RSA_E, e)
+                        params::set_bn(params, ossl::OSSL_PKEY_PARAM_RSA_N, n) && params::set_bn(params, ossl::OSSL_PKEY_PARAM_RSA_E, e)
                     }
                     Public::Ec { curve, point } => {
                         params::set_utf8(params, ossl::OSSL_PKEY_PARAM_GROUP_NAME, curve.group)

@@ -67,7 +67,12 @@ struct StoreCtx {
     failed: bool,
 }
 
-unsafe extern "C" fn store_open(_l: *const OSSL_STORE_LOADER, uri: *const c_char, _ui: *const UI_METHOD, _d: *mut c_void) -> *mut OSSL_STORE_LOADER_CTX {
+unsafe extern "C" fn store_open(
+    _l: *const OSSL_STORE_LOADER,
+    uri: *const c_char,
+    _ui: *const UI_METHOD,
+    _d: *mut c_void,
+) -> *mut OSSL_STORE_LOADER_CTX {
     guard("store open", ptr::null_mut(), || {
         if uri.is_null() {
             return ptr::null_mut();

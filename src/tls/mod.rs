@@ -10,5 +10,5 @@ pub mod key;
 pub mod loader;
 pub mod params;
 pub mod provider;
-pub mod signature;
 pub mod sigcheck;
+pub mod signature;

@@ -12,13 +12,7 @@ const UNMODIFIED: usize = usize::MAX;
 
 /// A descriptor entry for gettable/settable lists.
 pub const fn def(key: &'static [u8], data_type: u32) -> OSSL_PARAM {
-    OSSL_PARAM {
-        key: key.as_ptr() as *const c_char,
-        data_type: data_type as c_uint,
-        data: ptr::null_mut(),
-        data_size: 0,
-        return_size: UNMODIFIED,
-    }
+    OSSL_PARAM { key: key.as_ptr() as *const c_char, data_type: data_type as c_uint, data: ptr::null_mut(), data_size: 0, return_size: UNMODIFIED }
 }
 
 pub const fn end() -> OSSL_PARAM {
@@ -140,10 +134,7 @@ pub unsafe fn get_utf8(p: *const OSSL_PARAM) -> Option<String> {
     let mut s: *const c_char = ptr::null();
     // SAFETY: per this function's contract; OpenSSL returns a pointer into p.
     unsafe {
-        if (*p).data_type != ossl::OSSL_PARAM_UTF8_STRING
-            || ossl::OSSL_PARAM_get_utf8_string_ptr(p, &mut s) != 1
-            || s.is_null()
-        {
+        if (*p).data_type != ossl::OSSL_PARAM_UTF8_STRING || ossl::OSSL_PARAM_get_utf8_string_ptr(p, &mut s) != 1 || s.is_null() {
             return None;
         }
         Some(CStr::from_ptr(s).to_string_lossy().into_owned())

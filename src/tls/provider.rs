@@ -53,10 +53,7 @@ static SIGNATURE: Algs<3> = Algs([
     alg(key::ECDSA_NAME, &super::signature::ECDSA_SIGNATURE, c"ECDSA in a PKCS#11 token"),
     ALG_END,
 ]);
-static ASYM_CIPHER: Algs<2> = Algs([
-    alg(key::RSA_ENC_NAME, &super::cipher::RSA_ASYM_CIPHER, c"RSA decrypt in a PKCS#11 token"),
-    ALG_END,
-]);
+static ASYM_CIPHER: Algs<2> = Algs([alg(key::RSA_ENC_NAME, &super::cipher::RSA_ASYM_CIPHER, c"RSA decrypt in a PKCS#11 token"), ALG_END]);
 
 unsafe extern "C" fn query_operation(_provctx: *mut c_void, op: c_int, no_store: *mut c_int) -> *const OSSL_ALGORITHM {
     if !no_store.is_null() {
@@ -183,9 +180,7 @@ pub fn evp_pkey_for(key: Arc<KeyRef>) -> Result<*mut openssl_sys::EVP_PKEY, Stri
             && openssl_sys::EVP_PKEY_fromdata(
                 ctx,
                 &mut pkey,
-                (ossl::OSSL_KEYMGMT_SELECT_ALL_PARAMETERS
-                    | ossl::OSSL_KEYMGMT_SELECT_PUBLIC_KEY
-                    | ossl::OSSL_KEYMGMT_SELECT_PRIVATE_KEY) as c_int,
+                (ossl::OSSL_KEYMGMT_SELECT_ALL_PARAMETERS | ossl::OSSL_KEYMGMT_SELECT_PUBLIC_KEY | ossl::OSSL_KEYMGMT_SELECT_PRIVATE_KEY) as c_int,
                 params.as_mut_ptr().cast(),
             ) == 1;
         openssl_sys::EVP_PKEY_CTX_free(ctx);
@@ -210,7 +205,8 @@ pub unsafe fn hsm_uri_of(pkey: *mut openssl_sys::EVP_PKEY) -> Option<String> {
     // SAFETY: buf is writable for its length; pkey valid per contract.
     unsafe {
         ossl::ERR_set_mark();
-        let ok = ossl::EVP_PKEY_get_utf8_string_param(pkey.cast(), key::URI_PARAM.as_ptr() as *const c_char, buf.as_mut_ptr(), buf.len(), &mut len) == 1;
+        let ok =
+            ossl::EVP_PKEY_get_utf8_string_param(pkey.cast(), key::URI_PARAM.as_ptr() as *const c_char, buf.as_mut_ptr(), buf.len(), &mut len) == 1;
         ossl::ERR_pop_to_mark();
         ok.then(|| CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
     }

@@ -8,7 +8,6 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
 use std::sync::Arc;
 
-
 use crate::dispatch;
 use crate::ffi::ossl::{self, OSSL_PARAM};
 use crate::ffi::{guard, DISPATCH_END};
@@ -267,9 +266,7 @@ fn init(c: &mut SigCtx, provkey: *mut c_void, params: *const OSSL_PARAM) -> c_in
     // SAFETY: provkey is keydata of our KEYMGMT (same provider).
     let Some(k) = (unsafe { keydata(provkey) }) else { return 0 };
     match (&k.hsm, &k.public, &k.check) {
-        (Some(h), Some(p), Some(check)) if k.kind == c.kind => {
-            c.key = Some(SigKey { token: h.clone(), public: p.clone(), check: check.clone() })
-        }
+        (Some(h), Some(p), Some(check)) if k.kind == c.kind => c.key = Some(SigKey { token: h.clone(), public: p.clone(), check: check.clone() }),
         _ => {
             log::debug!("signature init with a key that is not in the token");
             return 0;
@@ -598,10 +595,7 @@ mod tests {
             algorithm_id(Kind::Rsa, PAD_PKCS1, Some(Digest::Sha256)).unwrap(),
             b"\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0b\x05\x00"
         );
-        assert_eq!(
-            algorithm_id(Kind::Ec, PAD_PKCS1, Some(Digest::Sha384)).unwrap(),
-            b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x03"
-        );
+        assert_eq!(algorithm_id(Kind::Ec, PAD_PKCS1, Some(Digest::Sha384)).unwrap(), b"\x30\x0a\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x03");
         for d in DIGESTS {
             let (rsa_name, ec_name) = match d {
                 Digest::Sha1 => ("sha1WithRSAEncryption", "ecdsa-with-SHA1"),
@@ -638,7 +632,11 @@ mod tests {
             // `c` is a live SigCtx as get_ctx_params expects.
             unsafe {
                 let mut params = [
-                    ossl::OSSL_PARAM_construct_octet_string(ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()),
+                    ossl::OSSL_PARAM_construct_octet_string(
+                        ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID.as_ptr().cast(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                    ),
                     ossl::OSSL_PARAM_construct_end(),
                 ];
                 let ok = get_ctx_params((c as *mut SigCtx).cast(), params.as_mut_ptr());
@@ -656,9 +654,7 @@ mod tests {
         assert_eq!(ask(&mut c), (1, algorithm_id(Kind::Ec, PAD_PKCS1, Some(Digest::Sha512)).unwrap().to_vec()));
         // SAFETY: the static list is END-terminated; locate only reads it,
         // and the entry found is read in place.
-        let listed = unsafe {
-            params::locate(GETTABLE.as_ptr() as *mut OSSL_PARAM, ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID).map(|p| (*p).data_type)
-        };
+        let listed = unsafe { params::locate(GETTABLE.as_ptr() as *mut OSSL_PARAM, ossl::OSSL_SIGNATURE_PARAM_ALGORITHM_ID).map(|p| (*p).data_type) };
         assert_eq!(listed, Some(ossl::OSSL_PARAM_OCTET_STRING));
     }
 }

@@ -151,11 +151,7 @@ impl Valgrind {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("apache2 under valgrind ended ({st}) before it listened; see {}", root.join("logs").display());
             }
-            assert!(
-                Instant::now() < deadline,
-                "apache2 under valgrind did not listen within 10 minutes; see {}",
-                root.join("logs").display()
-            );
+            assert!(Instant::now() < deadline, "apache2 under valgrind did not listen within 10 minutes; see {}", root.join("logs").display());
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -183,11 +179,7 @@ impl Valgrind {
         pids.dedup();
         // Under -X the only process is valgrind's own; otherwise that is
         // httpd's parent, which also loads the token at startup: not counted.
-        let pid = pids
-            .iter()
-            .copied()
-            .filter(|p| !self.service || *p != self.child.id())
-            .max_by_key(|p| all.iter().filter(|d| d.pid == *p).count());
+        let pid = pids.iter().copied().filter(|p| !self.service || *p != self.child.id()).max_by_key(|p| all.iter().filter(|d| d.pid == *p).count());
         let mine: Vec<PathBuf> = all.into_iter().filter(|d| Some(d.pid) == pid).map(|d| d.path).collect();
         mine[mine.len().saturating_sub(n)..].to_vec()
     }
@@ -210,11 +202,7 @@ fn total_ir(dump: &Path) -> Option<f64> {
 /// Inclusive instructions per function, from callgrind_annotate:
 /// (function, object, Ir).
 fn inclusive(dump: &Path) -> Vec<(String, String, f64)> {
-    let out = Command::new("callgrind_annotate")
-        .args(["--inclusive=yes", "--threshold=100"])
-        .arg(dump)
-        .output()
-        .expect("run callgrind_annotate");
+    let out = Command::new("callgrind_annotate").args(["--inclusive=yes", "--threshold=100"]).arg(dump).output().expect("run callgrind_annotate");
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .filter_map(|l| {

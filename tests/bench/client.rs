@@ -26,8 +26,7 @@ pub enum Scenario {
     Tls13Ecdsa,
 }
 
-pub const SCENARIOS: [Scenario; 4] =
-    [Scenario::Tls13RsaPss, Scenario::Tls12EcdheRsa, Scenario::Tls12RsaKx, Scenario::Tls13Ecdsa];
+pub const SCENARIOS: [Scenario; 4] = [Scenario::Tls13RsaPss, Scenario::Tls12EcdheRsa, Scenario::Tls12RsaKx, Scenario::Tls13Ecdsa];
 
 impl Scenario {
     pub fn name(self) -> &'static str {
@@ -106,11 +105,7 @@ pub fn one_request(port: u16, connector: &SslConnector) -> Result<(Duration, Str
     tcp.set_write_timeout(Some(Duration::from_secs(30))).ok();
     let mut tls = connector.connect("localhost", tcp).map_err(|e| format!("handshake: {e}"))?;
     let handshake = start.elapsed();
-    let negotiated = format!(
-        "{} {}",
-        tls.ssl().version_str(),
-        tls.ssl().current_cipher().map(|c| c.name()).unwrap_or("?")
-    );
+    let negotiated = format!("{} {}", tls.ssl().version_str(), tls.ssl().current_cipher().map(|c| c.name()).unwrap_or("?"));
     tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").map_err(|e| format!("write: {e}"))?;
     let mut resp = Vec::with_capacity(512);
     let _ = tls.read_to_end(&mut resp);

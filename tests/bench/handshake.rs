@@ -141,10 +141,7 @@ fn parse_args() -> Options {
                 o.concurrency = value().split(',').map(|c| c.parse().unwrap_or_else(|_| usage("--concurrency: e.g. 1,8,32"))).collect()
             }
             "--scenarios" => {
-                o.scenarios = value()
-                    .split(',')
-                    .map(|s| Scenario::from_slug(s).unwrap_or_else(|| usage(&format!("unknown scenario {s}"))))
-                    .collect()
+                o.scenarios = value().split(',').map(|s| Scenario::from_slug(s).unwrap_or_else(|| usage(&format!("unknown scenario {s}")))).collect()
             }
             "--setups" => {
                 o.variants = value()
@@ -161,11 +158,9 @@ fn parse_args() -> Options {
         usage("nothing to measure");
     }
     o.out = out.unwrap_or_else(|| {
-        let stamp = String::from_utf8_lossy(
-            &std::process::Command::new("date").args(["-u", "+%Y%m%d-%H%M%S"]).output().expect("date").stdout,
-        )
-        .trim()
-        .to_string();
+        let stamp = String::from_utf8_lossy(&std::process::Command::new("date").args(["-u", "+%Y%m%d-%H%M%S"]).output().expect("date").stdout)
+            .trim()
+            .to_string();
         common::workspace_root().join("target/bench").join(stamp)
     });
     o
@@ -263,8 +258,7 @@ fn run_cell(bench: &Bench, o: &Options, variant: Variant, scenario: Scenario, co
     }
     let all_ok = attempts.iter().filter(|a| a.ok).count();
     let failed = attempts.len() - all_ok;
-    let mut window: Vec<Duration> =
-        attempts.iter().filter(|a| a.ok && a.end >= t0 && a.end <= t1).map(|a| a.handshake).collect();
+    let mut window: Vec<Duration> = attempts.iter().filter(|a| a.ok && a.end >= t0 && a.end <= t1).map(|a| a.handshake).collect();
     window.sort();
     let per_hs = |n: u64| (all_ok > 0).then(|| n as f64 / all_ok as f64);
     Cell {
@@ -335,9 +329,7 @@ fn main() {
             preflight.push(Preflight { kind, scenario, result });
         }
     }
-    let works = |kind: Kind, scenario: Scenario| {
-        preflight.iter().any(|p| p.kind == kind && p.scenario == scenario && p.result.is_ok())
-    };
+    let works = |kind: Kind, scenario: Scenario| preflight.iter().any(|p| p.kind == kind && p.scenario == scenario && p.result.is_ok());
     let profiles: Vec<CallProfile> = [Kind::Module, Kind::ModuleDirect, Kind::ModuleService, Kind::Engine]
         .into_iter()
         .flat_map(|k| o.scenarios.iter().map(move |s| (k, *s)))
@@ -383,8 +375,7 @@ fn main() {
     }
 
     let kinds: Vec<Kind> = o.variants.iter().map(|v| v.kind).collect();
-    let instructions =
-        if o.callgrind > 0 { callgrind::measure(&bench, &kinds, &o.scenarios, works, o.callgrind) } else { Vec::new() };
+    let instructions = if o.callgrind > 0 { callgrind::measure(&bench, &kinds, &o.scenarios, works, o.callgrind) } else { Vec::new() };
 
     let machine = report::machine_info();
     let r = report::Report {

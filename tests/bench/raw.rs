@@ -14,12 +14,12 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use openssl::pkey::{PKey, Private};
-use openssl::pkey_ctx::PkeyCtx;
-use openssl::rsa::Padding;
 use mod_hsm_ssl::tls::digest::Digest;
 use mod_hsm_ssl::tls::key::{Public, CURVES};
 use mod_hsm_ssl::tls::sigcheck::{Scheme, SigCheck};
+use openssl::pkey::{PKey, Private};
+use openssl::pkey_ctx::PkeyCtx;
+use openssl::rsa::Padding;
 
 use crate::client::Scenario;
 
@@ -61,9 +61,7 @@ struct Op {
 fn ops(rsa: &PKey<Private>) -> Vec<(Scenario, Op)> {
     let hash = vec![0x5a; 32];
     // DigestInfo(SHA-256) || hash: what TLS 1.2 signs with PKCS#1 v1.5.
-    let mut digest_info = vec![
-        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20,
-    ];
+    let mut digest_info = vec![0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20];
     digest_info.extend_from_slice(&hash);
     // A TLS premaster secret encrypted to the RSA key.
     let premaster = {
@@ -320,14 +318,8 @@ pub fn executor_hop(secs: f64) -> Hop {
         n += 100;
     }
     let u1 = usage();
-    let hop = Hop {
-        cpu_us: (u1.0 - u0.0) * 1e6 / n as f64,
-        wall_us: t0.elapsed().as_secs_f64() * 1e6 / n as f64,
-        switches: (u1.1 - u0.1) / n as f64,
-    };
-    eprintln!(
-        "executor hop: {:.1} us CPU, {:.1} us wall, {:.2} context switches per call ({n} calls)",
-        hop.cpu_us, hop.wall_us, hop.switches
-    );
+    let hop =
+        Hop { cpu_us: (u1.0 - u0.0) * 1e6 / n as f64, wall_us: t0.elapsed().as_secs_f64() * 1e6 / n as f64, switches: (u1.1 - u0.1) / n as f64 };
+    eprintln!("executor hop: {:.1} us CPU, {:.1} us wall, {:.2} context switches per call ({n} calls)", hop.cpu_us, hop.wall_us, hop.switches);
     hop
 }

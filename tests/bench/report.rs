@@ -63,8 +63,7 @@ const DOC_SOURCE: &str = "tests/bench/findings.md";
 
 impl Report<'_> {
     pub fn summary(&self, v: Variant, s: Scenario, c: usize) -> Option<Summary> {
-        let cells: Vec<&Cell> =
-            self.cells.iter().filter(|x| x.variant == v && x.scenario == s && x.concurrency == c).collect();
+        let cells: Vec<&Cell> = self.cells.iter().filter(|x| x.variant == v && x.scenario == s && x.concurrency == c).collect();
         if cells.is_empty() {
             return None;
         }
@@ -95,9 +94,7 @@ impl Report<'_> {
         let of = |v: Variant, rep: usize| {
             self.cells.iter().find(|x| x.variant == v && x.scenario == s && x.concurrency == c && x.rep == rep).map(|x| x.hs_per_s)
         };
-        (0..self.options.reps)
-            .filter_map(|rep| Some(of(a, rep)? / of(b, rep)?))
-            .fold((f64::NAN, f64::NAN), |(lo, hi), r| (lo.min(r), hi.max(r)))
+        (0..self.options.reps).filter_map(|rep| Some(of(a, rep)? / of(b, rep)?)).fold((f64::NAN, f64::NAN), |(lo, hi), r| (lo.min(r), hi.max(r)))
     }
 
     fn raw_for(&self, s: Scenario) -> Option<&RawRate> {
@@ -223,7 +220,10 @@ impl Report<'_> {
              for each scenario and concurrency, then the next), repeated, medians reported.\n"
         );
         let _ = writeln!(m, "- **file key**: mod_ssl reads the PEM keys.");
-        let _ = writeln!(m, "- **mod_hsm_ssl**: this module as installed (default settings); `HSMSSLLibrary` is the p11wrap wrapper in front of SoftHSM2.");
+        let _ = writeln!(
+            m,
+            "- **mod_hsm_ssl**: this module as installed (default settings); `HSMSSLLibrary` is the p11wrap wrapper in front of SoftHSM2."
+        );
         let _ = writeln!(
             m,
             "- **mod_hsm_ssl direct calls**: the same with `HSMSSLDirectCalls On`: the worker thread calls the token itself instead of handing the call to a helper thread (no `HSMSSLOperationTimeout` bound; for local tokens)."
@@ -350,8 +350,7 @@ impl Report<'_> {
                 }
             );
         }
-        let ops: Vec<f64> =
-            self.cells.iter().filter(|c| c.variant.kind.is_module()).filter_map(|c| c.ops_per_hs).collect();
+        let ops: Vec<f64> = self.cells.iter().filter(|c| c.variant.kind.is_module()).filter_map(|c| c.ops_per_hs).collect();
         if !ops.is_empty() {
             let (lo, hi) = ops.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
             let _ = writeln!(
@@ -421,7 +420,8 @@ impl Report<'_> {
             if med >= 0.97 { "yes" } else { "**no**" }
         );
         if let Some(w) = lowest(&all) {
-            let (lo, hi) = self.paired_range(Variant { kind: Kind::ModuleService, latency_ms: w.1 }, Variant { kind: Kind::Module, latency_ms: w.1 }, w.2, w.3);
+            let (lo, hi) =
+                self.paired_range(Variant { kind: Kind::ModuleService, latency_ms: w.1 }, Variant { kind: Kind::Module, latency_ms: w.1 }, w.2, w.3);
             let _ = writeln!(
                 m,
                 "| key service ≥ 0.90× in-process module in every cell | lowest {} (its repetitions {lo:.2}–{hi:.2}×) | {} |",
@@ -459,9 +459,7 @@ impl Report<'_> {
                 };
                 // ×engine: against the engine with the same added latency.
                 let ratio = |k: Kind, latency_ms: u64| {
-                    self.summary(Variant { kind: k, latency_ms }, s, c)
-                        .map(|b| f(x.hs_per_s / b.hs_per_s, 2))
-                        .unwrap_or_else(|| "–".into())
+                    self.summary(Variant { kind: k, latency_ms }, s, c).map(|b| f(x.hs_per_s / b.hs_per_s, 2)).unwrap_or_else(|| "–".into())
                 };
                 let opt = |y: Option<f64>| y.map(|v| f(v, 2)).unwrap_or_else(|| "–".into());
                 let _ = writeln!(
@@ -494,7 +492,10 @@ impl Report<'_> {
              \"Token extra\" is the CPU the token spends per operation beyond OpenSSL's (1/token − 1/OpenSSL, one thread): the part of a token setup's cost that no module can remove. \
              \"Signature check\" is the CPU of the module's verification of each token signature against the public key before it is sent (one thread), part of mod_hsm_ssl's overhead per full handshake.\n"
         );
-        let _ = writeln!(m, "| operation | token 1 thread | token 2 threads | OpenSSL 1 thread | OpenSSL 2 threads | token extra µs/op | signature check µs/op |");
+        let _ = writeln!(
+            m,
+            "| operation | token 1 thread | token 2 threads | OpenSSL 1 thread | OpenSSL 2 threads | token extra µs/op | signature check µs/op |"
+        );
         let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|");
         for (_, r) in self.raw {
             let _ = writeln!(
@@ -525,9 +526,7 @@ impl Report<'_> {
             "The module's executor hop (a token call handed to a helper thread and waited for), measured alone in the benchmark process: \
              {:.1} µs CPU, {:.1} µs wall and {:.2} thread switches per call. \
              With `HSMSSLDirectCalls On` there is no hop; compare the thread switches per handshake in the tables above.\n",
-            self.hop.cpu_us,
-            self.hop.wall_us,
-            self.hop.switches
+            self.hop.cpu_us, self.hop.wall_us, self.hop.switches
         );
         let _ = writeln!(
             m,
@@ -574,8 +573,11 @@ impl Report<'_> {
             return;
         }
         let n = self.instructions[0].handshakes;
-        let _ = writeln!(m, "## Instructions per handshake (callgrind)
-");
+        let _ = writeln!(
+            m,
+            "## Instructions per handshake (callgrind)
+"
+        );
         let _ = writeln!(
             m,
             "Counted by valgrind's callgrind, which does not depend on machine noise: each setup as `apache2 -X` under callgrind, token setups on SoftHSM2 directly (no wrapper), \
@@ -589,7 +591,10 @@ impl Report<'_> {
              Callgrind counts user-space instructions only: thread hand-offs and socket round trips cost kernel time it does not see (the /proc table above does). \
              µs ≈ overhead × (file key CPU µs per handshake at the lowest concurrency ÷ file key instructions per handshake).\n"
         );
-        let _ = writeln!(m, "| setup | scenario | instructions/handshake | of which key service | token calls | OpenSSL op | overhead instructions | overhead ≈ µs |");
+        let _ = writeln!(
+            m,
+            "| setup | scenario | instructions/handshake | of which key service | token calls | OpenSSL op | overhead instructions | overhead ≈ µs |"
+        );
         let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|");
         let num = |x: Option<f64>| x.map(|v| format!("{:.0}", v)).unwrap_or_else(|| "–".into());
         for c in self.instructions {
@@ -620,10 +625,7 @@ impl Report<'_> {
             return;
         }
         let _ = writeln!(m, "## PKCS#11 calls per handshake\n");
-        let _ = writeln!(
-            m,
-            "Counted by the wrapper over ten sequential full handshakes. With a network HSM each call may be a round trip.\n"
-        );
+        let _ = writeln!(m, "Counted by the wrapper over ten sequential full handshakes. With a network HSM each call may be a round trip.\n");
         let _ = writeln!(m, "| setup | scenario | calls per handshake |\n|---|---|---|");
         for p in self.profiles {
             let calls: Vec<String> = p.per_hs.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
@@ -685,11 +687,8 @@ impl Report<'_> {
                 .draw()
                 .expect("mesh");
             for (v, color) in VARIANTS.iter().zip(colors.iter()).filter(|(v, _)| self.options.variants.contains(v)) {
-                let pts: Vec<(f64, f64)> = conc
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| self.summary(*v, s, *c).map(|x| (i as f64, x.hs_per_s)))
-                    .collect();
+                let pts: Vec<(f64, f64)> =
+                    conc.iter().enumerate().filter_map(|(i, c)| self.summary(*v, s, *c).map(|x| (i as f64, x.hs_per_s))).collect();
                 if pts.is_empty() {
                     continue;
                 }
@@ -749,6 +748,13 @@ pub fn machine_info() -> Vec<(String, String)> {
         ("OpenSSL".into(), command_line("openssl", &["version"])),
         ("SoftHSM2".into(), pkg("softhsm2")),
         ("libp11 engine".into(), format!("libengine-pkcs11-openssl {}", pkg("libengine-pkcs11-openssl"))),
-        ("mod_hsm_ssl".into(), format!("{} ({})", env!("CARGO_PKG_VERSION"), command_line("git", &["-C", &crate::common::workspace_root().display().to_string(), "describe", "--always", "--dirty"]))),
+        (
+            "mod_hsm_ssl".into(),
+            format!(
+                "{} ({})",
+                env!("CARGO_PKG_VERSION"),
+                command_line("git", &["-C", &crate::common::workspace_root().display().to_string(), "describe", "--always", "--dirty"])
+            ),
+        ),
     ]
 }

@@ -63,11 +63,7 @@ impl Shm {
     }
 
     pub fn counts(&self) -> Counts {
-        layout::FUNCTIONS
-            .iter()
-            .enumerate()
-            .map(|(i, name)| (*name, self.word(layout::COUNTERS_WORD + i).load(Ordering::SeqCst)))
-            .collect()
+        layout::FUNCTIONS.iter().enumerate().map(|(i, name)| (*name, self.word(layout::COUNTERS_WORD + i).load(Ordering::SeqCst))).collect()
     }
 }
 

@@ -136,8 +136,7 @@ impl ApacheConfig {
         let dir = TestDir::new(&self.name);
         let root = dir.path().to_path_buf();
         let docroot = dir.sub("htdocs");
-        std::fs::write(docroot.join("index.html"), "<html><body>hsm-ssl test page</body></html>\n")
-            .unwrap();
+        std::fs::write(docroot.join("index.html"), "<html><body>hsm-ssl test page</body></html>\n").unwrap();
         chmod(&docroot.join("index.html"), 0o644);
         dir.sub("run");
         dir.sub("logs");
@@ -279,17 +278,14 @@ impl Apache {
         if let (Some(module), false) = (&c.module, c.module_first) {
             s.push_str(&format!("LoadModule hsm_ssl_module {}\n", module.display()));
         }
-        let level = c.log_level.clone().unwrap_or_else(|| {
-            if c.module.is_some() { "info ssl:info hsm_ssl:debug" } else { "info ssl:info" }.to_string()
-        });
+        let level =
+            c.log_level.clone().unwrap_or_else(|| if c.module.is_some() { "info ssl:info hsm_ssl:debug" } else { "info ssl:info" }.to_string());
         s.push_str(&format!("LogLevel {level}\n"));
         s.push_str(&format!("User {0}\nGroup {0}\n", c.user));
         s.push_str("ServerName localhost\nListen 127.0.0.1:@PORT@\n");
         s.push_str("Timeout 30\nKeepAlive Off\nGracefulShutdownTimeout 5\nHostnameLookups Off\n");
         match c.mpm {
-            Mpm::Prefork => s.push_str(
-                "StartServers 2\nMinSpareServers 2\nMaxSpareServers 4\nMaxRequestWorkers 16\n",
-            ),
+            Mpm::Prefork => s.push_str("StartServers 2\nMinSpareServers 2\nMaxSpareServers 4\nMaxRequestWorkers 16\n"),
             Mpm::Event | Mpm::Worker => s.push_str(
                 "StartServers 2\nServerLimit 4\nThreadsPerChild 4\nMaxRequestWorkers 16\n\
                  MinSpareThreads 4\nMaxSpareThreads 16\n",
@@ -341,13 +337,7 @@ impl Apache {
     fn run_k(&self, action: &str) -> (Option<i32>, String) {
         let out_path = self.root.join(format!("logs/k-{action}.out"));
         let out = std::fs::File::create(&out_path).unwrap();
-        let mut child = self
-            .command()
-            .args(["-k", action])
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("run apache2");
+        let mut child = self.command().args(["-k", action]).stdout(out.try_clone().unwrap()).stderr(out).spawn().expect("run apache2");
         self.control.lock().unwrap_or_else(|e| e.into_inner()).push(child.id() as i32);
         let status = child.wait().expect("wait for apache2");
         (status.code(), std::fs::read_to_string(&out_path).unwrap_or_default())
@@ -613,11 +603,7 @@ impl Drop for Apache {
     fn drop(&mut self) {
         let clean = self.stop();
         if std::thread::panicking() {
-            eprintln!(
-                "[harness] apache2 ({}) error_log:\n{}\n[harness] end of error_log",
-                self.root.display(),
-                self.error_log()
-            );
+            eprintln!("[harness] apache2 ({}) error_log:\n{}\n[harness] end of error_log", self.root.display(), self.error_log());
         } else if !clean {
             eprintln!("[harness] apache2 ({}) had to be SIGKILLed on stop", self.root.display());
         }

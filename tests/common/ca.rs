@@ -42,8 +42,7 @@ impl TestCa {
     /// public key is swapped in by `openssl x509 -force_pubkey`.
     /// Writes `<dir>/<cn>.crt` (PEM) and returns its path.
     pub fn issue(&self, dir: &Path, pubkey_pem: &Path, cn: &str, dns_sans: &[&str]) -> PathBuf {
-        let stem: String =
-            cn.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+        let stem: String = cn.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
         let throw_key = dir.join(format!("{stem}.throwaway.key"));
         let csr = dir.join(format!("{stem}.csr"));
         let ext = dir.join(format!("{stem}.ext"));
@@ -113,12 +112,8 @@ pub fn file_key(dir: &Path, name: &str, spec: &str) -> (PathBuf, PathBuf) {
     let mut cmd = Command::new("openssl");
     cmd.arg("genpkey");
     match spec.split_once(':') {
-        Some(("rsa", bits)) => {
-            cmd.args(["-algorithm", "RSA", "-pkeyopt", &format!("rsa_keygen_bits:{bits}")])
-        }
-        Some(("ec", curve)) => {
-            cmd.args(["-algorithm", "EC", "-pkeyopt", &format!("ec_paramgen_curve:{curve}")])
-        }
+        Some(("rsa", bits)) => cmd.args(["-algorithm", "RSA", "-pkeyopt", &format!("rsa_keygen_bits:{bits}")]),
+        Some(("ec", curve)) => cmd.args(["-algorithm", "EC", "-pkeyopt", &format!("ec_paramgen_curve:{curve}")]),
         _ => panic!("bad key spec {spec}"),
     };
     run_ok(cmd.arg("-out").arg(&key));

@@ -22,15 +22,9 @@ impl TestDir {
         let base = std::env::temp_dir().join("hsm-ssl-tests");
         std::fs::create_dir_all(&base).expect("create test base dir");
         // The base is shared by all tests/users: world-traversable, sticky.
-        let _ = std::fs::set_permissions(
-            &base,
-            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
-        );
+        let _ = std::fs::set_permissions(&base, std::os::unix::fs::PermissionsExt::from_mode(0o1777));
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let safe: String = name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-            .collect();
+        let safe: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
         let path = base.join(format!("{safe}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path).expect("create test dir");
@@ -75,9 +69,7 @@ pub fn profile_dir() -> PathBuf {
         deps.parent().unwrap().to_path_buf()
     } else {
         // Fallback: $CARGO_TARGET_DIR or <workspace>/target, debug profile.
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| workspace_root().join("target"));
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target"));
         target.join("debug")
     }
 }

@@ -20,11 +20,7 @@ impl P11Log {
     /// running as www-data can append) and `p11wrap.control` (absent = no
     /// faults) in `dir`. Forwards to SoftHSM2.
     pub fn new(dir: &Path) -> P11Log {
-        let p = P11Log {
-            log: dir.join("p11wrap.log"),
-            control: dir.join("p11wrap.control"),
-            target: PathBuf::from(super::dirs::SOFTHSM_LIB),
-        };
+        let p = P11Log { log: dir.join("p11wrap.log"), control: dir.join("p11wrap.control"), target: PathBuf::from(super::dirs::SOFTHSM_LIB) };
         std::fs::write(&p.log, "").expect("create p11wrap log");
         chmod(&p.log, 0o666);
         p
@@ -46,21 +42,13 @@ impl P11Log {
 
     /// All logged calls, in order.
     pub fn calls(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().map(str::to_string).collect()
     }
 
     /// How many times `function` (e.g. "C_Sign") was called. Size queries
     /// (NULL output buffer) and fault-injected calls count too.
     pub fn count(&self, function: &str) -> usize {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| *l == function)
-            .count()
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().filter(|l| *l == function).count()
     }
 
     /// Signature operations started (C_SignInit calls). Prefer this to

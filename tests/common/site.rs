@@ -67,11 +67,7 @@ impl Site {
         let mut body = String::new();
         for label in labels {
             let cert = self.cert(label, server_name);
-            body += &format!(
-                "SSLCertificateFile {}\nSSLCertificateKeyFile \"{}\"\n",
-                cert.display(),
-                self.token.key_uri(label)
-            );
+            body += &format!("SSLCertificateFile {}\nSSLCertificateKeyFile \"{}\"\n", cert.display(), self.token.key_uri(label));
         }
         self.apache.reconfigure(|c| c.vhosts.push(ssl_vhost(server_name, &body)));
     }

@@ -71,9 +71,7 @@ pub struct TlsResult {
 pub fn tls_get(port: u16, opts: &ClientOpts) -> TlsResult {
     let servername = opts.servername.clone().unwrap_or_else(|| "localhost".into());
     let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(["-servername", &servername])
-        .args(["-ign_eof", "-showcerts"]);
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")]).args(["-servername", &servername]).args(["-ign_eof", "-showcerts"]);
     match opts.tls {
         Some("1.2") => {
             cmd.arg("-tls1_2");
@@ -105,12 +103,7 @@ pub fn tls_get(port: u16, opts: &ClientOpts) -> TlsResult {
     let path = opts.path.clone().unwrap_or_else(|| "/".into());
     let request = format!("GET {path} HTTP/1.1\r\nHost: {servername}\r\nConnection: close\r\n\r\n");
 
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn openssl s_client");
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn openssl s_client");
     let mut stdin = child.stdin.take().unwrap();
     // s_client reads stdin only after the handshake; the pipe buffers it.
     let _ = stdin.write_all(request.as_bytes());
@@ -211,10 +204,7 @@ pub fn parse_s_client(raw: &str) -> TlsResult {
         r.protocol = raw.lines().find_map(|l| after(l, "Protocol:").map(str::to_string));
     }
     r.ok = matches!(&r.cipher, Some(c) if c != "0000" && c != "(NONE)");
-    let status_line = raw
-        .match_indices("HTTP/1.")
-        .map(|(i, _)| i)
-        .find(|&i| i == 0 || raw.as_bytes()[i - 1] == b'\n');
+    let status_line = raw.match_indices("HTTP/1.").map(|(i, _)| i).find(|&i| i == 0 || raw.as_bytes()[i - 1] == b'\n');
     if let Some(i) = status_line {
         let resp = &raw[i..];
         r.http_status = resp.split_whitespace().nth(1).and_then(|s| s.parse().ok());

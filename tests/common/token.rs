@@ -73,16 +73,7 @@ impl Token {
             keys: Mutex::new(BTreeMap::new()),
             dir,
         };
-        run_ok(tok.softhsm_util().args([
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--pin",
-            &tok.pin,
-            "--so-pin",
-            &tok.so_pin,
-        ]));
+        run_ok(tok.softhsm_util().args(["--init-token", "--free", "--label", label, "--pin", &tok.pin, "--so-pin", &tok.so_pin]));
         tok.share();
         tok
     }
@@ -108,8 +99,7 @@ impl Token {
     /// token's conf (not through p11wrap, so it never shows up in counters).
     pub fn pkcs11_tool(&self) -> Command {
         let mut c = Command::new("pkcs11-tool");
-        c.env("SOFTHSM2_CONF", &self.conf)
-            .args(["--module", SOFTHSM_LIB, "--token-label", &self.label]);
+        c.env("SOFTHSM2_CONF", &self.conf).args(["--module", SOFTHSM_LIB, "--token-label", &self.label]);
         c
     }
 
@@ -158,17 +148,7 @@ impl Token {
     fn gen(&self, key_label: &str, kind: KeyKind, key_type: &str, decrypt: bool) -> TokenKey {
         let id_hex = self.next_id();
         let mut cmd = self.pkcs11_tool_login();
-        cmd.args([
-            "--keypairgen",
-            "--key-type",
-            key_type,
-            "--label",
-            key_label,
-            "--id",
-            &id_hex,
-            "--usage-sign",
-            "--sensitive",
-        ]);
+        cmd.args(["--keypairgen", "--key-type", key_type, "--label", key_label, "--id", &id_hex, "--usage-sign", "--sensitive"]);
         if decrypt {
             cmd.arg("--usage-decrypt");
         }
@@ -213,16 +193,9 @@ impl Token {
             .split("Private Key Object")
             .find(|b| b.lines().any(|l| l.trim() == format!("label:      {key_label}")))
             .unwrap_or_else(|| panic!("private key {key_label} not listed:\n{listing}"));
-        let access = block
-            .lines()
-            .find(|l| l.trim_start().starts_with("Access:"))
-            .unwrap_or_else(|| panic!("no Access line for {key_label}:\n{block}"));
-        let flags: Vec<&str> = access
-            .trim_start()
-            .trim_start_matches("Access:")
-            .split(',')
-            .map(|f| f.trim())
-            .collect();
+        let access =
+            block.lines().find(|l| l.trim_start().starts_with("Access:")).unwrap_or_else(|| panic!("no Access line for {key_label}:\n{block}"));
+        let flags: Vec<&str> = access.trim_start().trim_start_matches("Access:").split(',').map(|f| f.trim()).collect();
         assert!(flags.contains(&"sensitive"), "{key_label} not sensitive: {access}");
         assert!(!flags.contains(&"extractable"), "{key_label} is extractable: {access}");
     }
@@ -237,31 +210,18 @@ impl Token {
     pub fn public_key_pem(&self, key_label: &str) -> PathBuf {
         let der = self.dir().join(format!("{key_label}.pub.der"));
         let pem = self.dir().join(format!("{key_label}.pub.pem"));
-        let listing =
-            stdout_string(&run_ok(self.pkcs11_tool().args(["--list-objects", "--type", "pubkey"])));
+        let listing = stdout_string(&run_ok(self.pkcs11_tool().args(["--list-objects", "--type", "pubkey"])));
         let block = listing
             .split("Public Key Object")
             .find(|b| b.lines().any(|l| l.trim() == format!("label:      {key_label}")))
             .unwrap_or_else(|| panic!("public key {key_label} not listed:\n{listing}"));
-        let field = |name: &str| {
-            block.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-        };
+        let field = |name: &str| block.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()));
         if let (Some(point), Some(params)) = (field("EC_POINT:"), field("EC_PARAMS:")) {
             std::fs::write(&der, ec_spki_der(&unhex(&params), &unhex(&point))).unwrap();
         } else {
-            run_ok(
-                self.pkcs11_tool()
-                    .args(["--read-object", "--type", "pubkey", "--label", key_label, "-o"])
-                    .arg(&der),
-            );
+            run_ok(self.pkcs11_tool().args(["--read-object", "--type", "pubkey", "--label", key_label, "-o"]).arg(&der));
         }
-        run_ok(
-            Command::new("openssl")
-                .args(["pkey", "-pubin", "-inform", "DER", "-in"])
-                .arg(&der)
-                .arg("-out")
-                .arg(&pem),
-        );
+        run_ok(Command::new("openssl").args(["pkey", "-pubin", "-inform", "DER", "-in"]).arg(&der).arg("-out").arg(&pem));
         chmod(&pem, 0o644);
         // pkcs11-tool ran as root and may have created lock files.
         self.share();

@@ -10,10 +10,7 @@ pub const RUN_USER: &str = "www-data";
 
 /// Run a command to completion, panic with its output if it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "command failed ({}): {cmd:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -27,10 +24,7 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 
 /// Run a command to completion; (exit code or -1, stdout+stderr).
 pub fn run_status(cmd: &mut Command) -> (i32, String) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
@@ -72,8 +66,7 @@ pub fn chown_r(path: &Path, user: &str) {
     }
     let (uid, gid) = user_ids(user);
     fn walk(p: &Path, uid: u32, gid: u32) {
-        std::os::unix::fs::lchown(p, Some(uid), Some(gid))
-            .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
         if p.is_dir() && !p.is_symlink() {
             for e in std::fs::read_dir(p).unwrap() {
                 walk(&e.unwrap().path(), uid, gid);
@@ -85,8 +78,7 @@ pub fn chown_r(path: &Path, user: &str) {
 
 pub fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
 /// Whether a process exists and is not a zombie.

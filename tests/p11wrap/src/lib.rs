@@ -54,6 +54,7 @@
 //!      any object is n bytes long; a buffer that large is filled (the real
 //!      value, then 0xa5 bytes), a smaller one gets CKR_BUFFER_TOO_SMALL.
 //!      E.g. `attrlen 0x120 4294967296`: a 4 GiB CKA_MODULUS.
+//!
 //!    A line `corrupt C_Sign` flips one byte (the middle one) of every
 //!    signature a successful C_Sign returns: a token whose signatures are
 //!    wrong (a faulty RSA-CRT half, a broken ECDSA), which the module must
@@ -117,8 +118,7 @@ fn real() -> Option<&'static CK_FUNCTION_LIST> {
 
 fn load() -> Result<Lists, String> {
     let target = std::env::var(ENV_TARGET).unwrap_or_else(|_| DEFAULT_TARGET.to_string());
-    let c_target = std::ffi::CString::new(target.clone())
-        .map_err(|_| format!("{ENV_TARGET} contains a NUL byte"))?;
+    let c_target = std::ffi::CString::new(target.clone()).map_err(|_| format!("{ENV_TARGET} contains a NUL byte"))?;
     // SAFETY: c_target is a valid NUL-terminated string; dlopen has no other
     // preconditions. The handle is intentionally leaked (never dlclose'd) so
     // that the function pointers we copy stay valid for the process lifetime.
@@ -141,8 +141,7 @@ fn load() -> Result<Lists, String> {
     }
     // SAFETY: the PKCS#11 spec defines C_GetFunctionList with exactly this
     // signature; sym is non-null.
-    let get_list: unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV =
-        unsafe { std::mem::transmute(sym) };
+    let get_list: unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV = unsafe { std::mem::transmute(sym) };
     let mut real_ptr: *mut CK_FUNCTION_LIST = std::ptr::null_mut();
     // SAFETY: we pass a valid out-pointer.
     let rv = unsafe { get_list(&mut real_ptr) };
@@ -211,21 +210,14 @@ fn log_call(name: &str) {
 }
 
 fn append_line(path: &std::ffi::OsStr, name: &str) {
-    let Ok(c_path) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path))
-    else {
+    let Ok(c_path) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path)) else {
         return;
     };
     let mut line = Vec::with_capacity(name.len() + 1);
     line.extend_from_slice(name.as_bytes());
     line.push(b'\n');
     // SAFETY: c_path is a valid C string; flags/mode are plain integers.
-    let fd = unsafe {
-        libc::open(
-            c_path.as_ptr(),
-            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC,
-            0o666 as libc::c_uint,
-        )
-    };
+    let fd = unsafe { libc::open(c_path.as_ptr(), libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC, 0o666 as libc::c_uint) };
     if fd < 0 {
         return;
     }
@@ -401,8 +393,8 @@ impl Shm {
     /// without a word logged, if the file cannot be opened read/write, is
     /// shorter than `SIZE` or does not start with `MAGIC`.
     fn map(path: &std::path::Path) -> Option<Shm> {
-        use std::os::fd::AsRawFd;
         use shm_layout::{MAGIC, MAGIC_WORD, SIZE, WORDS};
+        use std::os::fd::AsRawFd;
         let file = std::fs::OpenOptions::new().read(true).write(true).open(path).ok()?;
         if file.metadata().ok()?.len() < SIZE as u64 {
             return None;
@@ -410,16 +402,7 @@ impl Shm {
         // SAFETY: a fresh mapping (NULL hint) of SIZE bytes of an open file
         // that has at least SIZE bytes; no existing memory is affected. The
         // mapping outlives the descriptor, which `file` closes on return.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), SIZE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, file.as_raw_fd(), 0) };
         if p == libc::MAP_FAILED {
             return None;
         }
@@ -825,9 +808,8 @@ unsafe extern "C" fn decrypt_with_answer_knobs(
         // SAFETY: forwarding the caller's arguments to the shaped wrapper.
         return unsafe { decrypt_shaped(session, data, len, out, out_len) };
     }
-    let knobs = catch_unwind(|| {
-        (decrypt_knob("faildata").and_then(|v| parse_rv(&v)), decrypt_knob("oracle").and_then(|v| parse_rv(&v)), decrypt_len())
-    });
+    let knobs =
+        catch_unwind(|| (decrypt_knob("faildata").and_then(|v| parse_rv(&v)), decrypt_knob("oracle").and_then(|v| parse_rv(&v)), decrypt_len()));
     let Ok((faildata, oracle, length)) = knobs else { return CKR_GENERAL_ERROR };
     // SAFETY: data is non-null and valid for len bytes (C_Decrypt contract).
     let last_odd = unsafe { *data.add(len as usize - 1) } & 1 == 1;
@@ -1075,7 +1057,13 @@ unsafe extern "C" fn sign_shaped(session: CK_SESSION_HANDLE, data: *mut CK_BYTE,
 ///
 /// # Safety
 /// Same contract as C_Decrypt.
-unsafe extern "C" fn decrypt_shaped(session: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG) -> CK_RV {
+unsafe extern "C" fn decrypt_shaped(
+    session: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> CK_RV {
     // SAFETY: as in sign_shaped, for C_Decrypt.
     unsafe { shaped("C_Decrypt", out, out_len, |o, l| w::C_Decrypt(session, data, len, o, l)) }
 }
@@ -1196,11 +1184,7 @@ mod tests {
         let class: CK_OBJECT_CLASS = CKO_PRIVATE_KEY;
         let token: CK_BBOOL = 1;
         let tmpl = [
-            CK_ATTRIBUTE {
-                type_: CKA_TOKEN,
-                pValue: &token as *const CK_BBOOL as *mut c_void,
-                ulValueLen: 1,
-            },
+            CK_ATTRIBUTE { type_: CKA_TOKEN, pValue: &token as *const CK_BBOOL as *mut c_void, ulValueLen: 1 },
             CK_ATTRIBUTE {
                 type_: CKA_CLASS,
                 pValue: &class as *const CK_OBJECT_CLASS as *mut c_void,

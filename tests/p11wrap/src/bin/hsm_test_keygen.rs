@@ -30,12 +30,7 @@ fn run(args: Vec<String>) -> Result<(), String> {
     };
     let bits: u64 = bits.parse().map_err(|_| format!("bad bit count {bits}"))?;
     let id = (0..id.len() / 2).map(|i| u8::from_str_radix(&id[2 * i..2 * i + 2], 16)).collect::<Result<Vec<u8>, _>>().map_err(|e| e.to_string())?;
-    let mut private = vec![
-        Attribute::Token(true),
-        Attribute::Private(true),
-        Attribute::Label(label.as_bytes().to_vec()),
-        Attribute::Id(id.clone()),
-    ];
+    let mut private = vec![Attribute::Token(true), Attribute::Private(true), Attribute::Label(label.as_bytes().to_vec()), Attribute::Id(id.clone())];
     let mut flags = vec![("sensitive", true), ("extractable", false), ("sign", true)];
     for a in attrs {
         let (name, value) = a.split_once('=').ok_or_else(|| format!("bad attribute {a}: give NAME=true|false"))?;
