@@ -169,18 +169,16 @@ fn is_first_pass() -> bool {
     unsafe { httpd::ap_state_query(httpd::AP_SQ_MAIN_STATE as c_int) == httpd::AP_SQ_MS_CREATE_PRE_CONFIG as c_int }
 }
 
-fn threads_per_child() -> usize {
+/// An MPM figure such as AP_MPMQ_MAX_THREADS, at least 1.
+fn mpm_count(query: u32) -> usize {
     let mut n: c_int = 0;
     // SAFETY: ap_mpm_query writes one int.
-    unsafe { httpd::ap_mpm_query(httpd::AP_MPMQ_MAX_THREADS as c_int, &mut n) };
+    unsafe { httpd::ap_mpm_query(query as c_int, &mut n) };
     n.max(1) as usize
 }
 
-fn max_daemons() -> usize {
-    let mut n: c_int = 0;
-    // SAFETY: ap_mpm_query writes one int.
-    unsafe { httpd::ap_mpm_query(httpd::AP_MPMQ_MAX_DAEMONS as c_int, &mut n) };
-    n.max(1) as usize
+fn threads_per_child() -> usize {
+    mpm_count(httpd::AP_MPMQ_MAX_THREADS)
 }
 
 /// Default session limit of a key service (HSMSSLMaxSessions overrides).
@@ -250,7 +248,7 @@ impl Generation {
                         if self.config.key_service.unwrap_or(true) {
                             // One pool for every child: as many sessions as
                             // handshakes can be in flight, within reason.
-                            (threads_per_child() * max_daemons()).min(MAX_SERVICE_SESSIONS)
+                            (threads_per_child() * mpm_count(httpd::AP_MPMQ_MAX_DAEMONS)).min(MAX_SERVICE_SESSIONS)
                         } else {
                             threads_per_child()
                         }

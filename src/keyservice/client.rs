@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -24,16 +24,19 @@ pub struct Client {
     idle: Mutex<Vec<UnixStream>>,
 }
 
-static ACTIVE: Mutex<Option<Arc<Client>>> = Mutex::new(None);
+/// Set once, in child_init, in a child of a configuration with a key
+/// service: read by every handshake, so no lock.
+static ACTIVE: OnceLock<Client> = OnceLock::new();
 
 /// The client of this child, if it uses a key service.
-pub fn active() -> Option<Arc<Client>> {
-    ACTIVE.lock().clone()
+pub fn active() -> Option<&'static Client> {
+    ACTIVE.get()
 }
 
-/// Makes this process send every operation to the service at `path`.
+/// Makes this process send every operation to the service at `path` (a
+/// child's first and only call; a later one changes nothing).
 pub fn activate(path: PathBuf, keys: Vec<Arc<KeyRef>>, timeout: Option<Duration>) {
-    *ACTIVE.lock() = Some(Arc::new(Client { path, keys, timeout, idle: Mutex::new(Vec::new()) }));
+    let _ = ACTIVE.set(Client { path, keys, timeout, idle: Mutex::new(Vec::new()) });
 }
 
 /// What is left until `deadline` (at least 1 ms: zero means no timeout to

@@ -47,27 +47,31 @@ fn modulus_bits(n: &[u8]) -> usize {
 /// with an RSA key that may decrypt. The error says what was wrong.
 pub fn admit(key: &KeyRef, req: &proto::Request) -> Result<Admitted, String> {
     match req {
-        proto::Request::Sign { scheme, digest, .. } => {
-            if !key.can_sign {
-                return Err("the key may not sign (CKA_SIGN is false)".into());
-            }
-            admit_sign(key, *scheme, digest).map(|(mech, data)| Admitted::Sign { mech, data })
-        }
-        proto::Request::Premaster { ciphertext, .. } => match &key.public {
-            PublicKey::Rsa { n, .. } if key.can_decrypt => {
-                let k = modulus_len(n);
-                if ciphertext.len() != k {
-                    return Err(format!("a premaster block of {} bytes; the key's modulus has {k}", ciphertext.len()));
-                }
-                Ok(Admitted::Premaster)
-            }
-            PublicKey::Rsa { .. } => Err("the key may not decrypt (CKA_DECRYPT is false)".into()),
-            PublicKey::Ec { .. } => Err("a premaster decrypt with an EC key".into()),
-        },
+        proto::Request::Sign { scheme, digest, .. } => admit_sign(key, *scheme, digest).map(|(mech, data)| Admitted::Sign { mech, data }),
+        proto::Request::Premaster { ciphertext, .. } => admit_premaster(key, ciphertext.len()).map(|()| Admitted::Premaster),
     }
 }
 
+/// [`admit`] for a premaster block of `len` bytes.
+fn admit_premaster(key: &KeyRef, len: usize) -> Result<(), String> {
+    match &key.public {
+        PublicKey::Rsa { n, .. } if key.can_decrypt => {
+            let k = modulus_len(n);
+            if len != k {
+                return Err(format!("a premaster block of {len} bytes; the key's modulus has {k}"));
+            }
+            Ok(())
+        }
+        PublicKey::Rsa { .. } => Err("the key may not decrypt (CKA_DECRYPT is false)".into()),
+        PublicKey::Ec { .. } => Err("a premaster decrypt with an EC key".into()),
+    }
+}
+
+/// [`admit`] for a signature: the token mechanism and the data it signs.
 fn admit_sign(key: &KeyRef, scheme: Scheme, digest: &[u8]) -> Result<(Mech, Vec<u8>), String> {
+    if !key.can_sign {
+        return Err("the key may not sign (CKA_SIGN is false)".into());
+    }
     match (&key.public, scheme) {
         (PublicKey::Rsa { n, .. }, Scheme::Pkcs1(md)) => {
             let tbs = match md {
@@ -130,11 +134,8 @@ pub fn sign(key: &Arc<KeyRef>, scheme: Scheme, digest: &[u8]) -> Result<Vec<u8>,
     if let Some(c) = client::active() {
         return c.sign(key, scheme, digest);
     }
-    let req = proto::Request::Sign { key: 0, scheme, digest: digest.to_vec() };
-    match admit(key, &req).map_err(OpError::Setup)? {
-        Admitted::Sign { mech, data } => sign_here(key, mech, &data),
-        Admitted::Premaster => Err(OpError::Setup("internal error: a signature admitted as a decrypt".into())),
-    }
+    let (mech, data) = admit_sign(key, scheme, digest).map_err(OpError::Setup)?;
+    sign_here(key, mech, &data)
 }
 
 /// The token's answer to a TLS premaster block. The caller treats every
@@ -144,8 +145,7 @@ pub fn premaster(key: &Arc<KeyRef>, ciphertext: &[u8]) -> Result<TokenAnswer, Op
     if let Some(c) = client::active() {
         return c.premaster(key, ciphertext);
     }
-    let req = proto::Request::Premaster { key: 0, ciphertext: ciphertext.to_vec() };
-    admit(key, &req).map_err(OpError::Setup)?;
+    admit_premaster(key, ciphertext.len()).map_err(OpError::Setup)?;
     premaster_here(key, ciphertext)
 }
 

@@ -162,28 +162,24 @@ pub fn lookup_user(name: &str) -> Result<User, String> {
         return by_uid(uid).ok_or_else(|| format!("no user has uid {uid}"));
     }
     let c = CString::new(name).map_err(|_| "a user name cannot contain NUL".to_string())?;
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwnam_r fills it with pointers into
-    // `buf`, which outlives every use of them below.
-    unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
-        if rc != 0 || out.is_null() {
-            return Err("no such user on this system".into());
-        }
-        Ok(User { name: name.to_string(), uid: pw.pw_uid, gid: pw.pw_gid })
-    }
+    // SAFETY: getpwnam_r with a NUL-terminated name and the buffers `passwd` gives.
+    passwd(|pw, buf, len, out| unsafe { libc::getpwnam_r(c.as_ptr(), pw, buf, len, out) }).ok_or_else(|| "no such user on this system".into())
 }
 
 fn by_uid(uid: libc::uid_t) -> Option<User> {
+    // SAFETY: getpwuid_r with the buffers `passwd` gives.
+    passwd(|pw, buf, len, out| unsafe { libc::getpwuid_r(uid, pw, buf, len, out) })
+}
+
+/// The user a getpw*_r call (`lookup`) finds, if any.
+fn passwd(lookup: impl FnOnce(*mut libc::passwd, *mut libc::c_char, usize, *mut *mut libc::passwd) -> libc::c_int) -> Option<User> {
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    // SAFETY: as in lookup_user.
+    // SAFETY: passwd is plain data (all zero is valid); the call fills it
+    // with pointers into `buf`, which outlives every use of them below.
     unsafe {
         let mut pw: libc::passwd = std::mem::zeroed();
         let mut out: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out);
-        if rc != 0 || out.is_null() {
+        if lookup(&mut pw, buf.as_mut_ptr(), buf.len(), &mut out) != 0 || out.is_null() {
             return None;
         }
         Some(User { name: CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned(), uid: pw.pw_uid, gid: pw.pw_gid })
