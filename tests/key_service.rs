@@ -287,8 +287,15 @@ fn tls13_and_tls12_handshakes_use_the_token_only_in_the_key_service() {
     let m = master(&s);
     let ks = wait_one_key_service(&s, Duration::from_secs(5));
     started_socket(&s, ks);
+    // `apache2 -k start` checks the keys before it detaches, through a key
+    // service of its own that ends with it; the daemon's serves.
     let started = started_lines(&s);
-    assert!(started.iter().all(|(p, _)| *p == ks), "one start, one key service: {started:?}\n{}", s.apache.error_log());
+    assert_eq!(started.last().map(|(p, _)| *p), Some(ks), "{started:?}");
+    let t = Instant::now();
+    while started.iter().any(|(p, _)| *p != ks && pid_alive(*p)) {
+        assert!(t.elapsed() < Duration::from_secs(5), "the key service of the first pass outlived it: {started:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let master_calls = calls_of(&s, m);
 
     for (what, o, sig) in [
@@ -316,8 +323,8 @@ fn tls13_and_tls12_handshakes_use_the_token_only_in_the_key_service() {
     let workers = workers(&s);
     assert!(!workers.is_empty());
     for (pid, calls) in server_process_calls(&s) {
-        if pid == ks {
-            continue;
+        if started.iter().any(|(p, _)| *p == pid) {
+            continue; // a key service
         }
         let used: Vec<&String> = calls.iter().filter(|c| KEY_CALLS.contains(&c.as_str())).collect();
         assert!(used.is_empty(), "pid {pid} (worker: {}) called {used:?}", workers.contains(&pid));
@@ -326,11 +333,10 @@ fn tls13_and_tls12_handshakes_use_the_token_only_in_the_key_service() {
         let calls = calls_of(&s, *w);
         assert!(calls.is_empty(), "worker {w} called the PKCS#11 library: {calls:?}");
     }
-    // The parent's calls are those of its startup check, made before the
-    // first handshake: at most one initialization and login (one
-    // configuration pass in the parent's pid), and nothing since.
-    assert_eq!(calls_of(&s, m), master_calls, "the parent called the PKCS#11 library during handshakes");
-    assert!(count(&master_calls, "C_Initialize") <= 1 && count(&master_calls, "C_Login") <= 1, "parent: {master_calls:?}");
+    // httpd's parent never opens the token: the key service made the
+    // startup check for it.
+    assert!(master_calls.is_empty(), "httpd's parent called the PKCS#11 library: {master_calls:?}");
+    assert!(calls_of(&s, m).is_empty(), "httpd's parent called the PKCS#11 library: {:?}", calls_of(&s, m));
     // Children never load the library: they map none the parent does not.
     for lib in PKCS11_LIBS {
         if !maps_library(m, lib) {
@@ -343,8 +349,10 @@ fn tls13_and_tls12_handshakes_use_the_token_only_in_the_key_service() {
 }
 
 /// `n` workers of `mpm` (set by `limits`) and 2n parallel handshakes: the
-/// token is initialized and logged in to once, by the key service, whatever
-/// the number of children.
+/// token is initialized and logged in to once per configuration pass (a
+/// detaching `apache2 -k start` makes two: the check before it detaches,
+/// and the daemon's), by key services only, whatever the number of
+/// children.
 fn one_login_for_all_children(name: &str, mpm: Mpm, n: usize, limits: &str) {
     let mut s = ks_site(name, mpm, RSA, limits);
     s.start();
@@ -355,11 +363,14 @@ fn one_login_for_all_children(name: &str, mpm: Mpm, n: usize, limits: &str) {
     assert_eq!(workers(&s), before, "children were replaced");
     assert_eq!(key_services(&s), vec![ks]);
 
-    let procs = server_process_calls(&s);
-    let initializers: Vec<i32> = procs.iter().filter(|(_, c)| count(c, "C_Initialize") > 0).map(|(p, _)| *p).collect();
-    assert_eq!(initializers, vec![ks], "{n} children: processes other than httpd's parent that called C_Initialize");
-    let logins: usize = procs.iter().map(|(_, c)| count(c, "C_Login")).sum();
-    assert_eq!(logins, 1, "{n} children: C_Login calls outside httpd's parent");
+    let all = s.p11.per_process();
+    let initializers: Vec<i32> = all.iter().filter(|(_, c)| count(c, "C_Initialize") > 0).map(|(p, _)| *p as i32).collect();
+    let logins: usize = all.iter().map(|(_, c)| count(c, "C_Login")).sum();
+    let (m, control) = (master(&s), s.apache.control_pids());
+    assert!(!initializers.contains(&m) && !initializers.iter().any(|p| control.contains(p)), "httpd itself opened the token: {all:?}");
+    assert!(initializers.contains(&ks), "{n} children: the key service did not open the token: {all:?}");
+    assert_eq!(initializers.len(), 2, "{n} children: processes that opened the token (a service per configuration pass): {all:?}");
+    assert_eq!(logins, 2, "{n} children: C_Login calls (one per configuration pass): {all:?}");
     assert!(count(&calls_of(&s, ks), "C_SignInit") >= 2 * n, "{n} children: the key service made fewer than {} signatures", 2 * n);
 }
 
@@ -476,6 +487,16 @@ fn assert_isolated(s: &Site, user: &str) {
         let held: Vec<u64> = socket_inodes(w).into_iter().filter(|i| listening.contains(i)).collect();
         assert!(held.is_empty(), "worker {w} holds the key service's listening socket");
     }
+    // Nor the parent's end of the control channel (an unnamed Unix socket,
+    // the only one httpd's parent has): through it a child could have the
+    // service find any key on the token.
+    let unnamed = unnamed_unix_inodes();
+    let control: Vec<u64> = socket_inodes(master(s)).into_iter().filter(|i| unnamed.contains(i)).collect();
+    assert!(!control.is_empty(), "httpd's parent holds no control channel to its key service");
+    for w in workers(s) {
+        let held: Vec<u64> = socket_inodes(w).into_iter().filter(|i| control.contains(i)).collect();
+        assert!(held.is_empty(), "worker {w} holds the parent's end of the key service's control channel");
+    }
     let me = std::process::id();
     let mut conn = connect(&socket).unwrap_or_else(|e| panic!("cannot connect to the key service socket {socket}: {e}"));
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -502,18 +523,28 @@ fn assert_isolated(s: &Site, user: &str) {
     s.get(rsa_kx());
 }
 
-/// Inodes of the listening Unix sockets bound to `path` (/proc/net/unix:
-/// flag 00010000 is __SO_ACCEPTCON).
-fn listening_inodes(path: &str) -> Vec<u64> {
+/// Unix sockets of /proc/net/unix: (flags, inode, path).
+fn unix_sockets() -> Vec<(String, u64, Option<String>)> {
     std::fs::read_to_string("/proc/net/unix")
         .unwrap()
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 8 && f[7] == path && f[3] == "00010000").then(|| f[6].parse().ok()).flatten()
+            Some((f.get(3)?.to_string(), f.get(6)?.parse().ok()?, f.get(7).map(|p| p.to_string())))
         })
         .collect()
+}
+
+/// Inodes of the listening Unix sockets bound to `path` (flag 00010000 is
+/// __SO_ACCEPTCON).
+fn listening_inodes(path: &str) -> Vec<u64> {
+    unix_sockets().into_iter().filter(|(flags, _, p)| flags == "00010000" && p.as_deref() == Some(path)).map(|(_, i, _)| i).collect()
+}
+
+/// Inodes of the Unix sockets with no path (socket pairs, connections).
+fn unnamed_unix_inodes() -> Vec<u64> {
+    unix_sockets().into_iter().filter(|(_, _, p)| p.is_none()).map(|(_, i, _)| i).collect()
 }
 
 /// Inodes of the sockets `pid` has open.
@@ -668,6 +699,61 @@ fn graceful_and_full_restart_leave_exactly_one_key_service_serving_the_new_confi
     while seen.iter().any(|p| pid_alive(*p)) {
         assert!(t.elapsed() < Duration::from_secs(10), "a key service outlived httpd: {seen:?}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// C_Login calls of every process so far, and the pids that made them.
+fn logins(s: &Site) -> (usize, Vec<i32>) {
+    let all = s.p11.per_process();
+    let n = all.iter().map(|(_, c)| count(c, "C_Login")).sum();
+    let mut pids: Vec<i32> = all.iter().filter(|(_, c)| count(c, "C_Login") > 0).map(|(p, _)| *p as i32).collect();
+    pids.sort();
+    (n, pids)
+}
+
+#[test]
+fn in_the_foreground_a_start_logs_in_once_and_each_reload_once_more() {
+    // As systemd runs httpd on Amazon Linux (Type=notify, -DFOREGROUND):
+    // both configuration passes run in the master, and the key service
+    // that checked the keys in the first pass serves.
+    let mut s = ks_site("ks-foreground", Mpm::Event, RSA, &event_limits(4));
+    s.start_foreground();
+    let m = master(&s);
+    let ks = wait_one_key_service(&s, Duration::from_secs(5));
+    wait_workers(&s, 4, Duration::from_secs(20));
+    parallel_requests(&s, 4, 2);
+    assert_eq!(started_lines(&s).into_iter().map(|(p, _)| p).collect::<Vec<_>>(), vec![ks], "one start, one key service");
+    assert_eq!(logins(&s), (1, vec![ks]), "logins at start: {:?}", s.p11.per_process());
+    assert!(calls_of(&s, m).is_empty(), "httpd's parent called the PKCS#11 library: {:?}", calls_of(&s, m));
+    assert!(s.apache.error_log().contains("kept for the second configuration pass"), "{}", s.apache.error_log());
+
+    // A reload: the new configuration's service checks the keys and serves
+    // them; that is the one new login.
+    s.apache.graceful().expect("graceful restart");
+    let mut seen = BTreeSet::new();
+    seen.insert(ks);
+    let ks2 = settled_key_service(&s, &seen, "graceful");
+    parallel_requests(&s, 4, 2);
+    assert_eq!(logins(&s), (2, vec![ks, ks2].into_iter().collect::<BTreeSet<_>>().into_iter().collect()), "logins after one reload");
+    assert!(calls_of(&s, m).is_empty(), "httpd's parent called the PKCS#11 library: {:?}", calls_of(&s, m));
+}
+
+#[test]
+fn a_key_service_ends_when_httpds_parent_is_killed() {
+    // Its parent-death signal outlives the change of user.
+    let mut s = ks_site("ks-orphan", Mpm::Event, RSA, "");
+    s.start();
+    let ks = wait_one_key_service(&s, Duration::from_secs(5));
+    assert_ne!(uids(ks)[0], 0, "the key service still runs as root");
+    let workers = workers(&s);
+    kill(master(&s), libc::SIGKILL);
+    let t = Instant::now();
+    while pid_alive(ks) {
+        assert!(t.elapsed() < Duration::from_secs(5), "the key service (pid {ks}) outlived httpd's parent by 5 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for w in workers {
+        kill(w, libc::SIGKILL);
     }
 }
 

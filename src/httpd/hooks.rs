@@ -27,11 +27,13 @@ use parking_lot::Mutex;
 
 use crate::ffi::guard;
 use crate::ffi::httpd::{self, apr_array_header_t, apr_pool_t, apr_status_t, server_rec};
+use crate::keyservice::control::ControlAnswer;
+use crate::pkcs11::lookup;
 use crate::pkcs11::pin::PinSource;
 use crate::pkcs11::runtime;
 use crate::pkcs11::secret::Secret;
-use crate::pkcs11::token::{Binding, KeyRef, OpError, Protection, PublicKey};
-use crate::pkcs11::uri::{redacted, KeyUri};
+use crate::pkcs11::token::{Binding, KeyRef, Protection, PublicKey};
+use crate::pkcs11::uri::redacted;
 use crate::tls::{loader, provider};
 
 use super::config::{self, GlobalConfig};
@@ -51,6 +53,9 @@ struct Generation {
     current: Mutex<Option<Vhost>>,
     /// The socket of this configuration's key service, once started.
     service_socket: Mutex<Option<std::path::PathBuf>>,
+    /// The configuration pool and httpd's process pool (addresses), for
+    /// starting the key service.
+    pools: (usize, usize),
 }
 
 #[derive(Clone, Debug)]
@@ -74,48 +79,26 @@ impl Vhost {
 /// What to log about a key at startup, with the level of each line.
 type Notes = Vec<(log::Level, String)>;
 
-/// Resolves and checks one configured key, each PKCS#11 step bounded by
-/// HSMSSLOperationTimeout: URI, library, token, the one login, the key,
-/// its public half against the certificate, the mechanisms TLS needs,
-/// whether the key could leave the token (`key_protection`). Returns the
-/// key and what to log about it: warnings about TLS modes that will not
-/// work and about the key's protection, with their log level.
+/// Finds and checks one configured key in this process (configtest, and
+/// `HSMSSLKeyService Off`): the token steps of `lookup::find_key`, then
+/// [`accept_key`]. Returns the key and what to log about it.
 fn check_key(binding: &Arc<Binding>, uri_text: &str, cert: Option<&str>, allow_exportable: bool) -> Result<(Arc<KeyRef>, Notes), String> {
-    let uri = KeyUri::parse(uri_text).map_err(|e| format!("malformed key URI: {e}"))?;
-    let limit = binding.op_timeout;
-    // Finding the key is tried up to three times: a token can be briefly
-    // unreadable while another process writes it (SoftHSM2 rewrites its
-    // token file at every login), or a network HSM can blip during a
-    // restart. A refused PIN is never tried again.
-    let mut attempt = 0;
-    let (hsm, key) = loop {
-        attempt += 1;
-        let b = binding.clone();
-        let hsm =
-            runtime::bounded(limit, "loading and initializing the PKCS#11 library", move || runtime::hsm_for(&b))?.map_err(|e| e.to_string())?;
-        let (h, t, u) = (hsm.clone(), uri_text.to_string(), uri.clone());
-        match runtime::bounded(limit, "logging in and finding the key", move || h.resolve(&t, &u))? {
-            Ok(k) => break (hsm, Arc::new(k)),
-            Err(e @ OpError::Denied(_)) => return Err(e.to_string()),
-            Err(e) if attempt < 3 => {
-                log::debug!("finding {} (attempt {attempt}): {e}; trying again", redacted(uri_text));
-                drop(hsm);
-                runtime::shutdown();
-                std::thread::sleep(Duration::from_millis(200 * attempt));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
+    let found = lookup::find_key(binding, uri_text).map_err(|e| e.to_string())?;
+    let notes = accept_key(&found.key, found.warnings, cert, allow_exportable)?;
+    Ok((found.key, notes))
+}
+
+/// What the configuration decides about a key found on the token: its
+/// public half against the certificate, and whether it could leave the
+/// token (`key_protection`). Returns what to log about it, with the
+/// token's `warnings` about TLS modes that will not work.
+fn accept_key(key: &KeyRef, warnings: Vec<String>, cert: Option<&str>, allow_exportable: bool) -> Result<Notes, String> {
     if let Some(cert) = cert {
         crate::tls::certcheck::check(cert, &key.public)?;
     }
     let mut notes = key_protection(&key.protection, allow_exportable)?;
-    let (h, k) = (hsm.clone(), key.clone());
-    let warnings = runtime::bounded(limit, "listing the token's mechanisms", move || h.check_mechanisms(&k))??;
     notes.extend(warnings.into_iter().map(|w| (log::Level::Warn, w)));
-    let (h, k) = (hsm, key.clone());
-    runtime::bounded(limit, "choosing how RSA key exchange decrypts", move || h.choose_premaster_mech(&k))??;
-    Ok((key, notes))
+    Ok(notes)
 }
 
 /// The policy on keys that could leave the token. Not CKA_SENSITIVE: the
@@ -186,8 +169,9 @@ const MAX_SERVICE_SESSIONS: usize = 64;
 
 impl Generation {
     /// A generation for the directives httpd just read.
-    fn from_directives() -> Generation {
+    fn from_directives(pools: (usize, usize)) -> Generation {
         Generation {
+            pools,
             config: config::snapshot(),
             binding: OnceLock::new(),
             keys: Mutex::new(Vec::new()),
@@ -274,7 +258,14 @@ impl Generation {
             Ok(b) => b,
             Err(e) => return fail(e),
         };
-        match check_key(&binding, uri_text, cert.as_deref(), self.config.allow_exportable_keys.unwrap_or(false)) {
+        let allow_exportable = self.config.allow_exportable_keys.unwrap_or(false);
+        let checked = if self.config.key_service.unwrap_or(true) {
+            self.find_in_service(&binding, uri_text)
+                .and_then(|(k, warnings)| Ok((k.clone(), accept_key(&k, warnings, cert.as_deref(), allow_exportable)?)))
+        } else {
+            check_key(&binding, uri_text, cert.as_deref(), allow_exportable)
+        };
+        match checked {
             Ok((k, notes)) => {
                 // httpd reads its configuration twice at startup (once at
                 // a reload): said in the last pass only, they appear once.
@@ -294,6 +285,88 @@ impl Generation {
             }
             Err(e) => fail(e),
         }
+    }
+}
+
+/// httpd's User (uid, name) and Group (gid), as mod_unixd read them.
+fn httpd_user() -> (libc::uid_t, libc::gid_t, String) {
+    // SAFETY: httpd's User and Group, set by mod_unixd while the
+    // configuration was read; plain reads.
+    unsafe {
+        let u = ptr::addr_of!(httpd::ap_unixd_config).read();
+        let name = if u.user_name.is_null() { String::new() } else { CStr::from_ptr(u.user_name).to_string_lossy().into_owned() };
+        (u.user_id, u.group_id, name)
+    }
+}
+
+impl Generation {
+    /// The user the key service runs as: `HSMSSLKeyServiceUser`, or
+    /// httpd's `User`.
+    fn service_user(&self) -> Result<crate::keyservice::service::User, String> {
+        let (child_uid, _, child_user) = httpd_user();
+        match &self.config.key_service_user {
+            Some((name, origin)) => {
+                crate::keyservice::service::lookup_user(name).map_err(|e| format!("HSMSSLKeyServiceUser {name} ({}): {e}", origin.0))
+            }
+            None => crate::keyservice::service::lookup_user(&format!("#{child_uid}"))
+                .map_err(|e| format!("the key service runs as httpd's User {child_user}, but: {e}")),
+        }
+    }
+
+    /// Has this configuration's key service find `uri_text` (starting the
+    /// service on the first key): the service's login is the startup
+    /// check's, and httpd's parent never opens the token.
+    fn find_in_service(&self, binding: &Arc<Binding>, uri_text: &str) -> Result<(Arc<KeyRef>, Vec<String>), String> {
+        if self.service_socket.lock().is_none() {
+            let pconf = self.pools.0 as *mut apr_pool_t;
+            match super::supervise::adopt(pconf, |plan| self.fits(plan, binding)) {
+                Some(socket) => *self.service_socket.lock() = Some(socket),
+                None => self.start_service(binding)?,
+            }
+        }
+        let slot = self.keys.lock().len();
+        // The service bounds each step by HSMSSLOperationTimeout: the
+        // library, up to three attempts at the login and the key, the
+        // mechanisms, and the RSA decryption trial.
+        let limit = binding.op_timeout * 9 + Duration::from_secs(2);
+        match super::supervise::find(slot, uri_text, limit)? {
+            ControlAnswer::Found { facts, warnings } => Ok((Arc::new(KeyRef::from_facts(*facts, binding.clone())), warnings)),
+            ControlAnswer::NotFound { text, .. } => Err(text),
+            ControlAnswer::Sealed => Err("the key service answered a key lookup with the end of the configuration".into()),
+        }
+    }
+
+    /// Whether the service started for `plan` (the first configuration
+    /// pass's) serves this configuration as it is: same user, library,
+    /// token, PIN and limits.
+    fn fits(&self, plan: &crate::keyservice::service::Plan, binding: &Binding) -> bool {
+        let b = &plan.binding;
+        let same_pin = Arc::ptr_eq(&b.pin, &binding.pin) || b.pin.with_bytes(|a| binding.pin.with_bytes(|c| a == c));
+        same_pin
+            && b.library == binding.library
+            && b.default_token == binding.default_token
+            && (b.max_sessions, b.session_wait, b.op_timeout, b.direct_calls)
+                == (binding.max_sessions, binding.session_wait, binding.op_timeout, binding.direct_calls)
+            && self.service_user().is_ok_and(|u| u == plan.user)
+    }
+
+    /// Starts this configuration's key service (in httpd's parent, while
+    /// mod_ssl loads keys), as httpd's `User` or `HSMSSLKeyServiceUser`.
+    fn start_service(&self, binding: &Arc<Binding>) -> Result<(), String> {
+        let (child_uid, child_gid, _) = httpd_user();
+        let user = self.service_user()?;
+        let (pconf, process_pool) = (self.pools.0 as *mut apr_pool_t, self.pools.1 as *mut apr_pool_t);
+        let plan = crate::keyservice::service::Plan {
+            socket: super::supervise::socket_path(pconf),
+            user,
+            child_uid,
+            child_gid,
+            parent: std::process::id() as libc::pid_t,
+            binding: binding.clone(),
+            keys: Vec::new(),
+        };
+        *self.service_socket.lock() = Some(plan.socket.clone());
+        super::supervise::start(pconf, process_pool, plan).map(|_| ()).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
     }
 }
 
@@ -351,7 +424,9 @@ pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut a
         // A new PIN read: a refusal of the previous generation's no longer
         // counts. The first call maps the page the children share.
         crate::pkcs11::latch::new_generation();
-        let g = Arc::new(Generation::from_directives());
+        // SAFETY: httpd's main server and its process record.
+        let process_pool = unsafe { (*(*s).process).pool };
+        let g = Arc::new(Generation::from_directives((pconf as usize, process_pool as usize)));
         *GENERATION.lock() = Some(g.clone());
         let r = g.clone();
         loader::set_resolver(Some(Box::new(move |uri| r.resolve(uri))));
@@ -364,7 +439,7 @@ pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut a
     })
 }
 
-pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, s: *mut server_rec) -> c_int {
+pub unsafe extern "C" fn post_config_last(_pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, _s: *mut server_rec) -> c_int {
     guard("post_config", FAIL, || {
         loader::set_resolver(None);
         // The parent never signs; children must not inherit its sessions.
@@ -376,12 +451,12 @@ pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut ap
             if let Some((_, pin)) = STARTUP_PIN.lock().take() {
                 pin.wipe();
             }
-            // SAFETY: httpd's main server and its process record.
-            let process_pool = unsafe { (*(*s).process).pool };
-            if let Err(e) = start_key_service(pconf, process_pool) {
-                log::error!("{e}");
-                return FAIL;
-            }
+        }
+        let sealed = seal_key_service();
+        super::supervise::end_carried();
+        if let Err(e) = sealed {
+            log::error!("{e}");
+            return FAIL;
         }
         if let Some(g) = GENERATION.lock().as_ref() {
             let n = g.keys.lock().len();
@@ -393,41 +468,16 @@ pub unsafe extern "C" fn post_config_last(pconf: *mut apr_pool_t, _plog: *mut ap
     })
 }
 
-/// With HSMSSLKeyService On and token keys configured: the key service of
-/// this configuration, started after the parent closed PKCS#11.
-fn start_key_service(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t) -> Result<(), String> {
+/// With a key service: hands it the configuration's keys, which it then
+/// serves (and is started again with, if it dies).
+fn seal_key_service() -> Result<(), String> {
     let Some(g) = GENERATION.lock().clone() else { return Ok(()) };
-    if !g.config.key_service.unwrap_or(true) {
+    if g.service_socket.lock().is_none() {
         return Ok(());
     }
     let keys = g.keys.lock().clone();
-    if keys.is_empty() {
-        return Ok(());
-    }
-    // SAFETY: httpd's User and Group, set by mod_unixd while the
-    // configuration was read; plain reads.
-    let (child_uid, child_gid, child_user) = unsafe {
-        let u = ptr::addr_of!(httpd::ap_unixd_config).read();
-        let name = if u.user_name.is_null() { String::new() } else { CStr::from_ptr(u.user_name).to_string_lossy().into_owned() };
-        (u.user_id, u.group_id, name)
-    };
-    let user = match &g.config.key_service_user {
-        Some((name, origin)) => {
-            crate::keyservice::service::lookup_user(name).map_err(|e| format!("HSMSSLKeyServiceUser {name} ({}): {e}", origin.0))?
-        }
-        None => crate::keyservice::service::lookup_user(&format!("#{child_uid}"))
-            .map_err(|e| format!("the key service runs as httpd's User {child_user}, but: {e}"))?,
-    };
-    let plan = crate::keyservice::service::Plan {
-        socket: super::supervise::socket_path(pconf),
-        user,
-        child_uid,
-        child_gid,
-        parent: std::process::id() as libc::pid_t,
-        keys,
-    };
-    *g.service_socket.lock() = Some(plan.socket.clone());
-    super::supervise::start(pconf, process_pool, plan).map(|_| ()).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
+    let limit = keys.first().map(|k| k.binding.op_timeout).unwrap_or(DEFAULT_OP_TIMEOUT);
+    super::supervise::seal(keys, limit).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
 }
 
 /// The strings of an APR array of `const char *`.
@@ -582,7 +632,7 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
         if vhosts.is_empty() {
             return OK;
         }
-        let g = Generation::from_directives();
+        let g = Generation::from_directives((0, 0));
         let result = (|| {
             for v in &vhosts {
                 for k in &v.keys {

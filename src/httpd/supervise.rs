@@ -14,12 +14,17 @@ use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::ffi::httpd::{self, apr_pool_t, apr_proc_t};
+use crate::keyservice::control::{Control, ControlAnswer, MAX_CONTROL};
+use crate::keyservice::proto;
 use crate::keyservice::service::{self, Plan};
+use crate::pkcs11::token::KeyRef;
 
 /// A service httpd's parent started.
 struct Supervised {
@@ -27,6 +32,9 @@ struct Supervised {
     /// The listening socket, while the configuration lasts (see
     /// `service::listen`); None once the configuration ended.
     listener: Option<UnixListener>,
+    /// The parent's end of the control channel, while the configuration
+    /// is being loaded (see `keyservice::control`).
+    control: Option<UnixStream>,
     pid: libc::pid_t,
     /// The APR record registered as an other child (lives in `pool`).
     proc_: *mut apr_proc_t,
@@ -42,6 +50,9 @@ unsafe impl Send for Supervised {}
 static CURRENT: Mutex<Option<Supervised>> = Mutex::new(None);
 /// Services of ended configurations, still draining.
 static ENDED: Mutex<Vec<Supervised>> = Mutex::new(Vec::new());
+/// The service of httpd's first configuration pass at startup, kept for
+/// the second pass (see [`adopt`]).
+static CARRIED: Mutex<Option<Supervised>> = Mutex::new(None);
 
 /// httpd's process pool (lives until httpd exits).
 static PROCESS_POOL: AtomicPtr<apr_pool_t> = AtomicPtr::new(ptr::null_mut());
@@ -67,12 +78,119 @@ pub fn socket_path(pconf: *mut apr_pool_t) -> PathBuf {
     }
 }
 
-/// In a child (child_init): closes the inherited listening socket of the
-/// key service, before the child serves anything.
+/// In a child (child_init): closes the inherited listening socket and
+/// control channel of the key service, before the child serves anything.
 pub fn close_listener_in_child() {
     if let Some(s) = CURRENT.lock().as_mut() {
         s.listener = None;
+        s.control = None;
     }
+}
+
+/// Sends `msg` on the current service's control channel and waits at most
+/// `limit` for the answer.
+fn control(msg: &Control, limit: Duration) -> Result<ControlAnswer, String> {
+    let (mut s, pid) = {
+        let cur = CURRENT.lock();
+        let Some(sup) = cur.as_ref() else { return Err("the key service is not running".into()) };
+        let Some(c) = sup.control.as_ref() else { return Err("the key service's control channel is closed".into()) };
+        (c.try_clone().map_err(|e| format!("control channel: {e}"))?, sup.pid)
+    };
+    let lost = |e: std::io::Error| {
+        let why = match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => format!("no answer within {} s", limit.as_secs_f32()),
+            _ => e.to_string(),
+        };
+        format!("the key service (pid {pid}) did not answer: {why}")
+    };
+    s.set_read_timeout(Some(limit)).map_err(lost)?;
+    s.set_write_timeout(Some(limit)).map_err(lost)?;
+    proto::write_frame(&mut s, &msg.encode()).map_err(lost)?;
+    let body = proto::read_frame_up_to(&mut s, MAX_CONTROL).map_err(lost)?.ok_or_else(|| lost(std::io::ErrorKind::UnexpectedEof.into()))?;
+    ControlAnswer::decode(&body).map_err(|e| format!("the key service (pid {pid}) answered something unreadable: {e}"))
+}
+
+/// Takes over the service of the first configuration pass for this one,
+/// if `fits` its plan: httpd reads its configuration twice at startup, and
+/// when it runs in the foreground (systemd's `-DFOREGROUND`, as on Amazon
+/// Linux) both passes run in this process, so the service that checked
+/// the keys in the first pass, logged in, serves: one login per start.
+/// When httpd detaches (`apachectl start`), the first pass ran in the
+/// process that has exited since: its service is not ours and ends with
+/// it (PR_SET_PDEATHSIG); this pass starts its own. Returns the socket.
+pub fn adopt(pconf: *mut apr_pool_t, fits: impl FnOnce(&Plan) -> bool) -> Option<PathBuf> {
+    let s = CARRIED.lock().take()?;
+    let mut status: c_int = 0;
+    // SAFETY: waitpid without blocking: 0 for a live child of ours, -1
+    // (ECHILD) for a process that is not our child, its pid once reaped.
+    let w = unsafe { libc::waitpid(s.pid, &mut status, libc::WNOHANG) };
+    if w == 0 && fits(&s.plan) {
+        log::debug!("key service (pid {}) of the first configuration pass serves this one", s.pid);
+        let socket = s.plan.socket.clone();
+        *CURRENT.lock() = Some(s);
+        // SAFETY: a cleanup with no data on the configuration pool.
+        unsafe {
+            httpd::apr_pool_cleanup_register(pconf, ptr::null(), Some(configuration_ends), Some(httpd::apr_pool_cleanup_null));
+        }
+        return Some(socket);
+    }
+    let mut s = s;
+    s.listener = None;
+    s.control = None;
+    if w == 0 {
+        // Ours, but for another plan: it drains (it has no children).
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(s.pid, libc::SIGUSR1) };
+        ENDED.lock().push(s);
+    } else {
+        forget(s);
+    }
+    None
+}
+
+/// At the end of the configuration: a first pass's service no pass took
+/// over goes (see [`adopt`]).
+pub fn end_carried() {
+    if let Some(mut s) = CARRIED.lock().take() {
+        // SAFETY: as in `adopt`.
+        if unsafe { libc::waitpid(s.pid, ptr::null_mut(), libc::WNOHANG) } == 0 {
+            s.listener = None;
+            s.control = None;
+            // SAFETY: a signal to our own child.
+            unsafe { libc::kill(s.pid, libc::SIGUSR1) };
+            ENDED.lock().push(s);
+        } else {
+            forget(s);
+        }
+    }
+}
+
+/// Drops the registration of a service that is gone or not our child.
+fn forget(s: Supervised) {
+    // SAFETY: the record registered in `spawn`, then its pool (APR reads
+    // nothing of it once unregistered).
+    unsafe {
+        httpd::apr_proc_other_child_unregister(s.proc_.cast());
+        httpd::apr_pool_destroy(s.pool);
+    }
+}
+
+/// Has the current service find the key `uri` and number it `slot`.
+pub fn find(slot: usize, uri: &str, limit: Duration) -> Result<ControlAnswer, String> {
+    control(&Control::Find { slot: slot as u32, uri: uri.to_string() }, limit)
+}
+
+/// The configuration is loaded with `keys` (slot i is `keys[i]`): the
+/// service serves them, and is started again with them if it dies.
+pub fn seal(keys: Vec<Arc<KeyRef>>, limit: Duration) -> Result<(), String> {
+    match control(&Control::Seal { count: keys.len() as u32 }, limit)? {
+        ControlAnswer::Sealed => {}
+        other => return Err(format!("the key service answered {other:?} to the end of the configuration")),
+    }
+    if let Some(s) = CURRENT.lock().as_mut() {
+        s.plan.keys = keys;
+    }
+    Ok(())
 }
 
 /// Starts the service of the configuration whose pool is `pconf`; it ends
@@ -90,7 +208,9 @@ pub fn start(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t, plan: Plan) 
 
 /// Forks the service and registers it as an other child in a new pool.
 fn spawn(process_pool: *mut apr_pool_t, plan: Plan, listener: UnixListener) -> Result<libc::pid_t, String> {
-    let pid = service::start(&plan, &listener)?;
+    let (pid, control) = service::start(&plan, &listener)?;
+    // A service started again knows its keys: no control channel.
+    let control = plan.keys.is_empty().then_some(control);
     // SAFETY: a subpool of the process pool holds the apr_proc_t (zeroed
     // here) and APR's registration; it is destroyed when the service has
     // died and been unregistered (`maintenance`).
@@ -103,7 +223,7 @@ fn spawn(process_pool: *mut apr_pool_t, plan: Plan, listener: UnixListener) -> R
         let proc_ = httpd::apr_palloc(pool, std::mem::size_of::<apr_proc_t>()) as *mut apr_proc_t;
         ptr::write_bytes(proc_, 0, 1);
         (*proc_).pid = pid;
-        *CURRENT.lock() = Some(Supervised { plan, listener: Some(listener), pid, proc_, pool });
+        *CURRENT.lock() = Some(Supervised { plan, listener: Some(listener), control, pid, proc_, pool });
         httpd::apr_proc_other_child_register(proc_, Some(maintenance), proc_.cast(), ptr::null_mut(), pool);
     }
     Ok(pid)
@@ -123,14 +243,31 @@ fn exiting() -> bool {
     unsafe { httpd::ap_state_query(httpd::AP_SQ_MAIN_STATE as c_int) == httpd::AP_SQ_MS_EXITING as c_int }
 }
 
+/// Whether the configuration pool being cleared is the one of httpd's
+/// first configuration pass at startup.
+fn first_pass_ends() -> bool {
+    // SAFETY: plain queries of httpd's state.
+    unsafe {
+        httpd::ap_state_query(httpd::AP_SQ_CONFIG_GEN as c_int) == 0
+            && httpd::ap_state_query(httpd::AP_SQ_MAIN_STATE as c_int) == httpd::AP_SQ_MS_DESTROY_CONFIG as c_int
+    }
+}
+
 /// The configuration pool is being cleared: at a restart the service
 /// serves the old children until they are gone (`service::drain_watch`),
-/// when httpd exits it stops now.
+/// when httpd exits it stops now. After the first pass at startup it is
+/// kept for the second (see [`adopt`]).
 unsafe extern "C" fn configuration_ends(_data: *mut c_void) -> httpd::apr_status_t {
     crate::ffi::guard("key service cleanup", 0, || {
         let Some(mut s) = CURRENT.lock().take() else { return 0 };
+        if first_pass_ends() {
+            log::debug!("key service (pid {}) kept for the second configuration pass", s.pid);
+            *CARRIED.lock() = Some(s);
+            return 0;
+        }
         // The parent's copy: the service keeps its own.
         s.listener = None;
+        s.control = None;
         let exiting = exiting();
         // SAFETY: a signal to our own child.
         unsafe { libc::kill(s.pid, if exiting { libc::SIGTERM } else { libc::SIGUSR1 }) };
@@ -163,7 +300,15 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
         let was_current = current.is_some();
         let ended = current.is_none().then(|| {
             let mut ended = ENDED.lock();
-            ended.iter().position(|s| s.proc_ == proc_).map(|i| ended.remove(i))
+            let carried = {
+                let mut c = CARRIED.lock();
+                if c.as_ref().is_some_and(|s| s.proc_ == proc_) {
+                    c.take()
+                } else {
+                    None
+                }
+            };
+            carried.or_else(|| ended.iter().position(|s| s.proc_ == proc_).map(|i| ended.remove(i)))
         });
         let Some(s) = current.or(ended.flatten()) else { return };
         // SAFETY: the record APR called us for, then its pool (APR reads

@@ -12,6 +12,7 @@
 //! call, so both refuse the same things.
 
 pub mod client;
+pub mod control;
 pub mod proto;
 pub mod service;
 

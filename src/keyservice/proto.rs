@@ -76,7 +76,8 @@ pub enum Answer {
 #[derive(Debug, PartialEq, Eq)]
 pub enum ProtoError {
     Truncated,
-    TooLong(usize),
+    /// A body of `.0` bytes where at most `.1` are allowed.
+    TooLong(usize, usize),
     UnknownOp(u8),
     UnknownScheme(u8),
     UnknownDigest(u8),
@@ -90,7 +91,7 @@ impl std::fmt::Display for ProtoError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ProtoError::Truncated => f.write_str("the message ends early"),
-            ProtoError::TooLong(n) => write!(f, "a message of {n} bytes (at most {MAX_BODY})"),
+            ProtoError::TooLong(n, max) => write!(f, "a message of {n} bytes (at most {max})"),
             ProtoError::UnknownOp(b) => write!(f, "unknown operation {b}"),
             ProtoError::UnknownScheme(b) => write!(f, "unknown signature scheme {b}"),
             ProtoError::UnknownDigest(b) => write!(f, "unknown digest {b}"),
@@ -121,10 +122,10 @@ fn required_digest(b: u8) -> Result<Digest, ProtoError> {
 }
 
 /// Reads fields from a body; every read checks the length.
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], ProtoError> {
         if self.0.len() < n {
             return Err(ProtoError::Truncated);
         }
@@ -132,22 +133,22 @@ impl<'a> Reader<'a> {
         self.0 = b;
         Ok(a)
     }
-    fn u8(&mut self) -> Result<u8, ProtoError> {
+    pub(super) fn u8(&mut self) -> Result<u8, ProtoError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, ProtoError> {
+    pub(super) fn u16(&mut self) -> Result<u16, ProtoError> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self) -> Result<u32, ProtoError> {
+    pub(super) fn u32(&mut self) -> Result<u32, ProtoError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn bytes(&mut self) -> Result<&'a [u8], ProtoError> {
+    pub(super) fn bytes(&mut self) -> Result<&'a [u8], ProtoError> {
         let n = self.u16()? as usize;
         self.take(n)
     }
-    fn end(self) -> Result<(), ProtoError> {
+    pub(super) fn end(self) -> Result<(), ProtoError> {
         match self.0.len() {
             0 => Ok(()),
             n => Err(ProtoError::TrailingBytes(n)),
@@ -155,12 +156,12 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub(super) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len().min(u16::MAX as usize) as u16).to_be_bytes());
     out.extend_from_slice(&b[..b.len().min(u16::MAX as usize)]);
 }
 
-fn put_text(out: &mut Vec<u8>, s: &str) {
+pub(super) fn put_text(out: &mut Vec<u8>, s: &str) {
     let mut end = s.len().min(MAX_TEXT);
     while !s.is_char_boundary(end) {
         end -= 1;
@@ -195,7 +196,7 @@ impl Request {
 
     pub fn decode(body: &[u8]) -> Result<Request, ProtoError> {
         if body.len() > MAX_BODY {
-            return Err(ProtoError::TooLong(body.len()));
+            return Err(ProtoError::TooLong(body.len(), MAX_BODY));
         }
         let mut r = Reader(body);
         let op = r.u8()?;
@@ -252,7 +253,7 @@ impl Answer {
 
     pub fn decode(body: &[u8]) -> Result<Answer, ProtoError> {
         if body.len() > MAX_BODY {
-            return Err(ProtoError::TooLong(body.len()));
+            return Err(ProtoError::TooLong(body.len(), MAX_BODY));
         }
         let mut r = Reader(body);
         let status = r.u8()?;
@@ -290,6 +291,11 @@ pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
 /// Reads one frame; a length over [`MAX_BODY`] is refused before anything
 /// is allocated for it. `Ok(None)`: the peer closed before a new frame.
 pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Zeroizing<Vec<u8>>>> {
+    read_frame_up_to(r, MAX_BODY)
+}
+
+/// [`read_frame`] with a bound of `max` bytes.
+pub fn read_frame_up_to(r: &mut impl Read, max: usize) -> io::Result<Option<Zeroizing<Vec<u8>>>> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -302,8 +308,8 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Zeroizing<Vec<u8>>>> {
         }
     }
     let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_BODY {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, ProtoError::TooLong(n)));
+    if n > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, ProtoError::TooLong(n, max)));
     }
     let mut body = Zeroizing::new(vec![0u8; n]);
     r.read_exact(&mut body)?;
@@ -382,7 +388,7 @@ mod tests {
         let mut extra = Request::Premaster { key: 0, ciphertext: vec![1; 4] }.encode().to_vec();
         extra.push(0);
         assert_eq!(Request::decode(&extra), Err(ProtoError::TrailingBytes(1)));
-        assert_eq!(Request::decode(&vec![2; MAX_BODY + 1]), Err(ProtoError::TooLong(MAX_BODY + 1)));
+        assert_eq!(Request::decode(&vec![2; MAX_BODY + 1]), Err(ProtoError::TooLong(MAX_BODY + 1, MAX_BODY)));
     }
 
     #[test]

@@ -22,10 +22,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
+use super::control::{Control, ControlAnswer, MAX_CONTROL};
 use super::proto::{self, Answer, Failure, Request};
 use super::{admit, premaster_here, sign_here, Admitted};
+use crate::pkcs11::lookup::{self, LookupError};
 use crate::pkcs11::runtime;
-use crate::pkcs11::token::{KeyRef, OpError};
+use crate::pkcs11::token::{Binding, KeyRef, OpError};
 
 /// The name of the process (its /proc/<pid>/comm).
 pub const PROCESS_NAME: &CStr = c"hsm_ssl-keys";
@@ -197,8 +201,32 @@ pub struct Plan {
     pub child_gid: libc::gid_t,
     /// httpd's parent process.
     pub parent: libc::pid_t,
-    /// The keys, in the order requests name them.
+    /// The configuration's library, PIN, token and limits.
+    pub binding: Arc<Binding>,
+    /// The keys, in the order requests name them: empty for the first
+    /// service of a configuration (the parent has it find them over the
+    /// control channel, [`Control::Find`]), the sealed list for a service
+    /// started again after one died.
     pub keys: Vec<Arc<KeyRef>>,
+}
+
+/// The keys requests may name, by slot. Connection threads keep a copy of
+/// the list and take a new one only when `KEYS_VERSION` moved (keys are
+/// found before any child runs): no lock is shared per request.
+static KEYS: Mutex<Option<Arc<Vec<Arc<KeyRef>>>>> = Mutex::new(None);
+static KEYS_VERSION: AtomicU64 = AtomicU64::new(0);
+
+fn keys_now() -> Arc<Vec<Arc<KeyRef>>> {
+    KEYS.lock().clone().unwrap_or_default()
+}
+
+/// Changes the key list (the control channel's thread only).
+fn set_keys(f: impl FnOnce(&mut Vec<Arc<KeyRef>>)) {
+    let mut k = KEYS.lock();
+    let mut list: Vec<Arc<KeyRef>> = k.as_deref().cloned().unwrap_or_default();
+    f(&mut list);
+    *k = Some(Arc::new(list));
+    KEYS_VERSION.fetch_add(1, Ordering::Release);
 }
 
 /// Makes the service's listening socket, in httpd's parent (root). The
@@ -234,10 +262,12 @@ pub fn listen(plan: &Plan) -> Result<UnixListener, String> {
 }
 
 /// Forks the key service, which accepts on `listener` (see [`listen`]).
-/// Returns its pid in the parent; the new process runs [`serve`] and
-/// exits, never returning into httpd.
-pub fn start(plan: &Plan, listener: &UnixListener) -> Result<libc::pid_t, String> {
+/// Returns its pid and the parent's end of the control channel; the new
+/// process runs [`serve`] and exits, never returning into httpd.
+pub fn start(plan: &Plan, listener: &UnixListener) -> Result<(libc::pid_t, UnixStream), String> {
     let own = listener.try_clone().map_err(|e| format!("cannot share the key service socket: {e}"))?;
+    // Close-on-exec, like every socket std makes.
+    let (parent_end, service_end) = UnixStream::pair().map_err(|e| format!("cannot make the key service's control channel: {e}"))?;
     // SAFETY: fork in httpd's parent, whose only other threads are idle
     // token helpers (the startup joins its bounded threads); the new
     // process only runs `serve` and leaves with _exit.
@@ -245,7 +275,8 @@ pub fn start(plan: &Plan, listener: &UnixListener) -> Result<libc::pid_t, String
     match pid {
         -1 => Err(format!("cannot fork the key service: {}", io::Error::last_os_error())),
         0 => {
-            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan, own))) {
+            drop(parent_end);
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan, own, service_end))) {
                 Ok(Ok(())) => 0,
                 Ok(Err(e)) => {
                     log::error!("key service (pid {}): {e}", std::process::id());
@@ -257,7 +288,7 @@ pub fn start(plan: &Plan, listener: &UnixListener) -> Result<libc::pid_t, String
             // exit handlers or pool cleanups, which belong to the parent.
             unsafe { libc::_exit(code) }
         }
-        pid => Ok(pid),
+        pid => Ok((pid, parent_end)),
     }
 }
 
@@ -313,32 +344,46 @@ fn drop_privileges(plan: &Plan) -> Result<(), String> {
             return Err(format!("cannot become user {}: {}", plan.user.name, io::Error::last_os_error()));
         }
     }
-    // A change of user resets the flag to fs.suid_dumpable: set it again.
-    prctl(libc::PR_SET_DUMPABLE, 0)
+    // A change of user resets the flag to fs.suid_dumpable, and clears the
+    // parent-death signal: set both again, then check that the parent did
+    // not die in between.
+    prctl(libc::PR_SET_DUMPABLE, 0)?;
+    prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong)?;
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != plan.parent {
+        return Err("httpd's parent exited while the key service started".into());
+    }
+    Ok(())
 }
 
 /// The key service's life: set up, open the token, serve until killed.
-fn serve(plan: &Plan, listener: UnixListener) -> Result<(), String> {
+fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(), String> {
     set_up_process(plan)?;
-    // The service logs in with its configuration's PIN (in the keys'
-    // binding); the copy of an env: PIN the parent keeps for the next
-    // configuration is not needed here.
+    // The service logs in with its configuration's PIN (in the binding);
+    // the copy of an env: PIN the parent keeps for the next configuration
+    // is not needed here.
     crate::pkcs11::pin::wipe_kept_env_pins();
     drop_privileges(plan)?;
-    runtime::set_serving();
-    for k in &plan.keys {
-        if let Err(e) = runtime::with_hsm(&k.binding, |h| h.prepare(k)) {
-            log::error!("key service: key {} is not usable yet: {e}; its handshakes fail until the token is back", k.uri_text);
+    log::info!("key service started: pid {} as user {}, socket {}", std::process::id(), plan.user.name, plan.socket.display());
+    if plan.keys.is_empty() {
+        // The first service of a configuration: the parent has it find the
+        // keys (the login the startup check makes is the one that serves).
+        let binding = plan.binding.clone();
+        std::thread::Builder::new()
+            .name("hsm_ssl-control".into())
+            .spawn(move || control_channel(control, &binding))
+            .map_err(|e| format!("cannot start a thread: {e}"))?;
+    } else {
+        // Started again after the service died: the keys are known.
+        drop(control);
+        runtime::set_serving();
+        set_keys(|k| *k = plan.keys.clone());
+        for k in &plan.keys {
+            if let Err(e) = runtime::with_hsm(&k.binding, |h| h.prepare(k)) {
+                log::error!("key service: key {} is not usable yet: {e}; its handshakes fail until the token is back", k.uri_text);
+            }
         }
     }
-    log::info!(
-        "key service started: pid {} as user {}, {} key(s), socket {}",
-        std::process::id(),
-        plan.user.name,
-        plan.keys.len(),
-        plan.socket.display()
-    );
-    let keys: Arc<[Arc<KeyRef>]> = plan.keys.clone().into();
     LAST_REQUEST.store(now_ms(), Ordering::Relaxed);
     let (socket, parent) = (plan.socket.clone(), plan.parent);
     std::thread::Builder::new()
@@ -370,9 +415,8 @@ fn serve(plan: &Plan, listener: UnixListener) -> Result<(), String> {
             continue;
         }
         CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        let keys = keys.clone();
         let spawned = std::thread::Builder::new().name("hsm_ssl-conn".into()).spawn(move || {
-            connection(s, peer, &keys);
+            connection(s, peer);
             CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
         });
         if let Err(e) = spawned {
@@ -409,9 +453,67 @@ fn parent_of(pid: i32) -> Option<i32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Serves httpd's parent on the control channel while it loads a
+/// configuration: finds each key it names, numbers it as told, and starts
+/// serving children once the list is sealed. Ends when the parent closes
+/// its end (the configuration is loaded, or gone).
+fn control_channel(mut s: UnixStream, binding: &Arc<Binding>) {
+    loop {
+        let body = match proto::read_frame_up_to(&mut s, MAX_CONTROL) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                log::error!("key service: control channel: {e}");
+                return;
+            }
+        };
+        let answer = match Control::decode(&body) {
+            Ok(Control::Find { slot, uri }) => find(binding, slot as usize, &uri),
+            Ok(Control::Seal { count }) => {
+                set_keys(|k| k.truncate(count as usize));
+                runtime::set_serving();
+                log::debug!("key service (pid {}) serves {count} key(s)", std::process::id());
+                ControlAnswer::Sealed
+            }
+            Err(e) => {
+                log::error!("key service: control channel: {e}");
+                return;
+            }
+        };
+        if proto::write_frame(&mut s, &answer.encode()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Finds the key `uri` on the token and numbers it `slot` (replacing what
+/// had that number: a configuration read again numbers from 0).
+fn find(binding: &Arc<Binding>, slot: usize, uri: &str) -> ControlAnswer {
+    match lookup::find_key(binding, uri) {
+        Ok(found) => {
+            let facts = Box::new(found.key.facts());
+            let mut placed = true;
+            set_keys(|k| match slot.cmp(&k.len()) {
+                std::cmp::Ordering::Less => k[slot] = found.key.clone(),
+                std::cmp::Ordering::Equal => k.push(found.key.clone()),
+                std::cmp::Ordering::Greater => placed = false,
+            });
+            if !placed {
+                return ControlAnswer::NotFound { denied: false, text: format!("key number {slot} asked for out of order") };
+            }
+            ControlAnswer::Found { facts, warnings: found.warnings }
+        }
+        Err(LookupError::Denied(text)) => ControlAnswer::NotFound { denied: true, text },
+        Err(LookupError::Failed(text)) => ControlAnswer::NotFound { denied: false, text },
+    }
+}
+
 /// Serves one child's connection until it closes it or sends something
 /// malformed.
-fn connection(mut s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
+fn connection(mut s: UnixStream, peer: i32) {
+    // The version before the list: a change in between is seen later.
+    let mut version = KEYS_VERSION.load(Ordering::Acquire);
+    let mut keys = keys_now();
     loop {
         let body = match proto::read_frame(&mut s) {
             Ok(Some(b)) => b,
@@ -424,8 +526,12 @@ fn connection(mut s: UnixStream, peer: i32, keys: &[Arc<KeyRef>]) {
             }
         };
         LAST_REQUEST.store(now_ms(), Ordering::Relaxed);
+        let now = KEYS_VERSION.load(Ordering::Acquire);
+        if now != version {
+            (keys, version) = (keys_now(), now);
+        }
         let answer = match Request::decode(&body) {
-            Ok(req) => execute(&req, peer, keys),
+            Ok(req) => execute(&req, peer, &keys),
             Err(e) => {
                 log::error!("key service: refused a request from pid {peer}: {e}; connection closed");
                 return;

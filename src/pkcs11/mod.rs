@@ -4,6 +4,7 @@
 pub mod direct;
 pub mod executor;
 pub mod latch;
+pub mod lookup;
 pub mod pin;
 pub mod runtime;
 pub mod secret;

@@ -118,7 +118,62 @@ pub struct KeyRef {
 /// How a child finds a key again: token serial, CKA_ID, CKA_LABEL.
 type KeyIdent = (String, Vec<u8>, Option<String>);
 
+/// Everything the token said about a configured key: a [`KeyRef`] without
+/// its binding. The key service sends it to httpd's parent, which builds
+/// the key mod_ssl gets from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFacts {
+    pub uri_text: String,
+    pub token_serial: String,
+    pub token_label: String,
+    pub id: Vec<u8>,
+    pub label: Option<String>,
+    pub public: PublicKey,
+    pub can_sign: bool,
+    pub can_decrypt: bool,
+    pub protection: Protection,
+    pub premaster: Option<PremasterMech>,
+}
+
 impl KeyRef {
+    /// The key these facts describe, under `binding`.
+    pub fn from_facts(f: KeyFacts, binding: Arc<Binding>) -> KeyRef {
+        let premaster = std::sync::OnceLock::new();
+        if let Some(m) = f.premaster {
+            let _ = premaster.set(m);
+        }
+        KeyRef {
+            ident: (f.token_serial.clone(), f.id.clone(), f.label.clone()),
+            uri_text: f.uri_text,
+            token_serial: f.token_serial,
+            token_label: f.token_label,
+            id: f.id,
+            label: f.label,
+            public: f.public,
+            can_sign: f.can_sign,
+            can_decrypt: f.can_decrypt,
+            protection: f.protection,
+            binding,
+            premaster,
+        }
+    }
+
+    /// What [`KeyRef::from_facts`] builds this key from.
+    pub fn facts(&self) -> KeyFacts {
+        KeyFacts {
+            uri_text: self.uri_text.clone(),
+            token_serial: self.token_serial.clone(),
+            token_label: self.token_label.clone(),
+            id: self.id.clone(),
+            label: self.label.clone(),
+            public: self.public.clone(),
+            can_sign: self.can_sign,
+            can_decrypt: self.can_decrypt,
+            protection: self.protection,
+            premaster: self.premaster.get().copied(),
+        }
+    }
+
     /// A key that was never on a token, for tests of what may be asked of it.
     #[cfg(test)]
     pub fn for_test(public: PublicKey, can_sign: bool, can_decrypt: bool) -> KeyRef {

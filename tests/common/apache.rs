@@ -149,6 +149,7 @@ impl ApacheConfig {
             started: false,
             master: None,
             control: std::sync::Mutex::new(Vec::new()),
+            foreground: None,
             dir,
         };
         a.port = free_port();
@@ -212,6 +213,8 @@ pub struct Apache {
     master: Option<i32>,
     /// Pids of the `apache2 -k ...` commands run so far.
     control: std::sync::Mutex<Vec<i32>>,
+    /// The master started by [`Apache::start_foreground`], reaped at stop.
+    foreground: Option<std::process::Child>,
     // Last: dropped after Drop::drop has stopped the server.
     dir: TestDir,
 }
@@ -368,14 +371,23 @@ impl Apache {
         }
     }
 
-    fn start_once(&mut self) -> Result<(), StartError> {
+    /// Starts httpd in the foreground (`apache2 -DFOREGROUND`, as systemd
+    /// units with `Type=notify` do): both configuration passes run in the
+    /// master's own pid. Waits until it is ready, like [`Apache::start`].
+    pub fn start_foreground(&mut self) -> Result<(), StartError> {
+        assert!(!self.started, "already started");
         let marks = self.error_log_count(READY_MARK);
-        let (code, output) = self.run_k("start");
-        if code != Some(0) {
-            self.kill_all();
-            return Err(self.err(code, output, "apache2 -k start failed"));
-        }
+        let out_path = self.root.join("logs/foreground.out");
+        let out = std::fs::File::create(&out_path).unwrap();
+        let child = self.command().arg("-DFOREGROUND").stdout(out.try_clone().unwrap()).stderr(out).spawn().expect("run apache2");
+        self.foreground = Some(child);
         self.started = true;
+        self.until_ready(marks, || std::fs::read_to_string(&out_path).unwrap_or_default())
+    }
+
+    /// After a start: waits for the master (see `wait_ready`); kills what
+    /// runs if it does not come up, with `output` in the error.
+    fn until_ready(&mut self, marks: usize, output: impl FnOnce() -> String) -> Result<(), StartError> {
         match self.wait_ready(marks, None) {
             Ok(master) => {
                 self.master = Some(master);
@@ -384,9 +396,20 @@ impl Apache {
             Err(reason) => {
                 self.kill_all();
                 self.started = false;
-                Err(self.err(None, output, &reason))
+                Err(self.err(None, output(), &reason))
             }
         }
+    }
+
+    fn start_once(&mut self) -> Result<(), StartError> {
+        let marks = self.error_log_count(READY_MARK);
+        let (code, output) = self.run_k("start");
+        if code != Some(0) {
+            self.kill_all();
+            return Err(self.err(code, output, "apache2 -k start failed"));
+        }
+        self.started = true;
+        self.until_ready(marks, || output)
     }
 
     fn err(&self, exit_code: Option<i32>, output: String, reason: &str) -> StartError {
@@ -564,6 +587,11 @@ impl Apache {
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
+            if let Some(c) = self.foreground.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    self.foreground = None;
+                }
+            }
             if self.config_pids().is_empty() && !seen.iter().any(|p| pid_alive(*p)) {
                 self.master = None;
                 return true;

@@ -96,6 +96,14 @@ impl Site {
         self.apache.start()
     }
 
+    /// [`Site::start`] with httpd in the foreground (`-DFOREGROUND`).
+    pub fn start_foreground(&mut self) {
+        self.token.share();
+        if let Err(e) = self.apache.start_foreground() {
+            panic!("apache2 -DFOREGROUND with mod_hsm_ssl did not start: {e:?}");
+        }
+    }
+
     pub fn start(&mut self) {
         if let Err(e) = self.try_start() {
             panic!("apache2 with mod_hsm_ssl did not start: {e:?}");
