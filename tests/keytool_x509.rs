@@ -148,6 +148,10 @@ fn token_keys_sign_requests_and_self_signed_certificates() {
     // A certificate of another key is told apart (certcheck is meaningful).
     let other = Arc::new(hsm.resolve(&token.key_uri("web-p256"), &KeyUri::parse(&token.key_uri("web-p256")).unwrap()).unwrap());
     let rsa_crt = token.dir().join("web-rsa.crt.pem");
-    assert!(certcheck::check(rsa_crt.to_str().unwrap(), &other.public).is_err());
+    let e = certcheck::check(rsa_crt.to_str().unwrap(), &other.public).unwrap_err();
+    assert!(matches!(e, certcheck::CertCheckError::Mismatch { .. }), "{e:?}");
+    assert!(e.to_string().contains("does not belong to this key"), "{e}");
+    let missing = certcheck::check("/nonexistent.pem", &other.public).unwrap_err();
+    assert!(matches!(missing, certcheck::CertCheckError::Unreadable(_)), "{missing:?}");
     hsm.close();
 }

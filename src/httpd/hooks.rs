@@ -94,7 +94,7 @@ fn check_key(binding: &Arc<Binding>, uri_text: &str, cert: Option<&str>, allow_e
 /// token's `warnings` about TLS modes that will not work.
 fn accept_key(key: &KeyRef, warnings: Vec<String>, cert: Option<&str>, allow_exportable: bool) -> Result<Notes, String> {
     if let Some(cert) = cert {
-        crate::tls::certcheck::check(cert, &key.public)?;
+        crate::tls::certcheck::check(cert, &key.public).map_err(|e| e.to_string())?;
     }
     let mut notes = key_protection(&key.protection, allow_exportable)?;
     notes.extend(warnings.into_iter().map(|w| (log::Level::Warn, w)));
@@ -330,7 +330,7 @@ impl Generation {
         // mechanisms, and the RSA decryption trial.
         let limit = binding.op_timeout * 9 + Duration::from_secs(2);
         match super::supervise::find(slot, uri_text, limit)? {
-            ControlAnswer::Found { facts, warnings } => Ok((Arc::new(KeyRef::from_facts(*facts, binding.clone())), warnings)),
+            ControlAnswer::Found { facts, premaster, warnings } => Ok((Arc::new(KeyRef::new(*facts, premaster, binding.clone())), warnings)),
             ControlAnswer::NotFound { text, .. } => Err(text),
             ControlAnswer::Sealed => Err("the key service answered a key lookup with the end of the configuration".into()),
         }
@@ -722,10 +722,10 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
             // token being read by another process can answer with a
             // transient error.
             let mut r = runtime::with_hsm(&k.binding, |h| h.prepare(&k));
-            for wait in [50, 200] {
+            for pause in crate::pkcs11::policy::PREPARE_PAUSES {
                 match &r {
                     Err(e) if e.needs_reinit() => {
-                        std::thread::sleep(Duration::from_millis(wait));
+                        std::thread::sleep(pause);
                         r = runtime::with_hsm(&k.binding, |h| h.prepare(&k));
                     }
                     _ => break,

@@ -30,7 +30,7 @@ pub enum Control {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum ControlAnswer {
-    Found { facts: Box<KeyFacts>, warnings: Vec<String> },
+    Found { facts: Box<KeyFacts>, premaster: Option<PremasterMech>, warnings: Vec<String> },
     NotFound { denied: bool, text: String },
     Sealed,
 }
@@ -98,7 +98,7 @@ impl ControlAnswer {
     pub fn encode(&self) -> Vec<u8> {
         let mut b = Vec::new();
         match self {
-            ControlAnswer::Found { facts: f, warnings } => {
+            ControlAnswer::Found { facts: f, premaster, warnings } => {
                 b.push(0);
                 for s in [&f.uri_text, &f.token_serial, &f.token_label] {
                     put_bytes(&mut b, s.as_bytes());
@@ -124,7 +124,7 @@ impl ControlAnswer {
                 for v in [p.sensitive, p.extractable, p.always_sensitive, p.never_extractable] {
                     put_tristate(&mut b, v);
                 }
-                b.push(match f.premaster {
+                b.push(match premaster {
                     None => 0,
                     Some(PremasterMech::Raw) => 1,
                     Some(PremasterMech::Pkcs1) => 2,
@@ -188,9 +188,8 @@ impl ControlAnswer {
                     can_sign,
                     can_decrypt,
                     protection,
-                    premaster,
                 };
-                ControlAnswer::Found { facts: Box::new(facts), warnings }
+                ControlAnswer::Found { facts: Box::new(facts), premaster, warnings }
             }
             1 => ControlAnswer::NotFound { denied: flag(&mut r)?, text: text(&mut r)? },
             2 => ControlAnswer::Sealed,
@@ -216,7 +215,6 @@ mod tests {
             can_sign: true,
             can_decrypt: true,
             protection: Protection { sensitive: Some(true), extractable: Some(false), always_sensitive: None, never_extractable: Some(true) },
-            premaster: Some(PremasterMech::Raw),
         };
         let ec = KeyFacts {
             label: None,
@@ -224,16 +222,19 @@ mod tests {
             public: PublicKey::Ec { params: vec![6, 8, 42], point: vec![4; 97] },
             can_decrypt: false,
             protection: Protection::default(),
-            premaster: None,
             ..rsa.clone()
         };
-        let pkcs1 = KeyFacts { premaster: Some(PremasterMech::Pkcs1), label: Some(String::new()), ..rsa.clone() };
-        vec![rsa, ec, pkcs1]
+        let empty_label = KeyFacts { label: Some(String::new()), ..rsa.clone() };
+        vec![rsa, ec, empty_label]
     }
 
     fn answers() -> Vec<ControlAnswer> {
-        let mut v: Vec<ControlAnswer> =
-            facts().into_iter().map(|f| ControlAnswer::Found { facts: Box::new(f), warnings: vec!["no PSS".into(), "é".into()] }).collect();
+        let premasters = [Some(PremasterMech::Raw), None, Some(PremasterMech::Pkcs1)];
+        let mut v: Vec<ControlAnswer> = facts()
+            .into_iter()
+            .zip(premasters)
+            .map(|(f, premaster)| ControlAnswer::Found { facts: Box::new(f), premaster, warnings: vec!["no PSS".into(), "é".into()] })
+            .collect();
         v.push(ControlAnswer::NotFound { denied: true, text: "login refused".into() });
         v.push(ControlAnswer::NotFound { denied: false, text: "x".repeat(4000) });
         v.push(ControlAnswer::Sealed);

@@ -18,10 +18,8 @@ pub mod service;
 
 use std::sync::Arc;
 
-use cryptoki::error::{Error as CkError, RvError};
-
-use crate::pkcs11::runtime;
 use crate::pkcs11::token::{KeyRef, Mech, OpError, PublicKey, TokenAnswer};
+use crate::pkcs11::{policy, runtime};
 use proto::Scheme;
 
 /// What a token operation will be, once [`admit`] accepted the request.
@@ -108,15 +106,13 @@ fn admit_sign(key: &KeyRef, scheme: Scheme, digest: &[u8]) -> Result<(Mech, Vec<
     }
 }
 
-/// Signs in this process (a child without key service, or the service).
-/// AWS CloudHSM reports throttling as CKR_FUNCTION_FAILED: one more try
-/// after a pause. (Signing has no padding oracle to protect, unlike the
-/// premaster decrypt.)
+/// Signs in this process (a child without key service, or the service);
+/// once more after what may be throttling (`policy::THROTTLE_PAUSE`).
 pub fn sign_here(key: &Arc<KeyRef>, mech: Mech, data: &[u8]) -> Result<Vec<u8>, OpError> {
     let once = || runtime::with_hsm(&key.binding, |hsm| hsm.sign(key, mech, data.to_vec()));
     match once() {
-        Err(OpError::Token(CkError::Pkcs11(RvError::FunctionFailed, _))) => {
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        Err(e) if policy::is_throttled(&e) => {
+            std::thread::sleep(policy::THROTTLE_PAUSE);
             once()
         }
         r => r,
@@ -155,7 +151,7 @@ pub fn premaster(key: &Arc<KeyRef>, ciphertext: &[u8]) -> Result<TokenAnswer, Op
 /// talks to the token (a child with a key service has nothing to wake:
 /// the service wakes its own).
 pub fn after_premaster_error(key: &Arc<KeyRef>, error: OpError) {
-    if client::active().is_none() && !crate::tls::cipher::is_data_error(&error) {
+    if client::active().is_none() && !policy::is_data_error(&error) {
         runtime::wake_probe(key, error);
     }
 }

@@ -364,6 +364,9 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
     // is not needed here.
     crate::pkcs11::pin::wipe_kept_env_pins();
     drop_privileges(plan)?;
+    if !plan.binding.direct_calls {
+        crate::pkcs11::watchdog::enable(plan.binding.op_timeout).map_err(|e| format!("cannot start a thread: {e}"))?;
+    }
     log::info!("key service started: pid {} as user {}, socket {}", std::process::id(), plan.user.name, plan.socket.display());
     if plan.keys.is_empty() {
         // The first service of a configuration: the parent has it find the
@@ -379,7 +382,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         runtime::set_serving();
         set_keys(|k| *k = plan.keys.clone());
         for k in &plan.keys {
-            if let Err(e) = runtime::with_hsm(&k.binding, |h| h.prepare(k)) {
+            if let Err(e) = prepare(k) {
                 log::error!("key service: key {} is not usable yet: {e}; its handshakes fail until the token is back", k.uri_text);
             }
         }
@@ -425,6 +428,22 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Finds `key` on the token before the first request needs it, with the
+/// second chances of `policy::PREPARE_PAUSES`.
+fn prepare(key: &Arc<KeyRef>) -> Result<(), OpError> {
+    let mut r = runtime::with_hsm(&key.binding, |h| h.prepare(key));
+    for pause in crate::pkcs11::policy::PREPARE_PAUSES {
+        match &r {
+            Err(e) if e.needs_reinit() => {
+                std::thread::sleep(pause);
+                r = runtime::with_hsm(&key.binding, |h| h.prepare(key));
+            }
+            _ => break,
+        }
+    }
+    r
 }
 
 /// The peer's pid if it may use the service; otherwise its pid, uid and why not.
@@ -491,7 +510,8 @@ fn control_channel(mut s: UnixStream, binding: &Arc<Binding>) {
 fn find(binding: &Arc<Binding>, slot: usize, uri: &str) -> ControlAnswer {
     match lookup::find_key(binding, uri) {
         Ok(found) => {
-            let facts = Box::new(found.key.facts());
+            let facts = Box::new(found.key.facts().clone());
+            let premaster = found.key.premaster.get().copied();
             let mut placed = true;
             set_keys(|k| match slot.cmp(&k.len()) {
                 std::cmp::Ordering::Less => k[slot] = found.key.clone(),
@@ -501,7 +521,7 @@ fn find(binding: &Arc<Binding>, slot: usize, uri: &str) -> ControlAnswer {
             if !placed {
                 return ControlAnswer::NotFound { denied: false, text: format!("key number {slot} asked for out of order") };
             }
-            ControlAnswer::Found { facts, warnings: found.warnings }
+            ControlAnswer::Found { facts, premaster, warnings: found.warnings }
         }
         Err(LookupError::Denied(text)) => ControlAnswer::NotFound { denied: true, text },
         Err(LookupError::Failed(text)) => ControlAnswer::NotFound { denied: false, text },

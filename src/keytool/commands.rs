@@ -221,12 +221,21 @@ pub fn label_uri(o: &Opts) -> Res<String> {
     Ok(key_uri(None, o.label()?))
 }
 
+/// The tool's failure for a certificate that does not go with the key.
+fn cert_failure(e: certcheck::CertCheckError) -> super::tool::Failure {
+    let code = match e {
+        certcheck::CertCheckError::Mismatch { .. } => Code::Mismatch,
+        certcheck::CertCheckError::Unreadable(_) => Code::Other,
+    };
+    fail(code, e.to_string())
+}
+
 pub fn check(o: &Opts) -> Res<String> {
     let cert = o.need("--cert")?;
     let key = o.need("--key")?;
     let t = Target::from_opts(o)?;
     let (hsm, k) = resolve(&t, key)?;
-    certcheck::check(cert, &k.public).map_err(|e| fail(if e.contains("does not belong") { Code::Mismatch } else { Code::Other }, e))?;
+    certcheck::check(cert, &k.public).map_err(cert_failure)?;
     let warnings = hsm.check_mechanisms(&k).map_err(|e| fail(Code::Key, e))?;
     let mut out = format!("OK: {key} is on token '{}' and belongs to {cert}\n", k.token_label);
     for w in warnings {
@@ -241,7 +250,7 @@ pub fn config(o: &Opts) -> Res<String> {
     let t = Target::from_opts(o)?;
     let uri = label_uri(o)?;
     let (_, k) = resolve(&t, &uri)?;
-    certcheck::check(cert, &k.public).map_err(|e| fail(if e.contains("does not belong") { Code::Mismatch } else { Code::Other }, e))?;
+    certcheck::check(cert, &k.public).map_err(cert_failure)?;
     let cert_abs = std::fs::canonicalize(cert).map_err(|e| fail(Code::Other, format!("{cert}: {e}")))?;
     let server_name = match o.get("--server-name") {
         Some(n) => n.to_string(),

@@ -5,12 +5,10 @@
 //! `HSMSSLKeyService Off`. What the configuration then decides about the
 //! key (its certificate, whether it may leave the token) is the caller's.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use super::runtime;
 use super::token::{Binding, KeyRef, OpError};
 use super::uri::{redacted, KeyUri};
+use super::{policy, runtime};
+use std::sync::Arc;
 
 /// A configured key found on the token, with what will not work with it.
 pub struct Found {
@@ -47,10 +45,7 @@ pub fn find_key(binding: &Arc<Binding>, uri_text: &str) -> Result<Found, LookupE
     let failed = LookupError::Failed;
     let uri = KeyUri::parse(uri_text).map_err(|e| failed(format!("malformed key URI: {e}")))?;
     let limit = binding.op_timeout;
-    // Finding the key is tried up to three times: a token can be briefly
-    // unreadable while another process writes it (SoftHSM2 rewrites its
-    // token file at every login), or a network HSM can blip during a
-    // restart. A refused PIN is never tried again.
+    // Tried `policy::FIND_KEY_ATTEMPTS` times; a refused PIN never again.
     let mut attempt = 0;
     let (hsm, key) = loop {
         attempt += 1;
@@ -62,11 +57,11 @@ pub fn find_key(binding: &Arc<Binding>, uri_text: &str) -> Result<Found, LookupE
         match runtime::bounded(limit, "logging in and finding the key", move || h.resolve(&t, &u)).map_err(failed)? {
             Ok(k) => break (hsm, Arc::new(k)),
             Err(OpError::Denied(t)) => return Err(LookupError::Denied(t)),
-            Err(e) if attempt < 3 => {
+            Err(e) if attempt < policy::FIND_KEY_ATTEMPTS => {
                 log::debug!("finding {} (attempt {attempt}): {e}; trying again", redacted(uri_text));
                 drop(hsm);
                 runtime::shutdown();
-                std::thread::sleep(Duration::from_millis(200 * attempt));
+                std::thread::sleep(policy::find_key_pause(attempt));
             }
             Err(e) => return Err(failed(e.to_string())),
         }

@@ -6,10 +6,12 @@ pub mod executor;
 pub mod latch;
 pub mod lookup;
 pub mod pin;
+pub mod policy;
 pub mod runtime;
 pub mod secret;
 pub mod token;
 pub mod uri;
+pub mod watchdog;
 
 /// Runs test `name` again in a process of its own (this test binary, that
 /// test alone, one test thread), marked by the environment variable

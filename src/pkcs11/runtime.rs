@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::policy::{BACKOFF_MAX, BACKOFF_MIN, CLOSE_DRAIN as DRAIN, PROBE_INTERVAL};
 use super::token::{Binding, Hsm, KeyRef, Mech, OpError, TokenAnswer};
 
 struct Slot {
@@ -48,11 +49,6 @@ static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 pub fn set_serving() {
     SERVING.store(true, std::sync::atomic::Ordering::Relaxed);
 }
-
-/// First and largest wait between re-initialization attempts. The largest
-/// bounds how long service stays off after the token is back.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 
 impl Slot {
     fn mark_down(&mut self, reason: String) {
@@ -261,10 +257,6 @@ struct Probe {
 static PROBE: Mutex<Probe> = Mutex::new(Probe { pid: 0, pending: None, count: 0, thread: false });
 static PROBE_WAKE: parking_lot::Condvar = parking_lot::Condvar::new();
 
-/// Least time between two probes: a client that makes every premaster
-/// decrypt fail costs the token at most one probe per second per child.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Wakes (never waits for) this process's probe after a premaster
 /// C_Decrypt returned `error`: one probe at a time, on a thread of its own,
 /// with calls that carry no client data (`Hsm::probe`). Only the probe's
@@ -410,9 +402,6 @@ pub fn shutdown() {
         }
     }
 }
-
-/// How long closing waits for operations still running on the old state.
-const DRAIN: Duration = Duration::from_secs(5);
 
 fn close(h: Arc<Hsm>) {
     let start = Instant::now();

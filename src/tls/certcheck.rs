@@ -138,20 +138,42 @@ pub fn token_fingerprint(public: &PublicKey) -> Result<String, String> {
     Ok(token_key(&Public::from_token(public)?)?.fingerprint())
 }
 
-/// Ok when the certificate in `cert_path` carries the token key `public`.
-pub fn check(cert_path: &str, public: &PublicKey) -> Result<(), String> {
-    let cert = cert_key(cert_path)?;
-    let token = token_key(&Public::from_token(public)?)?;
+/// Why a certificate and a token key do not go together.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CertCheckError {
+    /// The certificate carries another public key (both named by
+    /// fingerprint).
+    Mismatch { cert: String, cert_key: String, token_key: String },
+    /// The certificate or the token's public key could not be read.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for CertCheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertCheckError::Mismatch { cert, cert_key, token_key } => write!(
+                f,
+                "the certificate {cert} does not belong to this key: certificate public key {cert_key}, token key {token_key}; \
+                 use the certificate issued for the token key (or the key the certificate was issued for)"
+            ),
+            CertCheckError::Unreadable(t) => f.write_str(t),
+        }
+    }
+}
+
+impl std::error::Error for CertCheckError {}
+
+/// Ok when the certificate in `cert_path` carries the token key `public`:
+/// the one check of a key against its certificate, for startup, configtest
+/// and the key tool.
+pub fn check(cert_path: &str, public: &PublicKey) -> Result<(), CertCheckError> {
+    let cert = cert_key(cert_path).map_err(CertCheckError::Unreadable)?;
+    let token = Public::from_token(public).and_then(|p| token_key(&p)).map_err(CertCheckError::Unreadable)?;
     // SAFETY: two valid keys.
     if unsafe { sys::EVP_PKEY_eq(cert.0, token.0) } == 1 {
         return Ok(());
     }
     // SAFETY: clear whatever EVP_PKEY_eq left on the error queue.
     unsafe { sys::ERR_clear_error() };
-    Err(format!(
-        "the certificate {cert_path} does not belong to this key: certificate public key {}, token key {}; \
-         use the certificate issued for the token key (or the key the certificate was issued for)",
-        cert.fingerprint(),
-        token.fingerprint()
-    ))
+    Err(CertCheckError::Mismatch { cert: cert_path.to_string(), cert_key: cert.fingerprint(), token_key: token.fingerprint() })
 }

@@ -18,7 +18,6 @@ use std::hint::black_box;
 use std::ptr;
 use std::sync::Arc;
 
-use cryptoki::error::{Error as CkError, RvError};
 use zeroize::Zeroizing;
 
 use crate::dispatch;
@@ -40,13 +39,6 @@ struct CipherCtx {
     pad: c_int,
     client_version: c_uint,
     alt_version: c_uint,
-}
-
-/// The token's documented answer about a ciphertext: a bad PKCS#1 block
-/// (CKM_RSA_PKCS), or a value not below the modulus. Every other error may
-/// be token trouble and wakes the probe.
-pub(crate) fn is_data_error(e: &OpError) -> bool {
-    matches!(e, OpError::Token(CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _)))
 }
 
 impl CipherCtx {
@@ -401,6 +393,8 @@ pub static RSA_ASYM_CIPHER: [ossl::OSSL_DISPATCH; 10] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pkcs11::policy::is_data_error;
+    use cryptoki::error::{Error as CkError, RvError};
     use proptest::prelude::*;
 
     extern "C" {
