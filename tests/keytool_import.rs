@@ -17,7 +17,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, CertificateType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
-use mod_hsm_ssl::keytool::import::{import_key, read_private_key_pem, ImportPath, Imported};
+use mod_hsm_ssl::keytool::import::{import_key, read_private_key_pem, ImportError, ImportPath, Imported};
 use mod_hsm_ssl::keytool::policy::{Frozen, Usage};
 use openssl::bn::BigNum;
 use openssl::ecdsa::EcdsaSig;
@@ -298,8 +298,8 @@ fn import_pem_keys() {
     }
     // EC keys never decrypt: refused before anything is created.
     p11.reset();
-    let err = import_key(&session, &read_plain(&dir.join("ec-b.pem")), "ec-decrypt", &[0x0e], Usage { decrypt: true }).unwrap_err();
-    assert!(err.contains("EC keys never decrypt"), "{err}");
+    let err = import_key(&session, &read_plain(&dir.join("ec-b.pem")), "ec-decrypt", &[0x0e], Usage { decrypt: true }).unwrap_err().to_string();
+    assert!(err.to_string().contains("EC keys never decrypt"), "{err}");
     assert_eq!(p11.count("C_CreateObject"), 0);
     check_no_leftovers(&session, imported, "after the direct imports");
     eprintln!("[keytool_import] created key, pkcs11-tool says: {}", access_line(&token, "rsa-pkcs8"));
@@ -367,7 +367,8 @@ fn import_pem_keys() {
     p11.reset();
     for (label, what) in [("rsa-pkcs8", "private key"), ("pub-only", "public key"), ("cert-only", "certificate")] {
         let err = import_key(&session, &spare, label, &[0x42], Usage::default()).unwrap_err();
-        assert!(err.contains(&format!("already has a {what} labelled \"{label}\"")), "{label}: {err}");
+        assert!(matches!(err, ImportError::LabelTaken(_)), "{label}: {err:?}");
+        assert!(err.to_string().contains(&format!("already has a {what} labelled \"{label}\"")), "{label}: {err}");
     }
     assert_eq!(p11.count("C_CreateObject"), 0, "objects created despite a taken label");
     assert_eq!(find(&session, ObjectClass::PRIVATE_KEY, "pub-only").len(), 0);
@@ -427,7 +428,7 @@ fn import_pem_keys() {
     // unwrapping, the public key cannot, so the private key is removed again.
     set_control(&p11, "fail C_CreateObject CKR_TEMPLATE_INCONSISTENT\n");
     p11.reset();
-    let err = import_key(&session, &spare, "no-public", &[0x0b], Usage::default()).unwrap_err();
+    let err = import_key(&session, &spare, "no-public", &[0x0b], Usage::default()).unwrap_err().to_string();
     assert!(err.contains("cannot create the public key") && err.contains("removed again"), "{err}");
     assert_eq!(p11.count("C_DestroyObject"), 4, "{:?}", p11.counts());
     nothing_labelled(&session, "no-public");
@@ -436,7 +437,7 @@ fn import_pem_keys() {
     // The unwrap itself fails: the AES key is destroyed, nothing created.
     set_control(&p11, "failclass C_CreateObject CKO_PRIVATE_KEY CKR_TEMPLATE_INCONSISTENT\nfail C_UnwrapKey CKR_DEVICE_ERROR\n");
     p11.reset();
-    let err = import_key(&session, &spare, "unwrap-fails", &[0x0c], Usage::default()).unwrap_err();
+    let err = import_key(&session, &spare, "unwrap-fails", &[0x0c], Usage::default()).unwrap_err().to_string();
     assert!(err.contains("cannot unwrap the private key") && err.contains("CKR_DEVICE_ERROR"), "{err}");
     assert_eq!(p11.count("C_DestroyObject"), 1, "{:?}", p11.counts());
     nothing_labelled(&session, "unwrap-fails");
@@ -445,7 +446,7 @@ fn import_pem_keys() {
     // An error that is not a refusal does not trigger the fallback.
     set_control(&p11, "failclass C_CreateObject CKO_PRIVATE_KEY CKR_DEVICE_ERROR\n");
     p11.reset();
-    let err = import_key(&session, &spare, "device-error", &[0x0d], Usage::default()).unwrap_err();
+    let err = import_key(&session, &spare, "device-error", &[0x0d], Usage::default()).unwrap_err().to_string();
     assert!(err.contains("cannot create the private key") && err.contains("CKR_DEVICE_ERROR"), "{err}");
     assert_eq!(p11.count("C_UnwrapKey"), 0, "{:?}", p11.counts());
     nothing_labelled(&session, "device-error");

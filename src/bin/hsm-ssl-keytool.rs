@@ -88,7 +88,10 @@ fn import_cmd(o: &Opts) -> Res<String> {
     let t = Target::from_opts(o)?;
     let (_ctx, s, token) = t.session()?;
     let id = commands::random_id()?;
-    let done = import::import_key(&s, &key, &label, &id, usage).map_err(|e| fail(if e.contains("already") { Code::Key } else { Code::Setup }, e))?;
+    let done = import::import_key(&s, &key, &label, &id, usage).map_err(|e| match e {
+        import::ImportError::LabelTaken(t) => fail(Code::Key, t),
+        import::ImportError::Failed(t) => fail(Code::Setup, t),
+    })?;
     let how = match done.path {
         import::ImportPath::Created => "created directly",
         import::ImportPath::Unwrapped => "unwrapped under a one-time session key",

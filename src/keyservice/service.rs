@@ -600,7 +600,7 @@ fn failure(e: OpError) -> Failure {
     match e {
         OpError::Busy(d) => Failure::Busy(ms(d)),
         OpError::Timeout(d) => Failure::Timeout(ms(d)),
-        OpError::Setup(t) => Failure::Setup(t),
+        OpError::Setup(t) | OpError::NoKey(t) => Failure::Setup(t),
         OpError::Denied(t) => Failure::Denied(t),
         e @ (OpError::Token(_) | OpError::Service(_)) => Failure::Token(e.to_string()),
     }

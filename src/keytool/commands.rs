@@ -206,11 +206,7 @@ pub fn resolve(t: &Target, uri_text: &str) -> Res<(Arc<Hsm>, Arc<KeyRef>)> {
     let binding = t.binding()?;
     let hsm = crate::pkcs11::runtime::hsm_for(&binding).map_err(|e| fail(Code::Setup, e.to_string()))?;
     let key = hsm.resolve(uri_text, &uri).map_err(|e| match e {
-        crate::pkcs11::token::OpError::Setup(m)
-            if m.contains("no private key") || m.contains("private keys with") || m.contains("does not serve") =>
-        {
-            fail(Code::Key, m)
-        }
+        crate::pkcs11::token::OpError::NoKey(m) => fail(Code::Key, m),
         other => fail(Code::Setup, other.to_string()),
     })?;
     Ok((hsm, Arc::new(key)))

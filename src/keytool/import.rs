@@ -319,9 +319,9 @@ pub struct Imported {
 /// first and, if the token refuses that template, without them. Returns
 /// which way worked. If the public key cannot be created, the private key
 /// just created is destroyed again.
-pub fn import_key(session: &Session, key: &PKeyRef<Private>, label: &str, id: &[u8], usage: Usage) -> Result<Imported, String> {
+pub fn import_key(session: &Session, key: &PKeyRef<Private>, label: &str, id: &[u8], usage: Usage) -> Result<Imported, ImportError> {
     if label.is_empty() {
-        return Err("the key label must not be empty".into());
+        return Err("the key label must not be empty".to_string().into());
     }
     let info = key_info(key)?;
     usage.check_for(matches!(info, KeyInfo::Rsa(_))).map_err(|f| f.msg)?;
@@ -402,25 +402,51 @@ pub fn import_key(session: &Session, key: &PKeyRef<Private>, label: &str, id: &[
             log::info!("import: the token refuses plaintext private keys ({}); importing \"{label}\" by unwrapping", ck_error_text(&e));
             (import_by_unwrap(session, key, &what, &private_base)?, ImportPath::Unwrapped)
         }
-        Err(e) => return Err(format!("cannot create the private key \"{label}\": {}", ck_error_text(&e))),
+        Err(e) => return Err(format!("cannot create the private key \"{label}\": {}", ck_error_text(&e)).into()),
     };
 
     if let Err(e) = session.create_object(&public) {
         let why = ck_error_text(&e);
-        return Err(match session.destroy_object(private_handle) {
+        return Err(ImportError::Failed(match session.destroy_object(private_handle) {
             Ok(()) => format!("cannot create the public key \"{label}\": {why}; the private key was removed again"),
             Err(e2) => format!(
                 "cannot create the public key \"{label}\": {why}; removing the private key created a moment ago \
                  failed too ({}): delete the objects labelled \"{label}\" by hand",
                 ck_error_text(&e2)
             ),
-        });
+        }));
     }
     Ok(Imported { path, frozen })
 }
 
+/// Why [`import_key`] put nothing on the token (the text says what and
+/// what to do).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ImportError {
+    /// An object on the token already has the label.
+    LabelTaken(String),
+    /// The key, its usage or the token refused the import.
+    Failed(String),
+}
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportError::LabelTaken(t) | ImportError::Failed(t) => f.write_str(t),
+        }
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+impl From<String> for ImportError {
+    fn from(t: String) -> ImportError {
+        ImportError::Failed(t)
+    }
+}
+
 /// Error if a private key, public key or certificate already has `label`.
-fn refuse_taken_label(session: &Session, label: &str) -> Result<(), String> {
+fn refuse_taken_label(session: &Session, label: &str) -> Result<(), ImportError> {
     for (class, what) in
         [(ObjectClass::PRIVATE_KEY, "private key"), (ObjectClass::PUBLIC_KEY, "public key"), (ObjectClass::CERTIFICATE, "certificate")]
     {
@@ -428,7 +454,9 @@ fn refuse_taken_label(session: &Session, label: &str) -> Result<(), String> {
             .find_objects(&[Attribute::Class(class), Attribute::Label(label.as_bytes().to_vec())])
             .map_err(|e| format!("cannot search the token for \"{label}\": {}", ck_error_text(&e)))?;
         if !found.is_empty() {
-            return Err(format!("the token already has a {what} labelled \"{label}\"; choose another label or delete the existing objects first"));
+            return Err(ImportError::LabelTaken(format!(
+                "the token already has a {what} labelled \"{label}\"; choose another label or delete the existing objects first"
+            )));
         }
     }
     Ok(())

@@ -16,6 +16,9 @@ pub enum OpError {
     /// The token did not answer within HSMSSLOperationTimeout; the call
     /// goes on in a helper thread and its session returns when it ends.
     Timeout(Duration),
+    /// The URI names no key the module can serve: none, several, or one of
+    /// a type or size it does not serve.
+    NoKey(String),
     /// The token or key could not be reached (login, lookup, library).
     Setup(String),
     /// The token refused the PIN (wrong, locked, expired, or one more
@@ -44,7 +47,7 @@ impl fmt::Display for OpError {
                 "no PKCS#11 session became free within {} ms (all sessions busy; raise HSMSSLMaxSessions or add HSM capacity)",
                 d.as_millis()
             ),
-            OpError::Setup(s) | OpError::Denied(s) | OpError::Service(s) => f.write_str(s),
+            OpError::Setup(s) | OpError::NoKey(s) | OpError::Denied(s) | OpError::Service(s) => f.write_str(s),
         }
     }
 }

@@ -20,10 +20,11 @@ impl Hsm {
         let session = tok.pool.take(&self.ctx, tok.slot)?;
         let result = self.resolve_on(&tok, &session, uri_text, uri);
         tok.pool.give_back(session);
-        result.map_err(OpError::Setup)
+        result
     }
 
-    fn resolve_on(&self, tok: &TokenState, s: &Session, uri_text: &str, uri: &KeyUri) -> Result<KeyRef, String> {
+    fn resolve_on(&self, tok: &TokenState, s: &Session, uri_text: &str, uri: &KeyUri) -> Result<KeyRef, OpError> {
+        let setup = OpError::Setup;
         let mut tmpl = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
         if let Some(l) = &uri.object {
             tmpl.push(Attribute::Label(l.as_bytes().to_vec()));
@@ -31,7 +32,7 @@ impl Hsm {
         if let Some(id) = &uri.id {
             tmpl.push(Attribute::Id(id.clone()));
         }
-        let found = s.find_objects(&tmpl).map_err(|e| format!("searching token '{}': {}", tok.label, ck_error_text(&e)))?;
+        let found = s.find_objects(&tmpl).map_err(|e| setup(format!("searching token '{}': {}", tok.label, ck_error_text(&e))))?;
         let what = match (&uri.object, &uri.id) {
             (Some(l), Some(id)) => format!("label '{l}' and id {}", hex(id)),
             (Some(l), None) => format!("label '{l}'"),
@@ -43,11 +44,11 @@ impl Hsm {
             0 => {
                 let others = self.describe_objects(s, ObjectClass::PRIVATE_KEY);
                 let other_kinds = self.other_classes(s, uri);
-                return Err(format!(
+                return Err(OpError::NoKey(format!(
                     "token '{}' has no private key with {what}{other_kinds}; private keys on the token: {}",
                     tok.label,
                     if others.is_empty() { "none".to_string() } else { others.join(", ") }
-                ));
+                )));
             }
             n => {
                 let ids: Vec<String> = found
@@ -57,41 +58,43 @@ impl Hsm {
                         _ => "?".into(),
                     })
                     .collect();
-                return Err(format!(
+                return Err(OpError::NoKey(format!(
                     "token '{}' has {n} private keys with {what} (ids {}); add id=%.. to the URI to pick one",
                     tok.label,
                     ids.join(", ")
-                ));
+                )));
             }
         };
-        let key_type = self.key_type(s, handle)?;
-        let id = self.attribute(s, handle, AttributeType::Id)?.unwrap_or_default();
-        let label = self.attribute(s, handle, AttributeType::Label)?.map(|v| String::from_utf8_lossy(&v).into_owned());
-        let can_sign = self.flag(s, handle, AttributeType::Sign)?;
-        let can_decrypt = self.flag(s, handle, AttributeType::Decrypt)?;
+        let key_type = self.key_type(s, handle).map_err(setup)?;
+        let id = self.attribute(s, handle, AttributeType::Id).map_err(setup)?.unwrap_or_default();
+        let label = self.attribute(s, handle, AttributeType::Label).map_err(setup)?.map(|v| String::from_utf8_lossy(&v).into_owned());
+        let can_sign = self.flag(s, handle, AttributeType::Sign).map_err(setup)?;
+        let can_decrypt = self.flag(s, handle, AttributeType::Decrypt).map_err(setup)?;
         let public = match key_type {
             Some(KeyType::RSA) => {
-                let public = self.rsa_public(s, handle)?;
+                let public = self.rsa_public(s, handle).map_err(setup)?;
                 if matches!(&public, PublicKey::Rsa { n, e } if n.is_empty() || e.is_empty()) {
-                    return Err("the token does not reveal the RSA key's modulus and exponent".into());
+                    return Err(setup("the token does not reveal the RSA key's modulus and exponent".into()));
                 }
-                check_rsa_size(&public)?;
+                check_rsa_size(&public).map_err(OpError::NoKey)?;
                 public
             }
             Some(KeyType::EC) => {
-                let params =
-                    self.attribute(s, handle, AttributeType::EcParams)?.ok_or("the token does not reveal the EC key's curve (CKA_EC_PARAMS)")?;
-                let point = self.ec_point(s, handle, &id, label.as_deref())?.ok_or_else(|| {
-                    format!(
+                let params = self
+                    .attribute(s, handle, AttributeType::EcParams)
+                    .map_err(setup)?
+                    .ok_or_else(|| setup("the token does not reveal the EC key's curve (CKA_EC_PARAMS)".into()))?;
+                let point = self.ec_point(s, handle, &id, label.as_deref()).map_err(setup)?.ok_or_else(|| {
+                    setup(format!(
                         "no public key object with the same CKA_ID ({}) as the EC private key; \
                          store the public key on the token beside the private key",
                         hex(&id)
-                    )
+                    ))
                 })?;
                 PublicKey::Ec { params, point }
             }
-            Some(other) => return Err(format!("the key is of type {other}, which mod_hsm_ssl does not serve; {SUPPORTED}")),
-            None => return Err("the token does not say what type the key is".into()),
+            Some(other) => return Err(OpError::NoKey(format!("the key is of type {other}, which mod_hsm_ssl does not serve; {SUPPORTED}"))),
+            None => return Err(setup("the token does not say what type the key is".into())),
         };
         let facts = KeyFacts {
             uri_text: uri_text.to_string(),
@@ -102,7 +105,7 @@ impl Hsm {
             public,
             can_sign,
             can_decrypt,
-            protection: self.protection(s, handle).map_err(|e| format!("reading the key's protection attributes: {e}"))?,
+            protection: self.protection(s, handle).map_err(|e| setup(format!("reading the key's protection attributes: {e}")))?,
         };
         Ok(KeyRef::new(facts, None, self.binding.clone()))
     }
