@@ -93,6 +93,7 @@ fn main() {
         .allowlist_var("OSSL_(PKEY|SIGNATURE|ASYM_CIPHER|PROV)_PARAM_.*|OSSL_PKEY_RSA_PAD_MODE_.*|OSSL_PKEY_EC_.*|OSSL_PKEY_RSA_PSS_SALT_LEN_.*")
         .allowlist_function("SSL_CTX_get_ciphers|SSL_CIPHER_get_kx_nid")
         .allowlist_var("NID_kx_(rsa|rsa_psk|any)")
+        .allowlist_type("OSSL_FUNC_.*_fn")
         .allowlist_type("OSSL_PARAM|OSSL_CALLBACK|OSSL_DISPATCH|OSSL_ALGORITHM|OSSL_CORE_HANDLE|OSSL_provider_init_fn|UI_METHOD|OSSL_STORE_LOADER|OSSL_STORE_LOADER_CTX|OSSL_STORE_INFO")
         .blocklist_type("EVP_PKEY|evp_pkey_st|OSSL_LIB_CTX|ossl_lib_ctx_st|BIGNUM|bignum_st|ENGINE|engine_st|OSSL_PROVIDER|ossl_provider_st")
         .blocklist_type("SSL_CTX|ssl_ctx_st|SSL_CIPHER|ssl_cipher_st|stack_st_SSL_CIPHER")

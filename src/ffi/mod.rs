@@ -15,19 +15,21 @@ pub mod ossl {
 mod guard;
 pub use guard::guard;
 
-/// Casts a typed C function pointer to the untyped form OpenSSL's dispatch
-/// tables hold. The id stored beside it tells OpenSSL the real signature.
+/// An entry of an OpenSSL dispatch table: function `$f` under `$id`,
+/// checked by the compiler against `$ty`, OpenSSL's own typedef for that id
+/// (`OSSL_FUNC_<name>_fn` from core_dispatch.h, through bindgen), then cast
+/// to the untyped form the table holds.
 #[macro_export]
 macro_rules! dispatch {
     ($id:expr, $f:expr, $ty:ty) => {{
-        let f: $ty = $f;
+        let f: $ty = Some($f);
         $crate::ffi::ossl::OSSL_DISPATCH {
             function_id: $id as ::std::ffi::c_int,
             // SAFETY: OpenSSL calls this pointer only through the
-            // signature that the function id documents in
-            // core_dispatch.h, which the given type spells out;
-            // transmuting between function pointer types keeps the address.
-            function: Some(unsafe { ::std::mem::transmute::<$ty, unsafe extern "C" fn()>(f) }),
+            // signature its typedef for the id gives, which `f` has;
+            // transmuting between (optional) function pointer types keeps
+            // the address.
+            function: unsafe { ::std::mem::transmute::<$ty, Option<unsafe extern "C" fn()>>(f) },
         }
     }};
 }

@@ -368,25 +368,16 @@ unsafe extern "C" fn gettable(_c: *mut c_void, _provctx: *mut c_void) -> *const 
     GETTABLE.as_ptr()
 }
 
-type NewCtx = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
-type FreeCtx = unsafe extern "C" fn(*mut c_void);
-type DupCtx = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
-type Init = unsafe extern "C" fn(*mut c_void, *mut c_void, *const OSSL_PARAM) -> c_int;
-type Dec = unsafe extern "C" fn(*mut c_void, *mut u8, *mut usize, usize, *const u8, usize) -> c_int;
-type SetP = unsafe extern "C" fn(*mut c_void, *const OSSL_PARAM) -> c_int;
-type GetP = unsafe extern "C" fn(*mut c_void, *mut OSSL_PARAM) -> c_int;
-type Table = unsafe extern "C" fn(*mut c_void, *mut c_void) -> *const OSSL_PARAM;
-
 pub static RSA_ASYM_CIPHER: [ossl::OSSL_DISPATCH; 10] = [
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_NEWCTX, newctx, NewCtx),
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_FREECTX, freectx, FreeCtx),
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_DUPCTX, dupctx, DupCtx),
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_DECRYPT_INIT, decrypt_init, Init),
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_DECRYPT, decrypt, Dec),
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_SET_CTX_PARAMS, set_ctx_params, SetP),
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_SETTABLE_CTX_PARAMS, settable, Table),
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_GET_CTX_PARAMS, get_ctx_params, GetP),
-    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_GETTABLE_CTX_PARAMS, gettable, Table),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_NEWCTX, newctx, ossl::OSSL_FUNC_asym_cipher_newctx_fn),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_FREECTX, freectx, ossl::OSSL_FUNC_asym_cipher_freectx_fn),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_DUPCTX, dupctx, ossl::OSSL_FUNC_asym_cipher_dupctx_fn),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_DECRYPT_INIT, decrypt_init, ossl::OSSL_FUNC_asym_cipher_decrypt_init_fn),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_DECRYPT, decrypt, ossl::OSSL_FUNC_asym_cipher_decrypt_fn),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_SET_CTX_PARAMS, set_ctx_params, ossl::OSSL_FUNC_asym_cipher_set_ctx_params_fn),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_SETTABLE_CTX_PARAMS, settable, ossl::OSSL_FUNC_asym_cipher_settable_ctx_params_fn),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_GET_CTX_PARAMS, get_ctx_params, ossl::OSSL_FUNC_asym_cipher_get_ctx_params_fn),
+    dispatch!(ossl::OSSL_FUNC_ASYM_CIPHER_GETTABLE_CTX_PARAMS, gettable, ossl::OSSL_FUNC_asym_cipher_gettable_ctx_params_fn),
     DISPATCH_END,
 ];
 

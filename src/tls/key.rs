@@ -475,33 +475,21 @@ unsafe extern "C" fn ec_op_name(op: c_int) -> *const c_char {
     }
 }
 
-type NewFn = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
-type FreeFn = unsafe extern "C" fn(*mut c_void);
-type DupFn = unsafe extern "C" fn(*const c_void, c_int) -> *mut c_void;
-type HasFn = unsafe extern "C" fn(*const c_void, c_int) -> c_int;
-type MatchFn = unsafe extern "C" fn(*const c_void, *const c_void, c_int) -> c_int;
-type ImportFn = unsafe extern "C" fn(*mut c_void, c_int, *const OSSL_PARAM) -> c_int;
-type ExportFn = unsafe extern "C" fn(*mut c_void, c_int, OSSL_CALLBACK, *mut c_void) -> c_int;
-type TypesFn = unsafe extern "C" fn(c_int) -> *const OSSL_PARAM;
-type GettableFn = unsafe extern "C" fn(*mut c_void) -> *const OSSL_PARAM;
-type GetParamsFn = unsafe extern "C" fn(*mut c_void, *mut OSSL_PARAM) -> c_int;
-type OpNameFn = unsafe extern "C" fn(c_int) -> *const c_char;
-
 macro_rules! keymgmt_table {
     ($new:expr, $types:expr, $gettable:expr, $opname:expr) => {
         [
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_NEW, $new, NewFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_FREE, free, FreeFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_DUP, dup, DupFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_HAS, has, HasFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_MATCH, matches, MatchFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_IMPORT, import, ImportFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_IMPORT_TYPES, $types, TypesFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_EXPORT, export, ExportFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_EXPORT_TYPES, $types, TypesFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_GET_PARAMS, get_params, GetParamsFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, $gettable, GettableFn),
-            dispatch!(ossl::OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, $opname, OpNameFn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_NEW, $new, ossl::OSSL_FUNC_keymgmt_new_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_FREE, free, ossl::OSSL_FUNC_keymgmt_free_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_DUP, dup, ossl::OSSL_FUNC_keymgmt_dup_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_HAS, has, ossl::OSSL_FUNC_keymgmt_has_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_MATCH, matches, ossl::OSSL_FUNC_keymgmt_match_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_IMPORT, import, ossl::OSSL_FUNC_keymgmt_import_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_IMPORT_TYPES, $types, ossl::OSSL_FUNC_keymgmt_import_types_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_EXPORT, export, ossl::OSSL_FUNC_keymgmt_export_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_EXPORT_TYPES, $types, ossl::OSSL_FUNC_keymgmt_export_types_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_GET_PARAMS, get_params, ossl::OSSL_FUNC_keymgmt_get_params_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_GETTABLE_PARAMS, $gettable, ossl::OSSL_FUNC_keymgmt_gettable_params_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_QUERY_OPERATION_NAME, $opname, ossl::OSSL_FUNC_keymgmt_query_operation_name_fn),
             DISPATCH_END,
         ]
     };

@@ -97,16 +97,11 @@ const VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_V
     Err(_) => c"0",
 };
 
-type QueryFn = unsafe extern "C" fn(*mut c_void, c_int, *mut c_int) -> *const OSSL_ALGORITHM;
-type TeardownFn = unsafe extern "C" fn(*mut c_void);
-type GettableFn = unsafe extern "C" fn(*mut c_void) -> *const OSSL_PARAM;
-type GetParamsFn = unsafe extern "C" fn(*mut c_void, *mut OSSL_PARAM) -> c_int;
-
 static PROVIDER_DISPATCH: [OSSL_DISPATCH; 5] = [
-    dispatch!(ossl::OSSL_FUNC_PROVIDER_QUERY_OPERATION, query_operation, QueryFn),
-    dispatch!(ossl::OSSL_FUNC_PROVIDER_TEARDOWN, teardown, TeardownFn),
-    dispatch!(ossl::OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, gettable_params, GettableFn),
-    dispatch!(ossl::OSSL_FUNC_PROVIDER_GET_PARAMS, get_params, GetParamsFn),
+    dispatch!(ossl::OSSL_FUNC_PROVIDER_QUERY_OPERATION, query_operation, ossl::OSSL_FUNC_provider_query_operation_fn),
+    dispatch!(ossl::OSSL_FUNC_PROVIDER_TEARDOWN, teardown, ossl::OSSL_FUNC_provider_teardown_fn),
+    dispatch!(ossl::OSSL_FUNC_PROVIDER_GETTABLE_PARAMS, gettable_params, ossl::OSSL_FUNC_provider_gettable_params_fn),
+    dispatch!(ossl::OSSL_FUNC_PROVIDER_GET_PARAMS, get_params, ossl::OSSL_FUNC_provider_get_params_fn),
     DISPATCH_END,
 ];
 

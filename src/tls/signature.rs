@@ -479,34 +479,22 @@ unsafe extern "C" fn gettable_ctx_params(_c: *mut c_void, _provctx: *mut c_void)
     GETTABLE.as_ptr()
 }
 
-type NewCtx = unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void;
-type FreeCtx = unsafe extern "C" fn(*mut c_void);
-type DupCtx = unsafe extern "C" fn(*mut c_void) -> *mut c_void;
-type Init = unsafe extern "C" fn(*mut c_void, *mut c_void, *const OSSL_PARAM) -> c_int;
-type SignFn = unsafe extern "C" fn(*mut c_void, *mut u8, *mut usize, usize, *const u8, usize) -> c_int;
-type DInit = unsafe extern "C" fn(*mut c_void, *const c_char, *mut c_void, *const OSSL_PARAM) -> c_int;
-type DUpdate = unsafe extern "C" fn(*mut c_void, *const u8, usize) -> c_int;
-type DFinal = unsafe extern "C" fn(*mut c_void, *mut u8, *mut usize, usize) -> c_int;
-type SetP = unsafe extern "C" fn(*mut c_void, *const OSSL_PARAM) -> c_int;
-type GetP = unsafe extern "C" fn(*mut c_void, *mut OSSL_PARAM) -> c_int;
-type Table = unsafe extern "C" fn(*mut c_void, *mut c_void) -> *const OSSL_PARAM;
-
 macro_rules! signature_table {
     ($newctx:expr) => {
         [
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_NEWCTX, $newctx, NewCtx),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_FREECTX, freectx, FreeCtx),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DUPCTX, dupctx, DupCtx),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SIGN_INIT, sign_init, Init),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SIGN, sign, SignFn),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_INIT, digest_sign_init, DInit),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_UPDATE, digest_sign_update, DUpdate),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, digest_sign_final, DFinal),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN, digest_sign, SignFn),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, set_ctx_params, SetP),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, settable_ctx_params, Table),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_GET_CTX_PARAMS, get_ctx_params, GetP),
-            dispatch!(ossl::OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, gettable_ctx_params, Table),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_NEWCTX, $newctx, ossl::OSSL_FUNC_signature_newctx_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_FREECTX, freectx, ossl::OSSL_FUNC_signature_freectx_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DUPCTX, dupctx, ossl::OSSL_FUNC_signature_dupctx_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SIGN_INIT, sign_init, ossl::OSSL_FUNC_signature_sign_init_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SIGN, sign, ossl::OSSL_FUNC_signature_sign_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_INIT, digest_sign_init, ossl::OSSL_FUNC_signature_digest_sign_init_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_UPDATE, digest_sign_update, ossl::OSSL_FUNC_signature_digest_sign_update_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, digest_sign_final, ossl::OSSL_FUNC_signature_digest_sign_final_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_DIGEST_SIGN, digest_sign, ossl::OSSL_FUNC_signature_digest_sign_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, set_ctx_params, ossl::OSSL_FUNC_signature_set_ctx_params_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, settable_ctx_params, ossl::OSSL_FUNC_signature_settable_ctx_params_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_GET_CTX_PARAMS, get_ctx_params, ossl::OSSL_FUNC_signature_get_ctx_params_fn),
+            dispatch!(ossl::OSSL_FUNC_SIGNATURE_GETTABLE_CTX_PARAMS, gettable_ctx_params, ossl::OSSL_FUNC_signature_gettable_ctx_params_fn),
             DISPATCH_END,
         ]
     };
