@@ -6,82 +6,37 @@
 use std::ffi::{c_char, c_int, CStr};
 use std::ptr;
 
+use foreign_types::ForeignType;
+use openssl::pkey::{HasPublic, PKey, PKeyRef};
+use openssl::x509::X509;
 use openssl_sys as sys;
 
 use crate::ffi::ossl;
 use crate::pkcs11::token::PublicKey;
-use crate::tls::digest::{Digest, Hasher};
 use crate::tls::key::Public;
 
-/// Owned EVP_PKEY, freed on drop.
-pub(crate) struct Pkey(*mut sys::EVP_PKEY);
-
-// SAFETY: an EVP_PKEY is reference-counted and, once built, only read
-// (OpenSSL 3 allows any number of threads to use one key at the same time,
-// each with its own EVP_PKEY_CTX); the one reference owned here is freed
-// once, on drop.
-unsafe impl Send for Pkey {}
-// SAFETY: see Send.
-unsafe impl Sync for Pkey {}
-
-impl Drop for Pkey {
-    fn drop(&mut self) {
-        // SAFETY: we own one reference.
-        unsafe { sys::EVP_PKEY_free(self.0) }
+/// SHA-256 fingerprint of a key's SubjectPublicKeyInfo.
+fn fingerprint<T: HasPublic>(key: &PKeyRef<T>) -> String {
+    match key.public_key_to_der() {
+        Ok(der) => format!("sha256:{}", openssl::sha::sha256(&der).iter().map(|b| format!("{b:02x}")).collect::<String>()),
+        Err(_) => "(unencodable)".into(),
     }
 }
 
-impl Pkey {
-    /// The EVP_PKEY, owned by `self`.
-    pub(crate) fn as_ptr(&self) -> *mut sys::EVP_PKEY {
-        self.0
-    }
-
-    fn fingerprint(&self) -> String {
-        // SAFETY: two-pass i2d into a buffer of the size OpenSSL reports.
-        let der = unsafe {
-            let n = sys::i2d_PUBKEY(self.0, ptr::null_mut());
-            if n <= 0 {
-                return "(unencodable)".into();
-            }
-            let mut buf = vec![0u8; n as usize];
-            let mut p = buf.as_mut_ptr();
-            sys::i2d_PUBKEY(self.0, &mut p);
-            buf
-        };
-        let d = Hasher::oneshot(Digest::Sha256, &der).unwrap_or_default();
-        format!("sha256:{}", d.iter().map(|b| format!("{b:02x}")).collect::<String>())
-    }
-}
-
-fn cert_key(path: &str) -> Result<Pkey, String> {
+fn cert_key(path: &str) -> Result<PKey<openssl::pkey::Public>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read certificate {path}: {e}"))?;
-    // SAFETY: a read-only memory BIO over `pem`, freed here; the X509 is
-    // freed after taking its own reference to the public key.
-    unsafe {
-        let bio = sys::BIO_new_mem_buf(pem.as_ptr().cast(), pem.len() as c_int);
-        if bio.is_null() {
-            return Err("out of memory".into());
-        }
-        let x = sys::PEM_read_bio_X509(bio, ptr::null_mut(), None, ptr::null_mut());
-        sys::BIO_free_all(bio);
-        sys::ERR_clear_error();
-        if x.is_null() {
-            return Err(format!("{path} holds no PEM certificate"));
-        }
-        let k = sys::X509_get_pubkey(x);
-        sys::X509_free(x);
-        if k.is_null() {
-            return Err(format!("the certificate in {path} has a public key OpenSSL cannot read"));
-        }
-        Ok(Pkey(k))
-    }
+    let x = X509::from_pem(&pem).map_err(|_| format!("{path} holds no PEM certificate"))?;
+    x.public_key().map_err(|_| format!("the certificate in {path} has a public key OpenSSL cannot read"))
 }
 
 /// The token key's public half as an ordinary (default provider) key.
-pub(crate) fn token_key(public: &Public) -> Result<Pkey, String> {
+/// Built with OSSL_PARAMs and "provider=default", which the `openssl`
+/// crate cannot express: with no property query OpenSSL could pick this
+/// module's own RSA or EC key management for it.
+pub(crate) fn token_key(public: &Public) -> Result<PKey<openssl::pkey::Public>, String> {
     // SAFETY: builder, parameter array and context are created and freed
-    // here; the cast is between two declarations of the same C struct.
+    // here; the cast is between two declarations of the same C struct; the
+    // new key's one reference goes to the PKey, which frees it.
     unsafe {
         let bld = ossl::OSSL_PARAM_BLD_new();
         let mut bns = Vec::new();
@@ -129,13 +84,13 @@ pub(crate) fn token_key(public: &Public) -> Result<Pkey, String> {
         if !ok || pk.is_null() {
             return Err("OpenSSL rejected the token's public key".into());
         }
-        Ok(Pkey(pk))
+        Ok(PKey::from_ptr(pk))
     }
 }
 
 /// SHA-256 fingerprint of the token key's SubjectPublicKeyInfo.
 pub fn token_fingerprint(public: &PublicKey) -> Result<String, String> {
-    Ok(token_key(&Public::from_token(public)?)?.fingerprint())
+    Ok(fingerprint(&*token_key(&Public::from_token(public)?)?))
 }
 
 /// Why a certificate and a token key do not go together.
@@ -169,11 +124,8 @@ impl std::error::Error for CertCheckError {}
 pub fn check(cert_path: &str, public: &PublicKey) -> Result<(), CertCheckError> {
     let cert = cert_key(cert_path).map_err(CertCheckError::Unreadable)?;
     let token = Public::from_token(public).and_then(|p| token_key(&p)).map_err(CertCheckError::Unreadable)?;
-    // SAFETY: two valid keys.
-    if unsafe { sys::EVP_PKEY_eq(cert.0, token.0) } == 1 {
+    if cert.public_eq(&token) {
         return Ok(());
     }
-    // SAFETY: clear whatever EVP_PKEY_eq left on the error queue.
-    unsafe { sys::ERR_clear_error() };
-    Err(CertCheckError::Mismatch { cert: cert_path.to_string(), cert_key: cert.fingerprint(), token_key: token.fingerprint() })
+    Err(CertCheckError::Mismatch { cert: cert_path.to_string(), cert_key: fingerprint(&cert), token_key: fingerprint(&token) })
 }

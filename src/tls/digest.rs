@@ -1,12 +1,10 @@
 //! The digests TLS signs with, their DigestInfo prefixes and their PKCS#11
 //! names. Hashing happens here in OpenSSL; only the digest goes to the token.
 
-use std::ffi::{c_uint, CString};
-use std::sync::OnceLock;
-
 use cryptoki::mechanism::rsa::PkcsMgfType;
 use cryptoki::mechanism::MechanismType;
-use openssl_sys as sys;
+use openssl::hash::MessageDigest;
+use openssl::md::{Md, MdRef};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Digest {
@@ -51,13 +49,26 @@ impl Digest {
         }
     }
 
-    fn openssl_name(self) -> &'static str {
+    /// OpenSSL's digest, for hashing and for the signature check. The
+    /// digests are fetched from whichever provider offers them (this
+    /// module's offers none).
+    pub(crate) fn md(self) -> &'static MdRef {
         match self {
-            Digest::Sha1 => "SHA1",
-            Digest::Sha224 => "SHA2-224",
-            Digest::Sha256 => "SHA2-256",
-            Digest::Sha384 => "SHA2-384",
-            Digest::Sha512 => "SHA2-512",
+            Digest::Sha1 => Md::sha1(),
+            Digest::Sha224 => Md::sha224(),
+            Digest::Sha256 => Md::sha256(),
+            Digest::Sha384 => Md::sha384(),
+            Digest::Sha512 => Md::sha512(),
+        }
+    }
+
+    fn message_digest(self) -> MessageDigest {
+        match self {
+            Digest::Sha1 => MessageDigest::sha1(),
+            Digest::Sha224 => MessageDigest::sha224(),
+            Digest::Sha256 => MessageDigest::sha256(),
+            Digest::Sha384 => MessageDigest::sha384(),
+            Digest::Sha512 => MessageDigest::sha512(),
         }
     }
 
@@ -91,93 +102,34 @@ impl Digest {
             Digest::Sha512 => PkcsMgfType::MGF1_SHA512,
         }
     }
-
-    /// The fetched EVP_MD, once per process (the pointer lives as long as
-    /// libcrypto, which is never unloaded).
-    pub(crate) fn md(self) -> *const sys::EVP_MD {
-        static MDS: [OnceLock<usize>; 5] = [OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new(), OnceLock::new()];
-        let cell = &MDS[self as usize];
-        *cell.get_or_init(|| {
-            let name = CString::new(self.openssl_name()).expect("static name");
-            // SAFETY: plain fetch from the default library context with
-            // static NUL-terminated strings; the result is kept for the
-            // process's life.
-            unsafe { sys::EVP_MD_fetch(std::ptr::null_mut(), name.as_ptr(), c"provider=default".as_ptr()) as usize }
-        }) as *const sys::EVP_MD
-    }
 }
 
 /// An incremental hash (for DigestSignUpdate / Final).
+#[derive(Clone)]
 pub struct Hasher {
-    ctx: *mut sys::EVP_MD_CTX,
+    inner: openssl::hash::Hasher,
     pub digest: Digest,
 }
 
-// SAFETY: an EVP_MD_CTX is plain memory owned by this struct; OpenSSL uses
-// one provider signature context from one thread at a time.
-unsafe impl Send for Hasher {}
-
 impl Hasher {
     pub fn new(digest: Digest) -> Option<Hasher> {
-        let md = digest.md();
-        if md.is_null() {
-            return None;
-        }
-        // SAFETY: a fresh context initialised with a fetched digest.
-        unsafe {
-            let ctx = sys::EVP_MD_CTX_new();
-            if ctx.is_null() {
-                return None;
-            }
-            if sys::EVP_DigestInit_ex(ctx, md, std::ptr::null_mut()) != 1 {
-                sys::EVP_MD_CTX_free(ctx);
-                return None;
-            }
-            Some(Hasher { ctx, digest })
-        }
+        Some(Hasher { inner: openssl::hash::Hasher::new(digest.message_digest()).ok()?, digest })
     }
 
     pub fn update(&mut self, data: &[u8]) -> bool {
-        // SAFETY: ctx is initialised; data is a valid slice.
-        unsafe { sys::EVP_DigestUpdate(self.ctx, data.as_ptr().cast(), data.len()) == 1 }
+        self.inner.update(data).is_ok()
     }
 
     pub fn finish(&mut self) -> Option<Vec<u8>> {
-        let mut out = vec![0u8; 64];
-        let mut len: c_uint = 0;
-        // SAFETY: out has room for the largest digest (64 bytes).
-        if unsafe { sys::EVP_DigestFinal_ex(self.ctx, out.as_mut_ptr(), &mut len) } != 1 {
-            return None;
-        }
-        out.truncate(len as usize);
-        Some(out)
+        self.inner.finish().ok().map(|d| d.to_vec())
     }
 
     pub fn try_clone(&self) -> Option<Hasher> {
-        // SAFETY: copying one initialised context into a fresh one.
-        unsafe {
-            let ctx = sys::EVP_MD_CTX_new();
-            if ctx.is_null() || sys::EVP_MD_CTX_copy_ex(ctx, self.ctx) != 1 {
-                sys::EVP_MD_CTX_free(ctx);
-                return None;
-            }
-            Some(Hasher { ctx, digest: self.digest })
-        }
+        Some(self.clone())
     }
 
     pub fn oneshot(digest: Digest, data: &[u8]) -> Option<Vec<u8>> {
-        let mut h = Hasher::new(digest)?;
-        if !h.update(data) {
-            return None;
-        }
-        h.finish()
-    }
-}
-
-impl Drop for Hasher {
-    fn drop(&mut self) {
-        // SAFETY: ctx was allocated by EVP_MD_CTX_new and is freed once.
-        unsafe { sys::EVP_MD_CTX_free(self.ctx) }
+        openssl::hash::hash(digest.message_digest(), data).ok().map(|d| d.to_vec())
     }
 }
 

@@ -13,12 +13,12 @@
 //! tool gets its EVP_PKEY, see `provider::evp_pkey_for`) and shared by all
 //! threads; each check only makes a short-lived EVP_PKEY_CTX.
 
-use std::ffi::c_int;
-use std::ptr;
+use openssl::pkey::PKey;
+use openssl::pkey_ctx::PkeyCtx;
+use openssl::rsa::Padding;
+use openssl::sign::RsaPssSaltlen;
 
-use openssl_sys as sys;
-
-use crate::tls::certcheck::{token_key, Pkey};
+use crate::tls::certcheck::token_key;
 use crate::tls::digest::Digest;
 use crate::tls::key::Public;
 
@@ -50,7 +50,7 @@ impl std::fmt::Display for Scheme {
 /// The public half of one token key, as an ordinary OpenSSL key that
 /// verifies its signatures.
 pub struct SigCheck {
-    key: Pkey,
+    key: PKey<openssl::pkey::Public>,
 }
 
 impl SigCheck {
@@ -63,45 +63,32 @@ impl SigCheck {
     /// OpenSSL could not even run the check (the caller must then not send
     /// the signature either).
     pub fn verifies(&self, scheme: Scheme, tbs: &[u8], sig: &[u8]) -> Result<bool, String> {
-        const RSA_PKCS1_PADDING: c_int = 1;
-        const RSA_PKCS1_PSS_PADDING: c_int = 6;
-        let md = |d: Digest| {
-            let m = d.md();
-            (!m.is_null()).then_some(m)
+        let setup = || -> Result<PkeyCtx<openssl::pkey::Public>, openssl::error::ErrorStack> {
+            let mut ctx = PkeyCtx::new(&self.key)?;
+            ctx.verify_init()?;
+            match scheme {
+                Scheme::Pkcs1(d) => {
+                    ctx.set_rsa_padding(Padding::PKCS1)?;
+                    if let Some(d) = d {
+                        ctx.set_signature_md(d.md())?;
+                    }
+                }
+                Scheme::Pss { md, mgf1, salt } => {
+                    ctx.set_rsa_padding(Padding::PKCS1_PSS)?;
+                    ctx.set_signature_md(md.md())?;
+                    ctx.set_rsa_mgf1_md(mgf1.md())?;
+                    let salt = i32::try_from(salt).map_err(|_| openssl::error::ErrorStack::get())?;
+                    ctx.set_rsa_pss_saltlen(RsaPssSaltlen::custom(salt))?;
+                }
+                Scheme::Ecdsa => {}
+            }
+            Ok(ctx)
         };
-        // SAFETY: the context is made from our own valid key and freed
-        // before returning; the digests are fetched once per process and
-        // never freed; tbs and sig are valid for their lengths.
-        unsafe {
-            let ctx = sys::EVP_PKEY_CTX_new(self.key.as_ptr(), ptr::null_mut());
-            if ctx.is_null() {
-                sys::ERR_clear_error();
-                return Err("OpenSSL could not make a context to verify the signature".into());
-            }
-            let ready = sys::EVP_PKEY_verify_init(ctx) == 1
-                && match scheme {
-                    Scheme::Pkcs1(d) => {
-                        sys::EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1
-                            && d.map_or(true, |d| md(d).is_some_and(|m| sys::EVP_PKEY_CTX_set_signature_md(ctx, m) == 1))
-                    }
-                    Scheme::Pss { md: d, mgf1, salt } => {
-                        sys::EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) == 1
-                            && md(d).is_some_and(|m| sys::EVP_PKEY_CTX_set_signature_md(ctx, m) == 1)
-                            && md(mgf1).is_some_and(|m| sys::EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, m) == 1)
-                            && c_int::try_from(salt).is_ok_and(|s| sys::EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, s) == 1)
-                    }
-                    Scheme::Ecdsa => true,
-                };
-            let verified = ready && sys::EVP_PKEY_verify(ctx, sig.as_ptr(), sig.len(), tbs.as_ptr(), tbs.len()) == 1;
-            sys::EVP_PKEY_CTX_free(ctx);
-            // A signature that does not verify leaves its reason on the
-            // error queue; libssl must not find it there later.
-            sys::ERR_clear_error();
-            if !ready {
-                return Err(format!("OpenSSL could not set up the check of an {scheme} signature"));
-            }
-            Ok(verified)
-        }
+        let mut ctx = setup().map_err(|_| format!("OpenSSL could not set up the check of an {scheme} signature"))?;
+        // A signature that does not verify can leave its reason on the
+        // error queue; `verify` takes it off (libssl must not find it
+        // there later) and answers Err: the signature does not verify.
+        Ok(ctx.verify(tbs, sig).unwrap_or(false))
     }
 }
 
