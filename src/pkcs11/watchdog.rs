@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 /// How often the watchdog looks at the calls in flight.
-const TICK: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_millis(25);
 
 /// One thread's call in flight: when it began (ms since [`EPOCH`], 0 for
 /// none), and whether the watchdog reported it already.
