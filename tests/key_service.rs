@@ -647,6 +647,34 @@ fn a_killed_key_service_is_started_again_and_the_children_keep_running() {
     assert!(!log.contains("exit signal"), "a child crashed:\n{log}");
 }
 
+#[test]
+fn a_key_service_that_keeps_dying_is_started_again_later_and_later() {
+    let mut s = ks_site("ks-backoff", Mpm::Event, RSA, "");
+    s.start();
+    s.get(tls("1.3"));
+    // Four deaths, each soon after the service (re)started: the parent
+    // waits 100, 200, 400, 800 ms before the next one opens the token.
+    let mut pid = wait_one_key_service(&s, Duration::from_secs(5));
+    let t = Instant::now();
+    for _ in 0..4 {
+        kill(pid, libc::SIGKILL);
+        pid = loop {
+            let ks = key_services(&s);
+            if ks.len() == 1 && ks[0] != pid {
+                break ks[0];
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "no new key service: {ks:?}\n{}", s.apache.error_log());
+            std::thread::sleep(Duration::from_millis(5));
+        };
+    }
+    let log = s.apache.error_log();
+    let delays: Vec<u64> = log.lines().filter_map(|l| l.split("to open the token in ").nth(1)?.split(" ms").next()?.parse().ok()).collect();
+    assert_eq!(delays, vec![100, 200, 400, 800], "restart delays:\n{log}");
+    // The last one serves once its wait is over.
+    serving_by(&s, Instant::now(), Duration::from_secs(3));
+    assert_eq!(key_services(&s), vec![pid]);
+}
+
 /// Polls until exactly one key service of `s` runs and every earlier one
 /// (`seen`) other than it has exited (10 s); its pid.
 fn settled_key_service(s: &Site, seen: &BTreeSet<i32>, what: &str) -> i32 {

@@ -364,6 +364,7 @@ impl Generation {
             parent: std::process::id() as libc::pid_t,
             binding: binding.clone(),
             keys: Vec::new(),
+            delay: Duration::ZERO,
         };
         *self.service_socket.lock() = Some(plan.socket.clone());
         super::supervise::start(pconf, process_pool, plan).map(|_| ()).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -36,6 +36,8 @@ struct Supervised {
     /// is being loaded (see `keyservice::control`).
     control: Option<UnixStream>,
     pid: libc::pid_t,
+    /// When it was forked.
+    started: Instant,
     /// The APR record registered as an other child (lives in `pool`).
     proc_: *mut apr_proc_t,
     /// This service's own pool, under httpd's process pool.
@@ -223,7 +225,7 @@ fn spawn(process_pool: *mut apr_pool_t, plan: Plan, listener: UnixListener) -> R
         let proc_ = httpd::apr_palloc(pool, std::mem::size_of::<apr_proc_t>()) as *mut apr_proc_t;
         ptr::write_bytes(proc_, 0, 1);
         (*proc_).pid = pid;
-        *CURRENT.lock() = Some(Supervised { plan, listener: Some(listener), control, pid, proc_, pool });
+        *CURRENT.lock() = Some(Supervised { plan, listener: Some(listener), control, pid, started: Instant::now(), proc_, pool });
         httpd::apr_proc_other_child_register(proc_, Some(maintenance), proc_.cast(), ptr::null_mut(), pool);
     }
     Ok(pid)
@@ -316,7 +318,9 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
         unsafe {
             httpd::apr_proc_other_child_unregister(data);
         }
-        let (plan, pool, pid, listener) = (s.plan, s.pool, s.pid, s.listener);
+        let (mut plan, pool, pid, listener, lived) = (s.plan, s.pool, s.pid, s.listener, s.started.elapsed());
+        let waited = plan.delay;
+        plan.delay = restart_delay(lived, waited);
         let process_pool = PROCESS_POOL.load(Ordering::Relaxed);
         // SAFETY: nothing refers to this pool any more.
         unsafe { httpd::apr_pool_destroy(pool) };
@@ -328,16 +332,67 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
         if stopping() {
             return;
         }
-        log::error!("key service (pid {pid}) died ({}); starting it again", describe_status(reason, status));
+        if plan.delay.is_zero() {
+            log::error!("key service (pid {pid}) died ({}); starting it again", describe_status(reason, status));
+        } else {
+            log::error!(
+                "key service (pid {pid}) died ({}) {} ms after it started; starting it again, to open the token in {} ms",
+                describe_status(reason, status),
+                lived.saturating_sub(waited).as_millis(),
+                plan.delay.as_millis()
+            );
+        }
         if let Err(e) = spawn(process_pool, plan, listener) {
             log::error!("key service could not be started again: {e}; handshakes with token keys fail until httpd is restarted");
         }
     })
 }
+/// A service that served for [`STABLE`] is started again at once; one that
+/// died sooner waits before it opens the token, 100 ms doubling to 5 s, so
+/// that a service that cannot live (a library that crashes at once, say)
+/// costs a fork and a login attempt every few seconds, not a storm.
+const STABLE: Duration = Duration::from_secs(10);
+const RESTART_MIN: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_secs(5);
+
+/// The delay of the next service, after one that lived `lived` and had
+/// waited `delay` before it opened the token.
+fn restart_delay(lived: Duration, delay: Duration) -> Duration {
+    if lived >= delay + STABLE {
+        Duration::ZERO
+    } else {
+        (delay * 2).clamp(RESTART_MIN, RESTART_MAX)
+    }
+}
+
 fn describe_status(reason: u32, status: c_int) -> String {
     if reason == httpd::APR_OC_REASON_LOST {
         return "lost".into();
     }
     // APR passes the exit code or the number of the signal that ended it.
     format!("exit code or signal {status}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_that_die_soon_are_started_again_later_and_later() {
+        let ms = Duration::from_millis;
+        // A first death after a long life: at once.
+        assert_eq!(restart_delay(Duration::from_secs(3600), Duration::ZERO), Duration::ZERO);
+        // Deaths in quick succession: 100 ms, doubling, at most 5 s.
+        let mut d = restart_delay(ms(10), Duration::ZERO);
+        assert_eq!(d, ms(100));
+        let mut seen = vec![d];
+        for _ in 0..8 {
+            d = restart_delay(d + ms(10), d);
+            seen.push(d);
+        }
+        assert_eq!(&seen[..4], &[ms(100), ms(200), ms(400), ms(800)]);
+        assert_eq!(*seen.last().unwrap(), RESTART_MAX);
+        // One that then served 10 s after its wait: at once again.
+        assert_eq!(restart_delay(RESTART_MAX + STABLE, RESTART_MAX), Duration::ZERO);
+    }
 }

@@ -208,6 +208,10 @@ pub struct Plan {
     /// control channel, [`Control::Find`]), the sealed list for a service
     /// started again after one died.
     pub keys: Vec<Arc<KeyRef>>,
+    /// How long the service waits before it opens the token: zero, or the
+    /// backoff after services that died soon after they started (see
+    /// `supervise::restart_delay`).
+    pub delay: Duration,
 }
 
 /// The keys requests may name, by slot. Connection threads keep a copy of
@@ -368,6 +372,9 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         crate::pkcs11::watchdog::enable(plan.binding.op_timeout).map_err(|e| format!("cannot start a thread: {e}"))?;
     }
     log::info!("key service started: pid {} as user {}, socket {}", std::process::id(), plan.user.name, plan.socket.display());
+    // Started again after deaths in quick succession: no fork and token
+    // login storm (connections wait in the backlog meanwhile).
+    std::thread::sleep(plan.delay);
     if plan.keys.is_empty() {
         // The first service of a configuration: the parent has it find the
         // keys (the login the startup check makes is the one that serves).

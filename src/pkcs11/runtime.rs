@@ -82,7 +82,7 @@ fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
     loop {
         match found {
             Found::Ready(h) => return Ok((h, false)),
-            Found::Absent => {
+            Found::Absent | Found::Stale(_) => {
                 let opening = match deadline {
                     None => Some(OPENING.lock()),
                     Some(d) => OPENING.try_lock_until(d),
@@ -93,10 +93,17 @@ fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
                         limit.as_millis()
                     )));
                 };
+                if let Found::Stale(old) = found {
+                    close(old);
+                }
                 // Another thread may have opened it, or dropped it, meanwhile.
                 match usable(binding)? {
                     Found::Ready(h) => return Ok((h, false)),
                     Found::Absent => return open(binding),
+                    Found::Stale(old) => {
+                        close(old);
+                        return open(binding);
+                    }
                     Found::Closing => {}
                 }
             }
@@ -147,6 +154,9 @@ enum Found {
     Closing,
     /// None: it must be opened.
     Absent,
+    /// A state for another library, taken out of the slot: the caller
+    /// closes it (holding OPENING) and opens one for this binding.
+    Stale(Arc<Hsm>),
 }
 
 /// The open `Hsm` for `binding`, or why there is none; an error while the
@@ -169,10 +179,8 @@ fn usable(binding: &Arc<Binding>) -> Result<Found, OpError> {
         } else if h.binding().library == binding.library {
             return Ok(Found::Ready(h.clone()));
         } else if let Some(old) = cur.hsm.take() {
-            drop(cur);
-            let _opening = OPENING.lock();
-            close(old);
-            return Ok(Found::Absent);
+            // Not closed here: the caller may hold OPENING already.
+            return Ok(Found::Stale(old));
         }
     }
     Ok(if cur.closing > 0 { Found::Closing } else { Found::Absent })

@@ -876,7 +876,8 @@ unsafe extern "C" fn get_token_info_with_flags(slot: CK_SLOT_ID, info: *mut CK_T
 }
 
 /// C_Initialize, also logging `C_Initialize flags <hex>` (0x2 is
-/// CKF_OS_LOCKING_OK) so tests can see how the caller initialized.
+/// CKF_OS_LOCKING_OK) so tests can see how the caller initialized, and
+/// taking the `delay` of the control file.
 ///
 /// # Safety
 /// Same contract as C_Initialize.
@@ -888,6 +889,11 @@ unsafe extern "C" fn initialize_logging_flags(args: *mut c_void) -> CK_RV {
         unsafe { (*(args as *const CK_C_INITIALIZE_ARGS)).flags }
     };
     let _ = catch_unwind(|| log_call(&format!("C_Initialize flags {flags:#x}")));
+    // `delay C_Initialize <ms>`: a library slow to initialize (a network
+    // HSM's client connecting).
+    if let Ok(Some(ms)) = catch_unwind(|| delay_for("C_Initialize")) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     // SAFETY: forwarding the caller's argument to the wrapped function.
     unsafe { w::C_Initialize(args) }
 }
