@@ -478,7 +478,9 @@ fn seal_key_service() -> Result<(), String> {
     }
     let keys = g.keys.lock().clone();
     let limit = keys.first().map(|k| k.binding.op_timeout).unwrap_or(DEFAULT_OP_TIMEOUT);
-    super::supervise::seal(keys, limit).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
+    // The first of httpd's two startup passes keeps the channel, so that
+    // the second can take the service over (`supervise::adopt`).
+    super::supervise::seal(keys, !is_first_pass(), limit).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
 }
 
 /// The strings of an APR array of `const char *`.

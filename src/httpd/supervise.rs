@@ -183,14 +183,19 @@ pub fn find(slot: usize, uri: &str, limit: Duration) -> Result<ControlAnswer, St
 }
 
 /// The configuration is loaded with `keys` (slot i is `keys[i]`): the
-/// service serves them, and is started again with them if it dies.
-pub fn seal(keys: Vec<Arc<KeyRef>>, limit: Duration) -> Result<(), String> {
-    match control(&Control::Seal { count: keys.len() as u32 }, limit)? {
+/// service serves them, and is started again with them if it dies. Unless
+/// a second startup pass may take the service over (`last` false), the
+/// control channel is closed on both ends.
+pub fn seal(keys: Vec<Arc<KeyRef>>, last: bool, limit: Duration) -> Result<(), String> {
+    match control(&Control::Seal { count: keys.len() as u32, last }, limit)? {
         ControlAnswer::Sealed => {}
         other => return Err(format!("the key service answered {other:?} to the end of the configuration")),
     }
     if let Some(s) = CURRENT.lock().as_mut() {
         s.plan.keys = keys;
+        if last {
+            s.control = None;
+        }
     }
     Ok(())
 }

@@ -9,7 +9,10 @@
 //!
 //! Parent to service, `op u8 | ...`:
 //! * 1, find: `slot u32 | uri` — find the key and number it `slot`
-//! * 2, seal: `count u32` — the configuration has `count` keys, slots 0..count
+//! * 2, seal: `count u32 | last u8` — the configuration has `count` keys,
+//!   slots 0..count; with `last` the service closes the channel after its
+//!   answer (only the first of httpd's two startup passes keeps it, for
+//!   the second pass to take the service over)
 //!
 //! Service to parent, `status u8 | ...`:
 //! * 0, found: the key's facts, then `n u16 | n texts` (warnings)
@@ -25,7 +28,7 @@ pub const MAX_CONTROL: usize = 64 * 1024;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Control {
     Find { slot: u32, uri: String },
-    Seal { count: u32 },
+    Seal { count: u32, last: bool },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -74,9 +77,10 @@ impl Control {
                 b.extend_from_slice(&slot.to_be_bytes());
                 put_bytes(&mut b, uri.as_bytes());
             }
-            Control::Seal { count } => {
+            Control::Seal { count, last } => {
                 b.push(2);
                 b.extend_from_slice(&count.to_be_bytes());
+                put_flag(&mut b, *last);
             }
         }
         b
@@ -86,7 +90,7 @@ impl Control {
         let mut r = Reader(body);
         let c = match r.u8()? {
             1 => Control::Find { slot: r.u32()?, uri: text(&mut r)? },
-            2 => Control::Seal { count: r.u32()? },
+            2 => Control::Seal { count: r.u32()?, last: flag(&mut r)? },
             other => return Err(ProtoError::UnknownOp(other)),
         };
         r.end()?;
@@ -243,7 +247,11 @@ mod tests {
 
     #[test]
     fn every_message_comes_back_as_it_was_sent() {
-        for c in [Control::Find { slot: 7, uri: "pkcs11:object=a%20b".into() }, Control::Seal { count: 3 }] {
+        for c in [
+            Control::Find { slot: 7, uri: "pkcs11:object=a%20b".into() },
+            Control::Seal { count: 3, last: true },
+            Control::Seal { count: 0, last: false },
+        ] {
             assert_eq!(Control::decode(&c.encode()), Ok(c));
         }
         for a in answers() {

@@ -481,8 +481,11 @@ fn parent_of(pid: i32) -> Option<i32> {
 
 /// Serves httpd's parent on the control channel while it loads a
 /// configuration: finds each key it names, numbers it as told, and starts
-/// serving children once the list is sealed. Ends when the parent closes
-/// its end (the configuration is loaded, or gone).
+/// serving children once the list is sealed. Ends at the last seal, or
+/// when the parent closes its end. After the last seal nothing can add a
+/// key: a process that inherited the parent's end without running
+/// child_init (another module's daemon forked by the parent, mod_cgid's
+/// say) finds the channel closed.
 fn control_channel(mut s: UnixStream, binding: &Arc<Binding>) {
     loop {
         let body = match proto::read_frame_up_to(&mut s, MAX_CONTROL) {
@@ -493,12 +496,14 @@ fn control_channel(mut s: UnixStream, binding: &Arc<Binding>) {
                 return;
             }
         };
+        let mut closing = false;
         let answer = match Control::decode(&body) {
             Ok(Control::Find { slot, uri }) => find(binding, slot as usize, &uri),
-            Ok(Control::Seal { count }) => {
+            Ok(Control::Seal { count, last }) => {
                 set_keys(|k| k.truncate(count as usize));
                 runtime::set_serving();
                 log::debug!("key service (pid {}) serves {count} key(s)", std::process::id());
+                closing = last;
                 ControlAnswer::Sealed
             }
             Err(e) => {
@@ -506,7 +511,7 @@ fn control_channel(mut s: UnixStream, binding: &Arc<Binding>) {
                 return;
             }
         };
-        if proto::write_frame(&mut s, &answer.encode()).is_err() {
+        if proto::write_frame(&mut s, &answer.encode()).is_err() || closing {
             return;
         }
     }
