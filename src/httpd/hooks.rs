@@ -721,20 +721,7 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
             httpd::apr_pool_cleanup_register(pchild, ptr::null(), Some(child_cleanup), Some(httpd::apr_pool_cleanup_null));
         }
         for k in keys {
-            // A few quick attempts: sibling children start together, and a
-            // token being read by another process can answer with a
-            // transient error.
-            let mut r = runtime::with_hsm(&k.binding, |h| h.prepare(&k));
-            for pause in crate::pkcs11::policy::PREPARE_PAUSES {
-                match &r {
-                    Err(e) if e.needs_reinit() => {
-                        std::thread::sleep(pause);
-                        r = runtime::with_hsm(&k.binding, |h| h.prepare(&k));
-                    }
-                    _ => break,
-                }
-            }
-            if let Err(e) = r {
+            if let Err(e) = runtime::prepare(&k) {
                 log::error!(
                     "child {}: key {} is not usable yet: {e}; handshakes with it fail until the token is back",
                     std::process::id(),

@@ -389,7 +389,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         runtime::set_serving();
         set_keys(|k| *k = plan.keys.clone());
         for k in &plan.keys {
-            if let Err(e) = prepare(k) {
+            if let Err(e) = runtime::prepare(k) {
                 log::error!("key service: key {} is not usable yet: {e}; its handshakes fail until the token is back", k.uri_text);
             }
         }
@@ -435,22 +435,6 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         }
     }
     Ok(())
-}
-
-/// Finds `key` on the token before the first request needs it, with the
-/// second chances of `policy::PREPARE_PAUSES`.
-fn prepare(key: &Arc<KeyRef>) -> Result<(), OpError> {
-    let mut r = runtime::with_hsm(&key.binding, |h| h.prepare(key));
-    for pause in crate::pkcs11::policy::PREPARE_PAUSES {
-        match &r {
-            Err(e) if e.needs_reinit() => {
-                std::thread::sleep(pause);
-                r = runtime::with_hsm(&key.binding, |h| h.prepare(key));
-            }
-            _ => break,
-        }
-    }
-    r
 }
 
 /// The peer's pid if it may use the service; otherwise its pid, uid and why not.

@@ -186,6 +186,24 @@ fn usable(binding: &Arc<Binding>) -> Result<Found, OpError> {
     Ok(if cur.closing > 0 { Found::Closing } else { Found::Absent })
 }
 
+/// Finds `key` on the token before the first handshake needs it (a child
+/// without key service, a restarted key service), with the second chances
+/// of `policy::PREPARE_PAUSES`: sibling processes start together, and a
+/// token being read by another process can answer with a transient error.
+pub fn prepare(key: &Arc<KeyRef>) -> Result<(), OpError> {
+    let mut r = with_hsm(&key.binding, |h| h.prepare(key));
+    for pause in super::policy::PREPARE_PAUSES {
+        match &r {
+            Err(e) if e.needs_reinit() => {
+                std::thread::sleep(pause);
+                r = with_hsm(&key.binding, |h| h.prepare(key));
+            }
+            _ => break,
+        }
+    }
+    r
+}
+
 /// This process's `Hsm` for `binding`, opening it if needed.
 pub fn hsm_for(binding: &Arc<Binding>) -> Result<Arc<Hsm>, OpError> {
     current(binding).map(|(h, _)| h)
