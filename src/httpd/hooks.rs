@@ -340,14 +340,7 @@ impl Generation {
     /// pass's) serves this configuration as it is: same user, library,
     /// token, PIN and limits.
     fn fits(&self, plan: &crate::keyservice::service::Plan, binding: &Binding) -> bool {
-        let b = &plan.binding;
-        let same_pin = Arc::ptr_eq(&b.pin, &binding.pin) || b.pin.with_bytes(|a| binding.pin.with_bytes(|c| a == c));
-        same_pin
-            && b.library == binding.library
-            && b.default_token == binding.default_token
-            && (b.max_sessions, b.session_wait, b.op_timeout, b.direct_calls)
-                == (binding.max_sessions, binding.session_wait, binding.op_timeout, binding.direct_calls)
-            && self.service_user().is_ok_and(|u| u == plan.user)
+        plan.binding.same_as(binding) && self.service_user().is_ok_and(|u| u == plan.user)
     }
 
     /// Starts this configuration's key service (in httpd's parent, while
@@ -703,8 +696,8 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
         if let Some(path) = g.service_socket.lock().clone() {
             // The key service does every token operation: this child
             // keeps no copy of the PIN, never opens the library, and
-            // keeps no copy of the service's listening socket.
-            super::supervise::close_listener_in_child();
+            // keeps no end of the service's control channel.
+            super::supervise::close_control_in_child();
             if let Some(Ok(b)) = g.binding.get() {
                 b.pin.wipe();
             }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,9 +29,6 @@ use crate::pkcs11::token::KeyRef;
 /// A service httpd's parent started.
 struct Supervised {
     plan: Plan,
-    /// The listening socket, while the configuration lasts (see
-    /// `service::listen`); None once the configuration ended.
-    listener: Option<UnixListener>,
     /// The parent's end of the control channel, while the configuration
     /// is being loaded (see `keyservice::control`).
     control: Option<UnixStream>,
@@ -80,11 +77,10 @@ pub fn socket_path(pconf: *mut apr_pool_t) -> PathBuf {
     }
 }
 
-/// In a child (child_init): closes the inherited listening socket and
-/// control channel of the key service, before the child serves anything.
-pub fn close_listener_in_child() {
+/// In a child (child_init): closes the inherited control channel of the
+/// key service, before the child serves anything.
+pub fn close_control_in_child() {
     if let Some(s) = CURRENT.lock().as_mut() {
-        s.listener = None;
         s.control = None;
     }
 }
@@ -136,34 +132,32 @@ pub fn adopt(pconf: *mut apr_pool_t, fits: impl FnOnce(&Plan) -> bool) -> Option
         }
         return Some(socket);
     }
-    let mut s = s;
-    s.listener = None;
-    s.control = None;
-    if w == 0 {
-        // Ours, but for another plan: it drains (it has no children).
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(s.pid, libc::SIGUSR1) };
-        ENDED.lock().push(s);
-    } else {
-        forget(s);
-    }
+    // Ours, but for another plan: it drains (it has no children).
+    end_unless_gone(s, w == 0);
     None
 }
 
 /// At the end of the configuration: a first pass's service no pass took
 /// over goes (see [`adopt`]).
 pub fn end_carried() {
-    if let Some(mut s) = CARRIED.lock().take() {
+    if let Some(s) = CARRIED.lock().take() {
         // SAFETY: as in `adopt`.
-        if unsafe { libc::waitpid(s.pid, ptr::null_mut(), libc::WNOHANG) } == 0 {
-            s.listener = None;
-            s.control = None;
-            // SAFETY: a signal to our own child.
-            unsafe { libc::kill(s.pid, libc::SIGUSR1) };
-            ENDED.lock().push(s);
-        } else {
-            forget(s);
-        }
+        let ours = unsafe { libc::waitpid(s.pid, ptr::null_mut(), libc::WNOHANG) } == 0;
+        end_unless_gone(s, ours);
+    }
+}
+
+/// A service that no configuration uses any more: while it is our live
+/// child (`alive`) it is told to drain and kept until it exits; otherwise
+/// its registration is dropped.
+fn end_unless_gone(mut s: Supervised, alive: bool) {
+    s.control = None;
+    if alive {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(s.pid, libc::SIGUSR1) };
+        ENDED.lock().push(s);
+    } else {
+        forget(s);
     }
 }
 
@@ -204,8 +198,7 @@ pub fn seal(keys: Vec<Arc<KeyRef>>, last: bool, limit: Duration) -> Result<(), S
 /// with that configuration. `process_pool` is httpd's process pool.
 pub fn start(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t, plan: Plan) -> Result<libc::pid_t, String> {
     PROCESS_POOL.store(process_pool, Ordering::Relaxed);
-    let listener = service::listen(&plan)?;
-    let pid = spawn(process_pool, plan, listener)?;
+    let pid = spawn(process_pool, plan)?;
     // SAFETY: a cleanup with no data on the configuration pool.
     unsafe {
         httpd::apr_pool_cleanup_register(pconf, ptr::null(), Some(configuration_ends), Some(httpd::apr_pool_cleanup_null));
@@ -213,9 +206,15 @@ pub fn start(pconf: *mut apr_pool_t, process_pool: *mut apr_pool_t, plan: Plan) 
     Ok(pid)
 }
 
-/// Forks the service and registers it as an other child in a new pool.
-fn spawn(process_pool: *mut apr_pool_t, plan: Plan, listener: UnixListener) -> Result<libc::pid_t, String> {
-    let (pid, control) = service::start(&plan, &listener)?;
+/// Makes the service's listening socket, forks the service and registers
+/// it as an other child in a new pool. The parent closes its copy of the
+/// socket at once: nothing it forks later (its children, or a daemon of
+/// another module such as mod_cgid's) can accept on it and answer
+/// children in the service's place. A service started again after a death
+/// gets a new socket at the same path.
+fn spawn(process_pool: *mut apr_pool_t, plan: Plan) -> Result<libc::pid_t, String> {
+    let listener = service::listen(&plan)?;
+    let (pid, control) = service::start(&plan, listener)?;
     // A service started again knows its keys: no control channel.
     let control = plan.keys.is_empty().then_some(control);
     // SAFETY: a subpool of the process pool holds the apr_proc_t (zeroed
@@ -230,7 +229,7 @@ fn spawn(process_pool: *mut apr_pool_t, plan: Plan, listener: UnixListener) -> R
         let proc_ = httpd::apr_palloc(pool, std::mem::size_of::<apr_proc_t>()) as *mut apr_proc_t;
         ptr::write_bytes(proc_, 0, 1);
         (*proc_).pid = pid;
-        *CURRENT.lock() = Some(Supervised { plan, listener: Some(listener), control, pid, started: Instant::now(), proc_, pool });
+        *CURRENT.lock() = Some(Supervised { plan, control, pid, started: Instant::now(), proc_, pool });
         httpd::apr_proc_other_child_register(proc_, Some(maintenance), proc_.cast(), ptr::null_mut(), pool);
     }
     Ok(pid)
@@ -272,8 +271,6 @@ unsafe extern "C" fn configuration_ends(_data: *mut c_void) -> httpd::apr_status
             *CARRIED.lock() = Some(s);
             return 0;
         }
-        // The parent's copy: the service keeps its own.
-        s.listener = None;
         s.control = None;
         let exiting = exiting();
         // SAFETY: a signal to our own child.
@@ -296,44 +293,30 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
             return; // running, restart, unregister: nothing to do here
         }
         let proc_ = data as *mut apr_proc_t;
-        let current = {
-            let mut cur = CURRENT.lock();
-            if cur.as_ref().is_some_and(|s| s.proc_ == proc_) {
-                cur.take()
-            } else {
-                None
-            }
-        };
+        let current = take_matching(&CURRENT, proc_);
         let was_current = current.is_some();
-        let ended = current.is_none().then(|| {
+        let Some(s) = current.or_else(|| take_matching(&CARRIED, proc_)).or_else(|| {
             let mut ended = ENDED.lock();
-            let carried = {
-                let mut c = CARRIED.lock();
-                if c.as_ref().is_some_and(|s| s.proc_ == proc_) {
-                    c.take()
-                } else {
-                    None
-                }
-            };
-            carried.or_else(|| ended.iter().position(|s| s.proc_ == proc_).map(|i| ended.remove(i)))
-        });
-        let Some(s) = current.or(ended.flatten()) else { return };
+            ended.iter().position(|s| s.proc_ == proc_).map(|i| ended.remove(i))
+        }) else {
+            return;
+        };
         // SAFETY: the record APR called us for, then its pool (APR reads
         // nothing of it after this callback returns).
         unsafe {
             httpd::apr_proc_other_child_unregister(data);
         }
-        let (mut plan, pool, pid, listener, lived) = (s.plan, s.pool, s.pid, s.listener, s.started.elapsed());
+        let (mut plan, pool, pid, lived) = (s.plan, s.pool, s.pid, s.started.elapsed());
         let waited = plan.delay;
         plan.delay = restart_delay(lived, waited);
         let process_pool = PROCESS_POOL.load(Ordering::Relaxed);
         // SAFETY: nothing refers to this pool any more.
         unsafe { httpd::apr_pool_destroy(pool) };
-        let Some(listener) = listener.filter(|_| was_current) else {
+        if !was_current {
             service::remove_socket(&plan.socket);
             log::debug!("key service (pid {pid}) of an ended configuration has exited");
             return;
-        };
+        }
         if stopping() {
             return;
         }
@@ -347,11 +330,21 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
                 plan.delay.as_millis()
             );
         }
-        if let Err(e) = spawn(process_pool, plan, listener) {
+        if let Err(e) = spawn(process_pool, plan) {
             log::error!("key service could not be started again: {e}; handshakes with token keys fail until httpd is restarted");
         }
     })
 }
+/// Takes the record in `slot` if it is the one registered as `proc_`.
+fn take_matching(slot: &Mutex<Option<Supervised>>, proc_: *mut apr_proc_t) -> Option<Supervised> {
+    let mut s = slot.lock();
+    if s.as_ref().is_some_and(|s| s.proc_ == proc_) {
+        s.take()
+    } else {
+        None
+    }
+}
+
 /// A service that served for [`STABLE`] is started again at once; one that
 /// died sooner waits before it opens the token, 100 ms doubling to 5 s, so
 /// that a service that cannot live (a library that crashes at once, say)

@@ -24,6 +24,11 @@ pub struct Client {
     idle: Mutex<Vec<UnixStream>>,
 }
 
+/// How long connecting is tried again without HSMSSLOperationTimeout
+/// (HSMSSLDirectCalls On), and how often (see [`Client::connect`]).
+const RECONNECT_WINDOW: Duration = Duration::from_secs(2);
+const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
+
 /// Set once, in child_init, in a child of a configuration with a key
 /// service: read by every handshake, so no lock.
 static ACTIVE: OnceLock<Client> = OnceLock::new();
@@ -77,10 +82,29 @@ impl Client {
             .ok_or_else(|| OpError::Setup(format!("key {} is not one the key service was started with", key.uri_text)))
     }
 
+    /// A new connection. While the service is being started again after
+    /// it died (httpd's parent notices within a second and binds a new
+    /// socket), connecting is refused: tried again every few milliseconds
+    /// until `deadline` (or [`RECONNECT_WINDOW`] without one), so that
+    /// the handshakes of that second wait instead of failing.
     fn connect(&self, deadline: Option<Instant>) -> Result<UnixStream, OpError> {
-        let s = UnixStream::connect(&self.path).map_err(|e| {
-            OpError::Setup(format!("cannot reach the key service at {}: {e} (httpd starts it again within a second if it died)", self.path.display()))
-        })?;
+        let until = deadline.unwrap_or_else(|| Instant::now() + RECONNECT_WINDOW);
+        let s = loop {
+            match UnixStream::connect(&self.path) {
+                Ok(s) => break s,
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) && Instant::now() + RECONNECT_PAUSE < until =>
+                {
+                    std::thread::sleep(RECONNECT_PAUSE);
+                }
+                Err(e) => {
+                    return Err(OpError::Setup(format!(
+                        "cannot reach the key service at {}: {e} (httpd starts it again within a second if it died)",
+                        self.path.display()
+                    )))
+                }
+            }
+        };
         let _ = s.set_write_timeout(left(deadline));
         Ok(s)
     }

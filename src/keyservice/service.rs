@@ -233,12 +233,10 @@ fn set_keys(f: impl FnOnce(&mut Vec<Arc<KeyRef>>)) {
     KEYS_VERSION.fetch_add(1, Ordering::Release);
 }
 
-/// Makes the service's listening socket, in httpd's parent (root). The
-/// parent keeps it for as long as the configuration lasts, so that a
-/// child connecting while the service starts, or starts again after it
-/// died, waits in the backlog instead of being refused; every new service
-/// of the configuration accepts on it. Children close it in child_init,
-/// before they serve anything.
+/// Makes the service's listening socket, in httpd's parent (root), just
+/// before it forks the service: a child connecting while the service
+/// starts waits in the backlog. The parent closes its copy once the
+/// service is forked (see [`start`]).
 pub fn listen(plan: &Plan) -> Result<UnixListener, String> {
     if plan.socket.as_os_str().len() >= 100 {
         return Err(format!("the key service socket path {} is too long for a Unix socket; set a shorter DefaultRuntimeDir", plan.socket.display()));
@@ -265,11 +263,11 @@ pub fn listen(plan: &Plan) -> Result<UnixListener, String> {
     Ok(l)
 }
 
-/// Forks the key service, which accepts on `listener` (see [`listen`]).
-/// Returns its pid and the parent's end of the control channel; the new
-/// process runs [`serve`] and exits, never returning into httpd.
-pub fn start(plan: &Plan, listener: &UnixListener) -> Result<(libc::pid_t, UnixStream), String> {
-    let own = listener.try_clone().map_err(|e| format!("cannot share the key service socket: {e}"))?;
+/// Forks the key service, which accepts on `listener` (see [`listen`]);
+/// this process's copy of it is closed on return. Returns the service's
+/// pid and the parent's end of the control channel; the new process runs
+/// [`serve`] and exits, never returning into httpd.
+pub fn start(plan: &Plan, listener: UnixListener) -> Result<(libc::pid_t, UnixStream), String> {
     // Close-on-exec, like every socket std makes.
     let (parent_end, service_end) = UnixStream::pair().map_err(|e| format!("cannot make the key service's control channel: {e}"))?;
     // SAFETY: fork in httpd's parent, whose only other threads are idle
@@ -280,7 +278,7 @@ pub fn start(plan: &Plan, listener: &UnixListener) -> Result<(libc::pid_t, UnixS
         -1 => Err(format!("cannot fork the key service: {}", io::Error::last_os_error())),
         0 => {
             drop(parent_end);
-            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan, own, service_end))) {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan, listener, service_end))) {
                 Ok(Ok(())) => 0,
                 Ok(Err(e)) => {
                     log::error!("key service (pid {}): {e}", std::process::id());

@@ -54,6 +54,16 @@ pub struct Binding {
 }
 
 impl Binding {
+    /// Whether `other` names the same library, token, PIN and limits: a
+    /// process opened with one serves the other as it is.
+    pub fn same_as(&self, other: &Binding) -> bool {
+        let Binding { library, pin, default_token, max_sessions, session_wait, op_timeout, direct_calls } = self;
+        let same_pin = Arc::ptr_eq(pin, &other.pin) || pin.with_bytes(|a| other.pin.with_bytes(|b| a == b));
+        same_pin
+            && (library, default_token, max_sessions, session_wait, op_timeout, direct_calls)
+                == (&other.library, &other.default_token, &other.max_sessions, &other.session_wait, &other.op_timeout, &other.direct_calls)
+    }
+
     /// Runs one token step of a handshake: on a helper thread, waited for
     /// at most `op_timeout` (None if it did not finish in time; it then
     /// ends on its own); with HSMSSLDirectCalls on the calling thread, as
