@@ -33,6 +33,7 @@ PACKAGES=(
     rpmlint          # lints the RPM (tests/packaging_rpm.rs)
     shellcheck       # rpm/build.sh must stay shellcheck clean
     python3-venv     # the venv that holds sslyze (below)
+    lua-socket       # tests/key_service.rs: a mod_lua handler sends malformed requests to the key service
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -852,3 +852,102 @@ fn with_hsmsslkeyservice_off_no_key_service_runs_and_children_use_the_token() {
     let signers: Vec<i32> = server_process_calls(&s).into_iter().filter(|(_, c)| count(c, "C_SignInit") > 0).map(|(p, _)| p).collect();
     assert!(!signers.is_empty() && signers.iter().all(|p| workers.contains(p)), "signers {signers:?}, workers {workers:?}");
 }
+
+/// Malformed and disallowed requests, sent from inside a worker (a mod_lua
+/// handler, so that the peer check admits the connection as a child's):
+/// each gets no answer but a refusal, is logged with the worker's pid, and
+/// the service keeps serving. Frames as in `src/keyservice/proto.rs`: a
+/// 4-byte length, then `op | key u32 | ...`; answers start with a status
+/// byte, 7 for a refusal.
+const PROBE_LUA: &str = r#"
+local unix = require("socket.unix")
+local function frame(body) return string.pack(">I4", #body) .. body end
+local function sign(key, scheme, digest, mgf1, salt, bytes)
+  return frame(string.pack(">BI4BBBI4s2", 1, key, scheme, digest, mgf1, salt, bytes))
+end
+local cases = {
+  {"oversized", string.pack(">I4", 0x7fffffff)},
+  {"unknown-op", frame(string.pack(">BI4", 9, 0))},
+  {"trailing-bytes", frame(string.pack(">BI4s2", 2, 0, string.rep("\1", 256)) .. "x")},
+  {"no-such-key", sign(7, 1, 3, 0, 0, string.rep("\0", 32))},
+  {"short-premaster", frame(string.pack(">BI4s2", 2, 0, string.rep("\1", 16)))},
+  {"ecdsa-with-rsa", sign(0, 3, 0, 0, 0, string.rep("\0", 32))},
+  {"short-digest", sign(0, 1, 3, 0, 0, string.rep("\0", 20))},
+  {"pss-salt-too-long", sign(0, 2, 3, 3, 300, string.rep("\0", 32))},
+}
+function handle(r)
+  r.content_type = "text/plain"
+  for _, c in ipairs(cases) do
+    local s = unix()
+    local ok, err = s:connect("@SOCKET@")
+    if not ok then
+      r:puts(c[1] .. " connect-failed " .. tostring(err) .. "\n")
+    else
+      s:settimeout(5)
+      s:send(c[2])
+      local head, e = s:receive(5)
+      if head then r:puts(c[1] .. " status " .. string.byte(head, 5) .. "\n")
+      else r:puts(c[1] .. " " .. tostring(e) .. "\n") end
+      s:close()
+    end
+  end
+  return apache2.OK
+end
+"#;
+
+#[test]
+fn malformed_requests_from_inside_a_worker_are_refused_and_logged() {
+    let lua = "LoadModule lua_module /usr/lib/apache2/modules/mod_lua.so\nAddHandler lua-script .lua";
+    let mut s = ks_site("ks-malformed", Mpm::Event, RSA, lua);
+    s.start();
+    s.get(tls("1.3"));
+    let ks = wait_one_key_service(&s, Duration::from_secs(5));
+    let socket = started_socket(&s, ks);
+    std::fs::write(s.apache.docroot.join("probe.lua"), PROBE_LUA.replace("@SOCKET@", &socket)).unwrap();
+
+    let r = s.get(ClientOpts { tls: Some("1.3"), path: Some("/probe.lua".into()), ..Default::default() });
+    assert_eq!(r.http_status, Some(200), "the probe page: {}\n{}", r.raw, s.apache.error_log());
+    let body = r.http_response.clone().unwrap_or_default();
+    let results: Vec<&str> = body.lines().filter(|l| l.contains(" status ") || l.ends_with(" closed") || l.contains(" connect-failed ")).collect();
+    assert_eq!(
+        results,
+        vec![
+            // Not a request at all: the connection is closed.
+            "oversized closed",
+            "unknown-op closed",
+            "trailing-bytes closed",
+            // Well formed, but not what TLS needs of key 0: refused.
+            "no-such-key status 7",
+            "short-premaster status 7",
+            "ecdsa-with-rsa status 7",
+            "short-digest status 7",
+            "pss-salt-too-long status 7",
+        ],
+        "the probe page:\n{body}"
+    );
+
+    // Each is logged with the pid of the worker that sent it.
+    const REFUSED: &str = "key service: refused a request from pid ";
+    let log = s.apache.error_log();
+    let pids: Vec<i32> = log.lines().filter_map(|l| l.split(REFUSED).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).collect();
+    assert_eq!(pids.len(), 8, "refusals logged:\n{log}");
+    let ws = workers(&s);
+    assert!(pids.iter().all(|p| ws.contains(p)), "refusals from {pids:?}, workers are {ws:?}");
+    for why in [
+        "a message of 2147483647 bytes",
+        "unknown operation 9",
+        "bytes after the end",
+        "no key number 7",
+        "a premaster block of 16 bytes",
+        "an ECDSA signature with an RSA key",
+        "a SHA-256 digest of 20 bytes",
+        "PSS salt of 300 bytes",
+    ] {
+        assert!(log.lines().any(|l| l.contains(REFUSED) && l.contains(why)), "no refusal saying '{why}':\n{log}");
+    }
+    assert!(!log.contains("refused a connection"), "a worker's connection was refused:\n{log}");
+    // The same service still serves.
+    assert_eq!(key_services(&s), vec![ks]);
+    s.get(tls("1.3"));
+    s.get(rsa_kx());
+}
