@@ -70,13 +70,15 @@ fn import_cmd(o: &Opts) -> Res<String> {
     let label = o.label()?.to_string();
     let path = std::path::PathBuf::from(o.need("--key")?);
     let pass_source = match o.get("--passphrase") {
-        Some(p) => Some(mod_hsm_ssl::pkcs11::pin::PinSource::parse(p).map_err(|e| fail(Code::Usage, e.replace("HSMSSLPin", "--passphrase")))?),
+        Some(p) => Some(
+            mod_hsm_ssl::pkcs11::pin::PinSource::parse(p).map_err(|e| fail(Code::Usage, mod_hsm_ssl::keytool::messages::pin("--passphrase", &e)))?,
+        ),
         None => None,
     };
     let mut ask = move || -> Result<zeroize::Zeroizing<String>, String> {
         match &pass_source {
             Some(src) => {
-                let s = src.read().map_err(|e| mod_hsm_ssl::keytool::tool::for_the_tool(&e).replace("HSMSSLPin", "--passphrase"))?;
+                let s = src.read().map_err(|e| mod_hsm_ssl::keytool::messages::pin("--passphrase", &e))?;
                 Ok(s.with_bytes(|b| zeroize::Zeroizing::new(String::from_utf8_lossy(b).into_owned())))
             }
             None => mod_hsm_ssl::keytool::tool::prompt_hidden(&format!("Passphrase for {}: ", path.display())).map_err(|f| f.msg),

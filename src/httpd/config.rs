@@ -110,7 +110,7 @@ pub unsafe extern "C" fn set_pin(cmd: *mut cmd_parms, _m: *mut c_void, arg: *con
     // SAFETY: forwarded Apache arguments.
     unsafe {
         directive(cmd, arg, |a, origin| {
-            let source = PinSource::parse(a)?;
+            let source = PinSource::parse(a).map_err(|e| super::messages::pin(&e))?;
             if let PinSource::Env(name) = &source {
                 // Out of the environment before httpd spawns anything
                 // (piped loggers open before post_config) or forks.
@@ -126,7 +126,7 @@ pub unsafe extern "C" fn set_token(cmd: *mut cmd_parms, _m: *mut c_void, arg: *c
     // SAFETY: forwarded Apache arguments.
     unsafe {
         directive(cmd, arg, |a, origin| {
-            CONFIG.lock().token = Some((TokenSelector::parse_directive(a)?, origin));
+            CONFIG.lock().token = Some((TokenSelector::parse_directive(a).map_err(|e| super::messages::token(&e))?, origin));
             Ok(())
         })
     }

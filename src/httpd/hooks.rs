@@ -33,7 +33,7 @@ use crate::pkcs11::pin::PinSource;
 use crate::pkcs11::runtime;
 use crate::pkcs11::secret::Secret;
 use crate::pkcs11::token::{Binding, KeyRef, Protection, PublicKey};
-use crate::pkcs11::uri::redacted;
+use crate::pkcs11::uri::{redacted, KeyUri};
 use crate::tls::{loader, provider};
 
 use super::config::{self, GlobalConfig};
@@ -210,7 +210,7 @@ impl Generation {
                                 std::process::id()
                             );
                         }
-                        let p = Arc::new(source.read().map_err(|e| format!("{e} (HSMSSLPin at {})", origin.0))?);
+                        let p = Arc::new(source.read().map_err(|e| format!("{} (HSMSSLPin at {})", super::messages::pin(&e), origin.0))?);
                         if is_first_pass() {
                             *STARTUP_PIN.lock() = Some((source.clone(), p.clone()));
                         }
@@ -253,6 +253,9 @@ impl Generation {
             log::error!("{vhost}: SSLCertificateKeyFile \"{}\": {msg}", redacted(uri_text));
             None
         };
+        if let Err(e) = KeyUri::parse(uri_text) {
+            return fail(format!("malformed key URI: {}", super::messages::key_uri(&e)));
+        }
         let cert = self.current.lock().as_ref().and_then(|v| v.cert_for(uri_text));
         let binding = match self.binding() {
             Ok(b) => b,

@@ -5,5 +5,6 @@ pub mod config;
 mod conftree;
 mod hooks;
 pub mod log;
+mod messages;
 pub mod module;
 mod supervise;

@@ -519,6 +519,8 @@ fn find(binding: &Arc<Binding>, slot: usize, uri: &str) -> ControlAnswer {
         }
         Err(LookupError::Denied(text)) => ControlAnswer::NotFound { denied: true, text },
         Err(LookupError::Failed(text)) => ControlAnswer::NotFound { denied: false, text },
+        // httpd's parent checks the URI before it asks (it words that).
+        Err(e @ LookupError::Uri(_)) => ControlAnswer::NotFound { denied: false, text: e.to_string() },
     }
 }
 

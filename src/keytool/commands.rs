@@ -202,7 +202,7 @@ fn read_public(s: &Session, h: ObjectHandle, spec: KeySpec) -> Res<PublicKey> {
 
 /// A key found like httpd finds it, for csr, selfsign, check and config.
 pub fn resolve(t: &Target, uri_text: &str) -> Res<(Arc<Hsm>, Arc<KeyRef>)> {
-    let uri = KeyUri::parse(uri_text).map_err(|e| fail(Code::Usage, format!("--key {uri_text}: {e}")))?;
+    let uri = KeyUri::parse(uri_text).map_err(|e| fail(Code::Usage, format!("--key {uri_text}: {}", super::messages::key_uri(&e))))?;
     let binding = t.binding()?;
     let hsm = crate::pkcs11::runtime::hsm_for(&binding).map_err(|e| fail(Code::Setup, e.to_string()))?;
     let key = hsm.resolve(uri_text, &uri).map_err(|e| match e {

@@ -5,6 +5,7 @@
 pub mod commands;
 pub mod delete;
 pub mod import;
+pub mod messages;
 pub mod policy;
 pub mod tool;
 pub mod x509;

@@ -269,11 +269,11 @@ impl Target {
             )
         })?;
         let token = match o.get("--token").map(str::to_string).or(d.token) {
-            Some(t) => TokenSelector::parse_directive(&t).map_err(|e| fail(Code::Usage, e.replace("HSMSSLToken", "--token")))?,
+            Some(t) => TokenSelector::parse_directive(&t).map_err(|e| fail(Code::Usage, super::messages::token(&e)))?,
             None => TokenSelector::default(),
         };
         let pin_source = match o.get("--pin").map(str::to_string).or(d.pin) {
-            Some(p) => Some(PinSource::parse(&p).map_err(|e| fail(Code::Usage, e.replace("HSMSSLPin", "--pin")))?),
+            Some(p) => Some(PinSource::parse(&p).map_err(|e| fail(Code::Usage, super::messages::pin("--pin", &e)))?),
             None => None,
         };
         Ok(Target { library: PathBuf::from(library), token, pin_source })
@@ -281,7 +281,7 @@ impl Target {
 
     pub fn pin(&self) -> Res<Secret> {
         match &self.pin_source {
-            Some(s) => s.read().map_err(|e| fail(Code::Setup, for_the_tool(&e))),
+            Some(s) => s.read().map_err(|e| fail(Code::Setup, super::messages::pin("--pin", &e))),
             None => {
                 let p = prompt_hidden("Token user PIN (CloudHSM: user:password): ")?;
                 if p.is_empty() {
@@ -424,14 +424,6 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
             std::fs::remove_file(from)
         }
         _ => Err(e),
-    }
-}
-
-/// The PIN-source messages speak of httpd; the tool runs in a shell.
-pub fn for_the_tool(msg: &str) -> String {
-    match msg.find("is not set in httpd's environment") {
-        Some(i) => format!("{}is not set in this shell's environment (export it, or use --pin file:/path)", &msg[..i]),
-        None => msg.to_string(),
     }
 }
 

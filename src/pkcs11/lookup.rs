@@ -6,7 +6,7 @@
 //! key (its certificate, whether it may leave the token) is the caller's.
 
 use super::token::{Binding, KeyRef, OpError};
-use super::uri::{redacted, KeyUri};
+use super::uri::{redacted, KeyUri, UriError};
 use super::{policy, runtime};
 use std::sync::Arc;
 
@@ -20,6 +20,8 @@ pub struct Found {
 /// Why a key could not be found and checked.
 #[derive(Debug)]
 pub enum LookupError {
+    /// The text is not a key URI this module accepts.
+    Uri(UriError),
     /// The token refused the PIN: not tried again.
     Denied(String),
     /// Anything else: malformed URI, library, token, key, a step that
@@ -30,6 +32,7 @@ pub enum LookupError {
 impl std::fmt::Display for LookupError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            LookupError::Uri(e) => write!(f, "malformed key URI: {e}"),
             LookupError::Denied(t) | LookupError::Failed(t) => f.write_str(t),
         }
     }
@@ -43,7 +46,7 @@ impl std::error::Error for LookupError {}
 /// decrypts with it.
 pub fn find_key(binding: &Arc<Binding>, uri_text: &str) -> Result<Found, LookupError> {
     let failed = LookupError::Failed;
-    let uri = KeyUri::parse(uri_text).map_err(|e| failed(format!("malformed key URI: {e}")))?;
+    let uri = KeyUri::parse(uri_text).map_err(LookupError::Uri)?;
     let limit = binding.op_timeout;
     // Tried `policy::FIND_KEY_ATTEMPTS` times; a refused PIN never again.
     let mut attempt = 0;

@@ -3,9 +3,84 @@
 //!
 //! Only what names a token and a private key is accepted. PIN attributes are
 //! refused: mod_ssl logs key URIs in clear text, so a PIN has no place there;
-//! it comes from `HSMSSLPin`.
+//! it comes from `HSMSSLPin` (the key tool's `--pin`).
+//!
+//! Errors ([`UriError`], [`SelectorError`]) do not name the directive or
+//! option the text came from; each front end does.
 
 use std::fmt;
+
+/// Why a text is not a key URI (or token URI) this module accepts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UriError {
+    NotPkcs11,
+    /// Neither `object=` nor `id=`.
+    NoKey,
+    NoValue(String),
+    UnknownAttribute(String),
+    Twice(String),
+    BadPercent(String),
+    NotUtf8(String),
+    SlotIdNotNumber(String),
+    Empty(String),
+    /// `type=` other than `private` in a key URI.
+    NotPrivate(String),
+    /// `pin-value` or `pin-source`: the PIN is given apart.
+    PinAttribute(String),
+    /// `module-name` or `module-path`: the library is given apart.
+    ModuleAttribute(String),
+    UnknownQuery(String),
+}
+
+impl fmt::Display for UriError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UriError::NotPkcs11 => f.write_str("a PKCS#11 URI starts with 'pkcs11:'"),
+            UriError::NoKey => f.write_str("the URI names no key: add object=<label> and/or id=<CKA_ID>"),
+            UriError::NoValue(a) => write!(f, "attribute '{a}' has no '=value'"),
+            UriError::UnknownAttribute(n) => {
+                write!(f, "unknown attribute '{n}' (known: token, serial, manufacturer, model, slot-id, object, id, type)")
+            }
+            UriError::Twice(n) => write!(f, "attribute '{n}' given twice"),
+            UriError::BadPercent(v) => write!(f, "bad percent-encoding in '{v}'"),
+            UriError::NotUtf8(n) => write!(f, "attribute '{n}' is not valid UTF-8 after percent-decoding"),
+            UriError::SlotIdNotNumber(t) => write!(f, "slot-id '{t}' is not a decimal number"),
+            UriError::Empty(n) => write!(f, "{n}= is empty"),
+            UriError::NotPrivate(t) => write!(f, "type={t}: the URI must name a private key (type=private or no type)"),
+            UriError::PinAttribute(n) => {
+                write!(f, "{n} is refused in a key URI: key URIs are logged in clear text; remove it and give the PIN apart")
+            }
+            UriError::ModuleAttribute(n) => write!(f, "{n} is not accepted in the key URI: the PKCS#11 library is configured apart"),
+            UriError::UnknownQuery(n) => write!(f, "unknown query attribute '{n}'"),
+        }
+    }
+}
+
+impl std::error::Error for UriError {}
+
+/// Why a token selector (a bare label, or a `pkcs11:` URI with token
+/// attributes only) is not one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SelectorError {
+    /// The URI names a key, not only a token.
+    KeyAttributes(String),
+    NoTokenAttribute(String),
+    EmptyLabel,
+    Uri(String, UriError),
+}
+
+impl fmt::Display for SelectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SelectorError::KeyAttributes(s) => write!(f, "'{s}': give token attributes only (token=, serial=, manufacturer=, model=, slot-id=)"),
+            SelectorError::NoTokenAttribute(s) => write!(f, "'{s}': no token attribute given"),
+            SelectorError::EmptyLabel => f.write_str("empty token label"),
+            SelectorError::Uri(s, e) => write!(f, "'{s}': {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SelectorError {}
 
 /// Which token a key lives on. Empty means "the only token there is"
 /// (or the one `HSMSSLToken` names).
@@ -25,18 +100,18 @@ impl TokenSelector {
 
     /// `HSMSSLToken`: a bare token label, or a `pkcs11:` URI with token
     /// attributes only.
-    pub fn parse_directive(s: &str) -> Result<TokenSelector, String> {
+    pub fn parse_directive(s: &str) -> Result<TokenSelector, SelectorError> {
         if s.starts_with("pkcs11:") {
-            let uri = KeyUri::parse_inner(s, false)?;
+            let uri = KeyUri::parse_inner(s, false).map_err(|e| SelectorError::Uri(s.to_string(), e))?;
             if uri.object.is_some() || uri.id.is_some() {
-                return Err(format!("HSMSSLToken '{s}': give token attributes only (token=, serial=, manufacturer=, model=, slot-id=)"));
+                return Err(SelectorError::KeyAttributes(s.to_string()));
             }
             if uri.token.is_empty() {
-                return Err(format!("HSMSSLToken '{s}': no token attribute given"));
+                return Err(SelectorError::NoTokenAttribute(s.to_string()));
             }
             Ok(uri.token)
         } else if s.is_empty() {
-            Err("HSMSSLToken: empty token label".to_string())
+            Err(SelectorError::EmptyLabel)
         } else {
             Ok(TokenSelector { label: Some(s.to_string()), ..Default::default() })
         }
@@ -97,16 +172,16 @@ const PATH_ATTRS: &[&str] = &[
 
 impl KeyUri {
     /// Parses `SSLCertificateKeyFile "pkcs11:..."`.
-    pub fn parse(s: &str) -> Result<KeyUri, String> {
+    pub fn parse(s: &str) -> Result<KeyUri, UriError> {
         let uri = Self::parse_inner(s, true)?;
         if uri.object.is_none() && uri.id.is_none() {
-            return Err("the URI names no key: add object=<label> and/or id=<CKA_ID>".to_string());
+            return Err(UriError::NoKey);
         }
         Ok(uri)
     }
 
-    fn parse_inner(s: &str, key: bool) -> Result<KeyUri, String> {
-        let rest = s.strip_prefix("pkcs11:").ok_or_else(|| "a PKCS#11 URI starts with 'pkcs11:'".to_string())?;
+    fn parse_inner(s: &str, key: bool) -> Result<KeyUri, UriError> {
+        let rest = s.strip_prefix("pkcs11:").ok_or(UriError::NotPkcs11)?;
         let (path, query) = match rest.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (rest, None),
@@ -114,19 +189,19 @@ impl KeyUri {
         let mut uri = KeyUri::default();
         let mut seen: Vec<&str> = Vec::new();
         for attr in path.split(';').filter(|a| !a.is_empty()) {
-            let (name, raw) = attr.split_once('=').ok_or_else(|| format!("attribute '{attr}' has no '=value'"))?;
+            let (name, raw) = attr.split_once('=').ok_or_else(|| UriError::NoValue(attr.to_string()))?;
             if !PATH_ATTRS.contains(&name) {
                 if name.starts_with("pin-") {
-                    return Err(pin_refusal(name));
+                    return Err(UriError::PinAttribute(name.to_string()));
                 }
-                return Err(format!("unknown attribute '{name}' (known: token, serial, manufacturer, model, slot-id, object, id, type)"));
+                return Err(UriError::UnknownAttribute(name.to_string()));
             }
             if seen.contains(&name) {
-                return Err(format!("attribute '{name}' given twice"));
+                return Err(UriError::Twice(name.to_string()));
             }
             seen.push(name);
-            let value = percent_decode(raw).map_err(|e| format!("attribute '{name}': {e}"))?;
-            let text = || String::from_utf8(value.clone()).map_err(|_| format!("attribute '{name}' is not valid UTF-8 after percent-decoding"));
+            let value = percent_decode(raw)?;
+            let text = || String::from_utf8(value.clone()).map_err(|_| UriError::NotUtf8(name.to_string()));
             match name {
                 "token" => uri.token.label = Some(nonempty(name, text()?)?),
                 "serial" => uri.token.serial = Some(nonempty(name, text()?)?),
@@ -134,19 +209,19 @@ impl KeyUri {
                 "model" => uri.token.model = Some(nonempty(name, text()?)?),
                 "slot-id" => {
                     let t = text()?;
-                    uri.token.slot_id = Some(t.parse().map_err(|_| format!("slot-id '{t}' is not a decimal number"))?)
+                    uri.token.slot_id = Some(t.parse().map_err(|_| UriError::SlotIdNotNumber(t.clone()))?)
                 }
                 "object" => uri.object = Some(nonempty(name, text()?)?),
                 "id" => {
                     if value.is_empty() {
-                        return Err("id= is empty".to_string());
+                        return Err(UriError::Empty(name.to_string()));
                     }
                     uri.id = Some(value)
                 }
                 "type" => {
                     let t = text()?;
                     if key && t != "private" {
-                        return Err(format!("type={t}: SSLCertificateKeyFile must name a private key (type=private or no type)"));
+                        return Err(UriError::NotPrivate(t));
                     }
                 }
                 // Library and slot descriptions do not select anything here:
@@ -159,44 +234,35 @@ impl KeyUri {
         if let Some(attr) = query.and_then(|q| q.split('&').find(|a| !a.is_empty())) {
             let name = attr.split_once('=').map(|(n, _)| n).unwrap_or(attr);
             return Err(match name {
-                "pin-value" | "pin-source" => pin_refusal(name),
-                "module-name" | "module-path" => {
-                    format!("{name} is not accepted in the key URI: HSMSSLLibrary names the PKCS#11 library")
-                }
-                _ => format!("unknown query attribute '{name}'"),
+                "pin-value" | "pin-source" => UriError::PinAttribute(name.to_string()),
+                "module-name" | "module-path" => UriError::ModuleAttribute(name.to_string()),
+                _ => UriError::UnknownQuery(name.to_string()),
             });
         }
         Ok(uri)
     }
 }
 
-fn pin_refusal(name: &str) -> String {
-    format!(
-        "{name} is refused in a key URI: mod_ssl logs key URIs in clear text; \
-         remove it and give the PIN with HSMSSLPin env:VAR|file:/path|exec:/program"
-    )
-}
-
-fn nonempty(name: &str, v: String) -> Result<String, String> {
+fn nonempty(name: &str, v: String) -> Result<String, UriError> {
     if v.is_empty() {
-        Err(format!("{name}= is empty"))
+        Err(UriError::Empty(name.to_string()))
     } else {
         Ok(v)
     }
 }
 
-fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
+fn percent_decode(s: &str) -> Result<Vec<u8>, UriError> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or_else(|| format!("bad percent-encoding in '{s}'"))?;
+            let hex = b.get(i + 1..i + 3).ok_or_else(|| UriError::BadPercent(s.to_string()))?;
             let h = std::str::from_utf8(hex)
                 .ok()
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .filter(|_| hex.iter().all(u8::is_ascii_hexdigit))
-                .ok_or_else(|| format!("bad percent-encoding in '{s}'"))?;
+                .ok_or_else(|| UriError::BadPercent(s.to_string()))?;
             out.push(h);
             i += 3;
         } else {
@@ -242,22 +308,23 @@ mod tests {
 
     #[test]
     fn refuses_pins_unknown_attributes_and_bad_encoding() {
-        for (uri, needle) in [
-            ("pkcs11:object=k?pin-value=1234", "HSMSSLPin"),
-            ("pkcs11:object=k?pin-source=file:/x", "HSMSSLPin"),
-            ("pkcs11:object=k;pin-value=1234", "HSMSSLPin"),
-            ("pkcs11:object=k;colour=red", "unknown attribute"),
-            ("pkcs11:object=k%2", "percent"),
-            ("pkcs11:object=k%zz", "percent"),
-            ("pkcs11:object=", "empty"),
-            ("pkcs11:token=t", "names no key"),
-            ("pkcs11:object=k;type=cert", "private key"),
-            ("pkcs11:object=a;object=b", "twice"),
-            ("pkcs11:object=k?module-path=/x.so", "HSMSSLLibrary"),
+        let s = |t: &str| t.to_string();
+        for (uri, expected) in [
+            ("pkcs11:object=k?pin-value=1234", UriError::PinAttribute(s("pin-value"))),
+            ("pkcs11:object=k?pin-source=file:/x", UriError::PinAttribute(s("pin-source"))),
+            ("pkcs11:object=k;pin-value=1234", UriError::PinAttribute(s("pin-value"))),
+            ("pkcs11:object=k;colour=red", UriError::UnknownAttribute(s("colour"))),
+            ("pkcs11:object=k%2", UriError::BadPercent(s("k%2"))),
+            ("pkcs11:object=k%zz", UriError::BadPercent(s("k%zz"))),
+            ("pkcs11:object=", UriError::Empty(s("object"))),
+            ("pkcs11:token=t", UriError::NoKey),
+            ("pkcs11:object=k;type=cert", UriError::NotPrivate(s("cert"))),
+            ("pkcs11:object=a;object=b", UriError::Twice(s("object"))),
+            ("pkcs11:object=k?module-path=/x.so", UriError::ModuleAttribute(s("module-path"))),
         ] {
             let e = KeyUri::parse(uri).unwrap_err();
-            assert!(e.contains(needle), "{uri}: {e}");
-            assert!(!e.contains("1234"), "PIN echoed: {e}");
+            assert_eq!(e, expected, "{uri}");
+            assert!(!e.to_string().contains("1234"), "PIN echoed: {e}");
         }
     }
 
