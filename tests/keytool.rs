@@ -519,3 +519,56 @@ fn delete_refuses_an_ambiguous_label_until_id_names_the_key_pair() {
     let e = err(&kt(&token, &["delete", "--label", "dup", "--id", "0g"]), 1);
     assert!(e.contains("--id 0g"), "{e}");
 }
+
+#[test]
+fn errors_name_the_tools_options_not_httpds_directives() {
+    let token = Token::new("kt");
+    let tool = |args: &[&str], pin: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+            .args(["check", "--cert", "/etc/hostname"])
+            .args(args)
+            .env("SOFTHSM2_CONF", &token.conf)
+            .env("KT_PIN", pin)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let not_pkcs11 = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    let key = ["--key", "pkcs11:object=none"];
+    let cases: [(Vec<&str>, &str, i32, &str); 4] = [
+        (
+            vec!["--library", not_pkcs11, "--pin", "env:KT_PIN"],
+            "right",
+            2,
+            "--library /usr/lib/x86_64-linux-gnu/libc.so.6: the library exports no C_GetFunctionList",
+        ),
+        (
+            vec!["--library", SOFTHSM, "--token", "kt", "--pin", "env:KT_UNSET_PIN"],
+            "right",
+            2,
+            "--pin env:KT_UNSET_PIN: the variable is not set in this shell's environment",
+        ),
+        (
+            vec!["--library", SOFTHSM, "--token", "kt", "--pin", "env:KT_PIN"],
+            "hsm-user:definitely-wrong",
+            2,
+            "wrong PIN (CKR_PIN_INCORRECT); tried once and not retried, so the crypto user is not locked out; fix what --pin gives",
+        ),
+        (
+            vec!["--library", SOFTHSM, "--pin", "env:KT_PIN", "--key", "pkcs11:object=k?pin-value=1"],
+            "right",
+            1,
+            "pin-value is refused in a key URI: give the PIN with --pin",
+        ),
+    ];
+    for (args, pin, code, expected) in cases {
+        let mut all = args.clone();
+        if !args.contains(&"--key") {
+            all.extend_from_slice(&key);
+        }
+        let pin = if pin == "right" { token.pin.as_str() } else { pin };
+        let e = err(&tool(&all, pin), code);
+        assert!(e.contains(expected), "{args:?}: {e}");
+        assert!(!e.contains("HSMSSL") && !e.contains("httpd's environment"), "{args:?}: the tool speaks of httpd: {e}");
+    }
+}

@@ -156,6 +156,7 @@ static LOGGER: StderrLog = StderrLog;
 fn main() -> ExitCode {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Warn);
+    mod_hsm_ssl::pkcs11::settings::name_with(mod_hsm_ssl::keytool::messages::option);
     // args() would panic on an argument that is not UTF-8 (a label from a
     // Latin-1 shell): say which one instead.
     let args: Result<Vec<String>, _> = std::env::args_os().skip(1).map(|a| a.into_string()).collect();

@@ -4,7 +4,19 @@
 //! running under httpd (its environment, systemd, graceful restarts).
 
 use crate::pkcs11::pin::{PinError, PinProblem};
+use crate::pkcs11::settings::Setting;
 use crate::pkcs11::uri::{SelectorError, UriError};
+
+/// The directive behind each setting the token layer's messages name.
+pub fn directive(s: Setting) -> &'static str {
+    match s {
+        Setting::Library => "HSMSSLLibrary",
+        Setting::Pin => "HSMSSLPin",
+        Setting::Token => "HSMSSLToken",
+        Setting::OperationTimeout => "HSMSSLOperationTimeout",
+        Setting::MaxSessions => "HSMSSLMaxSessions",
+    }
+}
 
 /// An `HSMSSLPin` source that gives no PIN.
 pub fn pin(e: &PinError) -> String {

@@ -3,7 +3,19 @@
 //! directives, and speaks of the shell it runs in.
 
 use crate::pkcs11::pin::{PinError, PinProblem};
+use crate::pkcs11::settings::Setting;
 use crate::pkcs11::uri::{SelectorError, UriError};
+
+/// The option behind each setting the token layer's messages name.
+pub fn option(s: Setting) -> &'static str {
+    match s {
+        Setting::Library => "--library",
+        Setting::Pin => "--pin",
+        Setting::Token => "--token",
+        Setting::OperationTimeout => "the tool's token timeout",
+        Setting::MaxSessions => "the tool's session limit",
+    }
+}
 
 /// A PIN or passphrase source, given with `option`, that gives nothing.
 pub fn pin(option: &str, e: &PinError) -> String {

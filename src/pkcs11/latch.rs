@@ -94,10 +94,11 @@ pub fn refuse() {
 
 /// Why a process does not log in: the PIN was refused in `pid`.
 pub fn refusal_text(pid: u32) -> String {
+    let s_pin = super::settings::name(super::settings::Setting::Pin);
     if pid == std::process::id() {
-        "the token refused the PIN in this process; not trying again: fix HSMSSLPin, then reload httpd".into()
+        format!("the token refused the PIN in this process; not trying again: fix {s_pin}, then reload httpd")
     } else {
-        format!("the token refused the PIN in another process of this server (pid {pid}); not trying again: fix HSMSSLPin, then reload httpd")
+        format!("the token refused the PIN in another process of this server (pid {pid}); not trying again: fix {s_pin}, then reload httpd")
     }
 }
 

@@ -9,6 +9,7 @@ pub mod pin;
 pub mod policy;
 pub mod runtime;
 pub mod secret;
+pub mod settings;
 pub mod token;
 pub mod uri;
 pub mod watchdog;

@@ -5,6 +5,7 @@
 //! found with another process id was inherited through fork and is never
 //! used (nor finalized: its sessions belong to the parent).
 
+use super::settings::{self, Setting};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,8 +89,9 @@ fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
                     Some(d) => OPENING.try_lock_until(d),
                 };
                 let Some(_opening) = opening else {
+                    let s_operationtimeout = settings::name(Setting::OperationTimeout);
                     return Err(OpError::Setup(format!(
-                        "another thread has been opening the PKCS#11 library for over {} ms (HSMSSLOperationTimeout)",
+                        "another thread has been opening the PKCS#11 library for over {} ms ({s_operationtimeout})",
                         limit.as_millis()
                     )));
                 };
@@ -110,8 +112,9 @@ fn current(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
             Found::Closing => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
+            let s_operationtimeout = settings::name(Setting::OperationTimeout);
             let msg = format!(
-                "re-initializing PKCS#11: a call still running on the old state has not returned within {} ms (HSMSSLOperationTimeout)",
+                "re-initializing PKCS#11: a call still running on the old state has not returned within {} ms ({s_operationtimeout})",
                 limit.as_millis()
             );
             CURRENT.lock().mark_down(msg.clone());
@@ -127,8 +130,9 @@ fn open(binding: &Arc<Binding>) -> Result<(Arc<Hsm>, bool), OpError> {
     let b = binding.clone();
     let limit = binding.op_timeout;
     let opened = binding.call(move || Hsm::open(b)).unwrap_or_else(|| {
+        let s_operationtimeout = settings::name(Setting::OperationTimeout);
         Err(format!(
-            "loading and initializing the PKCS#11 library did not return within {} ms (HSMSSLOperationTimeout); is the HSM reachable?",
+            "loading and initializing the PKCS#11 library did not return within {} ms ({s_operationtimeout}); is the HSM reachable?",
             limit.as_millis()
         ))
     });
@@ -480,7 +484,11 @@ pub fn bounded<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() 
             let _ = thread.join();
             Ok(v)
         }
-        Err(_) => Err(format!("{what} did not return within {} s (HSMSSLOperationTimeout); is the HSM reachable?", limit.as_secs_f32())),
+        Err(_) => Err(format!(
+            "{what} did not return within {} s ({}); is the HSM reachable?",
+            limit.as_secs_f32(),
+            settings::name(Setting::OperationTimeout)
+        )),
     }
 }
 

@@ -61,8 +61,9 @@ pub fn enable(limit: Duration) -> std::io::Result<()> {
         let late = check(limit, now_ms());
         if late > 0 {
             super::runtime::mark_slow(format!(
-                "{late} token call(s) did not answer within {} ms (HSMSSLOperationTimeout) and still run",
-                limit.as_millis()
+                "{late} token call(s) did not answer within {} ms ({}) and still run",
+                limit.as_millis(),
+                super::settings::name(super::settings::Setting::OperationTimeout)
             ));
         }
     })?;

@@ -39,14 +39,14 @@ impl OpError {
 
 impl fmt::Display for OpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use crate::pkcs11::settings::{name, Setting};
+        let (s_operationtimeout, s_maxsessions) = (name(Setting::OperationTimeout), name(Setting::MaxSessions));
         match self {
             OpError::Token(e) => write!(f, "{}", ck_error_text(e)),
-            OpError::Timeout(d) => write!(f, "the token did not answer within {} ms (HSMSSLOperationTimeout); is the HSM reachable?", d.as_millis()),
-            OpError::Busy(d) => write!(
-                f,
-                "no PKCS#11 session became free within {} ms (all sessions busy; raise HSMSSLMaxSessions or add HSM capacity)",
-                d.as_millis()
-            ),
+            OpError::Timeout(d) => write!(f, "the token did not answer within {} ms ({s_operationtimeout}); is the HSM reachable?", d.as_millis()),
+            OpError::Busy(d) => {
+                write!(f, "no PKCS#11 session became free within {} ms (all sessions busy; raise {s_maxsessions} or add HSM capacity)", d.as_millis())
+            }
             OpError::Setup(s) | OpError::NoKey(s) | OpError::Denied(s) | OpError::Service(s) => f.write_str(s),
         }
     }

@@ -82,20 +82,21 @@ impl fmt::Debug for Hsm {
 impl Hsm {
     /// Loads the library and calls C_Initialize with OS locking.
     pub fn open(binding: Arc<Binding>) -> Result<Hsm, String> {
+        let s_library = crate::pkcs11::settings::name(crate::pkcs11::settings::Setting::Library);
         let lib = &binding.library;
         let shown = lib.display();
         match std::fs::metadata(lib) {
-            Err(e) => return Err(format!("HSMSSLLibrary {shown}: {e}; install the vendor's PKCS#11 library or fix the path")),
-            Ok(m) if !m.is_file() => return Err(format!("HSMSSLLibrary {shown}: not a regular file")),
+            Err(e) => return Err(format!("{s_library} {shown}: {e}; install the vendor's PKCS#11 library or fix the path")),
+            Ok(m) if !m.is_file() => return Err(format!("{s_library} {shown}: not a regular file")),
             Ok(_) => {}
         }
         let ctx = Pkcs11::new(lib).map_err(|e| match e {
             CkError::LibraryLoading(le) => format!(
-                "HSMSSLLibrary {shown}: cannot load it as a shared library ({le}); \
-                 point HSMSSLLibrary at the vendor's PKCS#11 .so"
+                "{s_library} {shown}: cannot load it as a shared library ({le}); \
+                 point {s_library} at the vendor's PKCS#11 .so"
             ),
-            CkError::MissingSymbol(s) => format!("HSMSSLLibrary {shown}: the library exports no {s}, so it is not a PKCS#11 library"),
-            other => format!("HSMSSLLibrary {shown}: {}", ck_error_text(&other)),
+            CkError::MissingSymbol(s) => format!("{s_library} {shown}: the library exports no {s}, so it is not a PKCS#11 library"),
+            other => format!("{s_library} {shown}: {}", ck_error_text(&other)),
         })?;
         // The only way the module signs, decrypts and reads key attributes
         // (never cryptoki's, which size buffers as the token says: see
@@ -103,7 +104,7 @@ impl Hsm {
         // path, so its function list is always there; if not, something
         // is badly wrong and nothing is initialized yet.
         let direct = crate::pkcs11::direct::Direct::open(lib)
-            .map_err(|e| format!("HSMSSLLibrary {shown}: cannot take the library's function list ({e}); is it a PKCS#11 library?"))?;
+            .map_err(|e| format!("{s_library} {shown}: cannot take the library's function list ({e}); is it a PKCS#11 library?"))?;
         let owns_init = match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) => {
                 take_left_behind(lib);
@@ -113,7 +114,7 @@ impl Hsm {
             // finalizes it in its place. Otherwise someone else in the
             // process initialized it and finalizes it.
             Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => take_left_behind(lib),
-            Err(e) => return Err(format!("HSMSSLLibrary {shown}: {}", ck_error_text(&e))),
+            Err(e) => return Err(format!("{s_library} {shown}: {}", ck_error_text(&e))),
         };
         log::debug!("PKCS#11 library {shown} initialized in pid {}", std::process::id());
         Ok(Hsm {
@@ -169,6 +170,7 @@ impl Hsm {
         }
         let label = info.label().trim().to_string();
         let serial = info.serial_number().trim().to_string();
+        let s_pin = crate::pkcs11::settings::name(crate::pkcs11::settings::Setting::Pin);
         if info.user_pin_locked() {
             return Err(OpError::Denied(format!(
                 "token '{label}': the user PIN is locked; not trying to log in (an administrator must unlock the crypto user)"
@@ -177,7 +179,7 @@ impl Hsm {
         if info.user_pin_final_try() {
             return Err(OpError::Denied(format!(
                 "token '{label}': the next wrong PIN would lock the user; not trying to log in \
-                 (check HSMSSLPin, then log in once by hand to reset the counter)"
+                 (check {s_pin}, then log in once by hand to reset the counter)"
             )));
         }
         let anchor =
@@ -205,13 +207,13 @@ impl Hsm {
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
                 return Err(OpError::Denied(format!(
                     "token '{label}': login failed: wrong PIN (CKR_PIN_INCORRECT); tried once and not retried, \
-                     so the crypto user is not locked out; fix what HSMSSLPin gives"
+                     so the crypto user is not locked out; fix what {s_pin} gives"
                 )))
             }
             Err(CkError::Pkcs11(rv @ (RvError::PinInvalid | RvError::PinLenRange), _)) => {
                 return Err(OpError::Denied(format!(
                     "token '{label}': login failed: the token refuses the PIN's form ({}); tried once and not retried; \
-                     fix what HSMSSLPin gives (AWS CloudHSM: <crypto-user>:<password>)",
+                     fix what {s_pin} gives (AWS CloudHSM: <crypto-user>:<password>)",
                     rv_name(rv)
                 )))
             }
@@ -290,9 +292,10 @@ pub fn find_token(ctx: &Pkcs11, sel: &TokenSelector, library: &std::path::Path) 
         }
         0 => Err(format!("no token matches {sel}; tokens present: {}", seen.join(", "))),
         _ => Err(format!(
-            "{} tokens match {sel} ({}); say which one with token= or serial= in the key URI or with HSMSSLToken",
+            "{} tokens match {sel} ({}); say which one with token= or serial= in the key URI or with {}",
             found.len(),
-            found.iter().map(|(_, i)| format!("'{}' serial {}", i.label().trim(), i.serial_number().trim())).collect::<Vec<_>>().join(", ")
+            found.iter().map(|(_, i)| format!("'{}' serial {}", i.label().trim(), i.serial_number().trim())).collect::<Vec<_>>().join(", "),
+            crate::pkcs11::settings::name(crate::pkcs11::settings::Setting::Token)
         )),
     }
 }
