@@ -22,6 +22,51 @@ use crate::pkcs11::token::{KeyRef, Mech, OpError, PublicKey, TokenAnswer};
 use crate::pkcs11::{policy, runtime};
 use proto::Scheme;
 
+/// Why [`admit`] refused a request: what TLS never asks of this key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A premaster block of `len` bytes for a modulus of `modulus`.
+    PremasterLength {
+        len: usize,
+        modulus: usize,
+    },
+    NoDecrypt,
+    PremasterWithEc,
+    NoSign,
+    /// A digest of `len` bytes for the named digest.
+    DigestLength {
+        digest: &'static str,
+        len: usize,
+    },
+    /// PKCS#1 without a digest name: only MD5+SHA-1's 36 bytes.
+    RawPkcs1Length(usize),
+    DigestInfoTooLong,
+    SaltTooLong(u32),
+    EcdsaDigestLength(usize),
+    EcdsaWithRsa,
+    RsaWithEc,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::PremasterLength { len, modulus } => write!(f, "a premaster block of {len} bytes; the key's modulus has {modulus}"),
+            Refusal::NoDecrypt => f.write_str("the key may not decrypt (CKA_DECRYPT is false)"),
+            Refusal::PremasterWithEc => f.write_str("a premaster decrypt with an EC key"),
+            Refusal::NoSign => f.write_str("the key may not sign (CKA_SIGN is false)"),
+            Refusal::DigestLength { digest, len } => write!(f, "a {digest} digest of {len} bytes"),
+            Refusal::RawPkcs1Length(len) => write!(f, "PKCS#1 data without a digest of {len} bytes (only the 36 of MD5+SHA-1)"),
+            Refusal::DigestInfoTooLong => f.write_str("a DigestInfo too long for the key"),
+            Refusal::SaltTooLong(salt) => write!(f, "a PSS salt of {salt} bytes, too long for the key"),
+            Refusal::EcdsaDigestLength(len) => write!(f, "an ECDSA digest of {len} bytes"),
+            Refusal::EcdsaWithRsa => f.write_str("an ECDSA signature with an RSA key"),
+            Refusal::RsaWithEc => f.write_str("an RSA signature with an EC key"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
 /// What a token operation will be, once [`admit`] accepted the request.
 pub enum Admitted {
     Sign { mech: Mech, data: Vec<u8> },
@@ -44,7 +89,7 @@ fn modulus_bits(n: &[u8]) -> usize {
 /// and data if so: a signature of a digest of the right size in a scheme
 /// the key type has, or the decryption of exactly one modulus-sized block
 /// with an RSA key that may decrypt. The error says what was wrong.
-pub fn admit(key: &KeyRef, req: &proto::Request) -> Result<Admitted, String> {
+pub fn admit(key: &KeyRef, req: &proto::Request) -> Result<Admitted, Refusal> {
     match req {
         proto::Request::Sign { scheme, digest, .. } => admit_sign(key, *scheme, digest).map(|(mech, data)| Admitted::Sign { mech, data }),
         proto::Request::Premaster { ciphertext, .. } => admit_premaster(key, ciphertext.len()).map(|()| Admitted::Premaster),
@@ -52,57 +97,57 @@ pub fn admit(key: &KeyRef, req: &proto::Request) -> Result<Admitted, String> {
 }
 
 /// [`admit`] for a premaster block of `len` bytes.
-fn admit_premaster(key: &KeyRef, len: usize) -> Result<(), String> {
+fn admit_premaster(key: &KeyRef, len: usize) -> Result<(), Refusal> {
     match &key.public {
         PublicKey::Rsa { n, .. } if key.can_decrypt => {
             let k = modulus_len(n);
             if len != k {
-                return Err(format!("a premaster block of {len} bytes; the key's modulus has {k}"));
+                return Err(Refusal::PremasterLength { len, modulus: k });
             }
             Ok(())
         }
-        PublicKey::Rsa { .. } => Err("the key may not decrypt (CKA_DECRYPT is false)".into()),
-        PublicKey::Ec { .. } => Err("a premaster decrypt with an EC key".into()),
+        PublicKey::Rsa { .. } => Err(Refusal::NoDecrypt),
+        PublicKey::Ec { .. } => Err(Refusal::PremasterWithEc),
     }
 }
 
 /// [`admit`] for a signature: the token mechanism and the data it signs.
-fn admit_sign(key: &KeyRef, scheme: Scheme, digest: &[u8]) -> Result<(Mech, Vec<u8>), String> {
+fn admit_sign(key: &KeyRef, scheme: Scheme, digest: &[u8]) -> Result<(Mech, Vec<u8>), Refusal> {
     if !key.can_sign {
-        return Err("the key may not sign (CKA_SIGN is false)".into());
+        return Err(Refusal::NoSign);
     }
     match (&key.public, scheme) {
         (PublicKey::Rsa { n, .. }, Scheme::Pkcs1(md)) => {
             let tbs = match md {
                 Some(md) if digest.len() == md.size() => [md.digest_info_prefix(), digest].concat(),
-                Some(md) => return Err(format!("a {} digest of {} bytes", md.name(), digest.len())),
+                Some(md) => return Err(Refusal::DigestLength { digest: md.name(), len: digest.len() }),
                 // TLS 1.0 and 1.1: MD5 and SHA-1 side by side.
                 None if digest.len() == 36 => digest.to_vec(),
-                None => return Err(format!("PKCS#1 data without a digest of {} bytes (only the 36 of MD5+SHA-1)", digest.len())),
+                None => return Err(Refusal::RawPkcs1Length(digest.len())),
             };
             if tbs.len() + 11 > modulus_len(n) {
-                return Err("a DigestInfo too long for the key".into());
+                return Err(Refusal::DigestInfoTooLong);
             }
             Ok((Mech::RsaPkcs, tbs))
         }
         (PublicKey::Rsa { n, .. }, Scheme::Pss { digest: md, mgf1, salt }) => {
             if digest.len() != md.size() {
-                return Err(format!("a {} digest of {} bytes", md.name(), digest.len()));
+                return Err(Refusal::DigestLength { digest: md.name(), len: digest.len() });
             }
             let em_len = (modulus_bits(n).saturating_sub(1)).div_ceil(8);
             if salt as usize + md.size() + 2 > em_len {
-                return Err(format!("a PSS salt of {salt} bytes, too long for the key"));
+                return Err(Refusal::SaltTooLong(salt));
             }
             Ok((Mech::RsaPss { hash: md.mechanism(), mgf: mgf1.mgf1(), salt: salt as u64 }, digest.to_vec()))
         }
         (PublicKey::Ec { .. }, Scheme::Ecdsa) => {
             if ![20, 28, 32, 48, 64].contains(&digest.len()) {
-                return Err(format!("an ECDSA digest of {} bytes", digest.len()));
+                return Err(Refusal::EcdsaDigestLength(digest.len()));
             }
             Ok((Mech::Ecdsa, digest.to_vec()))
         }
-        (PublicKey::Rsa { .. }, Scheme::Ecdsa) => Err("an ECDSA signature with an RSA key".into()),
-        (PublicKey::Ec { .. }, _) => Err("an RSA signature with an EC key".into()),
+        (PublicKey::Rsa { .. }, Scheme::Ecdsa) => Err(Refusal::EcdsaWithRsa),
+        (PublicKey::Ec { .. }, _) => Err(Refusal::RsaWithEc),
     }
 }
 
@@ -131,7 +176,7 @@ pub fn sign(key: &Arc<KeyRef>, scheme: Scheme, digest: &[u8]) -> Result<Vec<u8>,
     if let Some(c) = client::active() {
         return c.sign(key, scheme, digest);
     }
-    let (mech, data) = admit_sign(key, scheme, digest).map_err(OpError::Setup)?;
+    let (mech, data) = admit_sign(key, scheme, digest).map_err(|e| OpError::Setup(e.to_string()))?;
     sign_here(key, mech, &data)
 }
 
@@ -142,7 +187,7 @@ pub fn premaster(key: &Arc<KeyRef>, ciphertext: &[u8]) -> Result<TokenAnswer, Op
     if let Some(c) = client::active() {
         return c.premaster(key, ciphertext);
     }
-    admit_premaster(key, ciphertext.len()).map_err(OpError::Setup)?;
+    admit_premaster(key, ciphertext.len()).map_err(|e| OpError::Setup(e.to_string()))?;
     premaster_here(key, ciphertext)
 }
 
@@ -199,7 +244,7 @@ mod tests {
     #[test]
     fn anything_else_is_refused_with_the_reason() {
         let k = rsa(2048, true, true);
-        let refused = |k: &KeyRef, r: Request| admit(k, &r).err().unwrap_or_else(|| panic!("admitted {r:?}"));
+        let refused = |k: &KeyRef, r: Request| admit(k, &r).err().unwrap_or_else(|| panic!("admitted {r:?}")).to_string();
         assert!(refused(&k, sign(Scheme::Pkcs1(Some(Digest::Sha256)), 31)).contains("31 bytes"));
         assert!(refused(&k, sign(Scheme::Pkcs1(Some(Digest::Sha256)), 33)).contains("33 bytes"));
         assert!(refused(&k, sign(Scheme::Pkcs1(None), 35)).contains("35 bytes"));

@@ -570,7 +570,7 @@ fn execute(req: &Request, peer: i32, keys: &[Arc<KeyRef>]) -> Answer {
     match (admit(key, req), req) {
         (Err(why), _) => {
             log::error!("key service: refused a request from pid {peer} for key {}: {why}", key.uri_text);
-            Answer::Failed(Failure::Refused(why))
+            Answer::Failed(Failure::Refused(why.to_string()))
         }
         (Ok(Admitted::Sign { mech, data }), _) => match sign_here(key, mech, &data) {
             Ok(sig) => Answer::Done(sig.into()),
