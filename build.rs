@@ -67,6 +67,10 @@ fn main() {
         .allowlist_type("apr_proc_t|unixd_config_rec")
         .allowlist_function("apr_(pool_cleanup_register|pool_cleanup_null|pool_cleanup_kill|palloc|pstrdup|optional_hook_add|pool_userdata_get|pool_userdata_set|hook_sort_register)")
         .allowlist_var("ap_conftree|ap_server_conf")
+        // The status, metrics and health handlers (src/httpd/status.rs).
+        .allowlist_function("ap_(hook_handler|rwrite|set_content_type)|apr_table_setn")
+        .allowlist_type("request_rec")
+        .allowlist_var("M_GET|HTTP_OK|HTTP_SERVICE_UNAVAILABLE|HTTP_METHOD_NOT_ALLOWED")
         .allowlist_type("module_struct|command_struct|cmd_parms_struct|server_rec|process_rec|apr_array_header_t|ap_directive_t|server_addr_rec")
         .allowlist_var("MODULE_MAGIC_(COOKIE|NUMBER_MAJOR|NUMBER_MINOR)|RSRC_CONF|OR_.*|GLOBAL_ONLY|NOT_IN_.*|APLOG_(EMERG|ALERT|CRIT|ERR|WARNING|NOTICE|INFO|DEBUG|TRACE1|NOERRNO)|APR_HOOK_.*|AP_MPMQ_.*|AP_SQ_.*|OK|DECLINED|DONE|HTTP_INTERNAL_SERVER_ERROR|APR_SUCCESS|AP_MODULE_FLAG_NONE")
         .derive_default(true)

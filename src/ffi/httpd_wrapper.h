@@ -4,6 +4,7 @@
 #include <http_log.h>
 #include <http_main.h>
 #include <http_core.h>
+#include <http_protocol.h>
 #include <ap_mpm.h>
 #include <apr_optional_hooks.h>
 #include <apr_strings.h>

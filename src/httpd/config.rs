@@ -35,7 +35,16 @@ pub struct GlobalConfig {
     /// HSMSSLKeyServiceUser: the user the key service runs as (default:
     /// httpd's User).
     pub key_service_user: Option<(String, Origin)>,
+    /// HSMSSLHealthProbeInterval: how often an idle token is probed.
+    pub health_probe_interval: Option<std::time::Duration>,
+    /// HSMSSLHealthMaxAge: `hsm-ssl-health` answers 503 when no operation
+    /// or probe succeeded for this long.
+    pub health_max_age: Option<std::time::Duration>,
 }
+
+/// Defaults of the health directives.
+pub const DEFAULT_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+pub const DEFAULT_HEALTH_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(30);
 
 static CONFIG: Mutex<GlobalConfig> = Mutex::new(GlobalConfig {
     library: None,
@@ -47,6 +56,8 @@ static CONFIG: Mutex<GlobalConfig> = Mutex::new(GlobalConfig {
     allow_exportable_keys: None,
     key_service: None,
     key_service_user: None,
+    health_probe_interval: None,
+    health_max_age: None,
 });
 
 pub fn reset() {
@@ -154,6 +165,35 @@ pub unsafe extern "C" fn set_operation_timeout(cmd: *mut cmd_parms, _m: *mut c_v
                 .filter(|s: &f64| s.is_finite() && *s >= 0.1 && *s <= 600.0)
                 .ok_or_else(|| format!("HSMSSLOperationTimeout {a}: give seconds, from 0.1 to 600"))?;
             CONFIG.lock().operation_timeout = Some(std::time::Duration::from_secs_f64(secs));
+            Ok(())
+        })
+    }
+}
+
+/// Seconds from 1 to 3600 for the health directive `name`.
+fn health_seconds(name: &str, a: &str) -> Result<std::time::Duration, String> {
+    a.parse::<u64>()
+        .ok()
+        .filter(|s| (1..=3600).contains(s))
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{name} {a}: give whole seconds, from 1 to 3600"))
+}
+
+pub unsafe extern "C" fn set_health_probe_interval(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, _| {
+            CONFIG.lock().health_probe_interval = Some(health_seconds("HSMSSLHealthProbeInterval", a)?);
+            Ok(())
+        })
+    }
+}
+
+pub unsafe extern "C" fn set_health_max_age(cmd: *mut cmd_parms, _m: *mut c_void, arg: *const c_char) -> *const c_char {
+    // SAFETY: forwarded Apache arguments.
+    unsafe {
+        directive(cmd, arg, |a, _| {
+            CONFIG.lock().health_max_age = Some(health_seconds("HSMSSLHealthMaxAge", a)?);
             Ok(())
         })
     }

@@ -361,6 +361,7 @@ impl Generation {
             binding: binding.clone(),
             keys: Vec::new(),
             delay: Duration::ZERO,
+            probe_interval: self.config.health_probe_interval.unwrap_or(super::config::DEFAULT_PROBE_INTERVAL),
         };
         *self.service_socket.lock() = Some(plan.socket.clone());
         super::supervise::start(pconf, process_pool, plan).map(|_| ()).map_err(|e| format!("mod_hsm_ssl cannot start its key service: {e}"))
@@ -421,6 +422,11 @@ pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut a
         // A new PIN read: a refusal of the previous generation's no longer
         // counts. The first call maps the page the children share.
         crate::pkcs11::latch::new_generation();
+        // The shared counters: mapped before the first fork, kept for the
+        // life of httpd's parent (see pkcs11::stats).
+        // SAFETY: a plain query of httpd's state.
+        let config_gen = unsafe { crate::ffi::httpd::ap_state_query(crate::ffi::httpd::AP_SQ_CONFIG_GEN as c_int) };
+        crate::pkcs11::stats::map(config_gen.max(0) as u64);
         // SAFETY: httpd's main server and its process record.
         let process_pool = unsafe { (*(*s).process).pool };
         let g = Arc::new(Generation::from_directives((pconf as usize, process_pool as usize)));
@@ -716,14 +722,20 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
         unsafe {
             httpd::apr_pool_cleanup_register(pchild, ptr::null(), Some(child_cleanup), Some(httpd::apr_pool_cleanup_null));
         }
-        for k in keys {
-            if let Err(e) = runtime::prepare(&k) {
+        for k in &keys {
+            if let Err(e) = runtime::prepare(k) {
                 log::error!(
                     "child {}: key {} is not usable yet: {e}; handshakes with it fail until the token is back",
                     std::process::id(),
                     k.uri_text
                 );
             }
+        }
+        // Every child runs the probe thread; one at a time wins each turn
+        // (`stats::claim_probe`).
+        let interval = g.config.health_probe_interval.unwrap_or(super::config::DEFAULT_PROBE_INTERVAL);
+        if let Err(e) = crate::pkcs11::health::start(interval, move || keys.clone()) {
+            log::error!("child {}: cannot start the token health probe: {e}", std::process::id());
         }
     })
 }

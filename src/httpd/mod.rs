@@ -7,4 +7,5 @@ mod hooks;
 pub mod log;
 mod messages;
 pub mod module;
+mod status;
 mod supervise;

@@ -24,7 +24,7 @@ const fn take1(
     }
 }
 
-struct Commands([command_rec; 10]);
+struct Commands([command_rec; 12]);
 // SAFETY: a read-only table of pointers to 'static strings and functions.
 unsafe impl Sync for Commands {}
 
@@ -46,6 +46,12 @@ static COMMANDS: Commands = Commands([
         c"On (default): one key service process per server does every token operation; children never hold the PIN or a token connection. Off: every child talks to the token itself",
     ),
     take1(c"HSMSSLKeyServiceUser", config::set_key_service_user, c"the user the key service runs as (default: httpd's User)"),
+    take1(
+        c"HSMSSLHealthProbeInterval",
+        config::set_health_probe_interval,
+        c"seconds between probes of an idle token (a session and key attribute read, no private-key operation); default 10",
+    ),
+    take1(c"HSMSSLHealthMaxAge", config::set_health_max_age, c"seconds without a successful operation or probe after which hsm-ssl-health answers 503; default 30"),
     command_rec {
         name: ptr::null(),
         func: cmd_func { no_args: None },
@@ -131,6 +137,7 @@ unsafe extern "C" fn register_hooks(_p: *mut apr_pool_t) {
             httpd::ap_hook_post_config(Some(hooks::post_config_last), ptr::null(), ptr::null(), httpd::APR_HOOK_REALLY_LAST as c_int);
             httpd::ap_hook_child_init(Some(hooks::child_init), ptr::null(), ptr::null(), httpd::APR_HOOK_MIDDLE as c_int);
             httpd::ap_hook_check_config(Some(hooks::check_config), ptr::null(), ptr::null(), httpd::APR_HOOK_MIDDLE as c_int);
+            httpd::ap_hook_handler(Some(super::status::handler), ptr::null(), ptr::null(), httpd::APR_HOOK_MIDDLE as c_int);
             type AddCert = unsafe extern "C" fn(
                 *mut httpd::server_rec,
                 *mut apr_pool_t,

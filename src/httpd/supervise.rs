@@ -330,6 +330,7 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
                 plan.delay.as_millis()
             );
         }
+        crate::pkcs11::stats::service_restarted();
         if let Err(e) = spawn(process_pool, plan) {
             log::error!("key service could not be started again: {e}; handshakes with token keys fail until httpd is restarted");
         }

@@ -19,7 +19,7 @@ pub mod service;
 use std::sync::Arc;
 
 use crate::pkcs11::token::{KeyRef, Mech, OpError, PublicKey, TokenAnswer};
-use crate::pkcs11::{policy, runtime};
+use crate::pkcs11::{policy, runtime, stats};
 use proto::Scheme;
 
 /// Why [`admit`] refused a request: what TLS never asks of this key.
@@ -154,21 +154,42 @@ fn admit_sign(key: &KeyRef, scheme: Scheme, digest: &[u8]) -> Result<(Mech, Vec<
 /// Signs in this process (a child without key service, or the service);
 /// once more after what may be throttling (`policy::THROTTLE_PAUSE`).
 pub fn sign_here(key: &Arc<KeyRef>, mech: Mech, data: &[u8]) -> Result<Vec<u8>, OpError> {
+    let (k, t) = key.stats_slots();
+    let started = std::time::Instant::now();
     let once = || runtime::with_hsm(&key.binding, |hsm| hsm.sign(key, mech, data.to_vec()));
-    match once() {
+    let r = match once() {
         Err(e) if policy::is_throttled(&e) => {
+            stats::failure(t, &e);
+            stats::event(t, stats::Event::Retry);
             std::thread::sleep(policy::THROTTLE_PAUSE);
             once()
         }
         r => r,
+    };
+    if let Err(e) = &r {
+        stats::failure(t, e);
     }
+    stats::operation(k, t, stats::Op::Sign, started.elapsed(), r.is_ok());
+    r
 }
 
 /// Decrypts a TLS premaster block in this process with the mechanism the
 /// startup chose for the key; see `runtime::decrypt_premaster` for why the
 /// token's own answer comes back as `Ok`.
+///
+/// Counted as one decrypt whatever the token answered (the same stores
+/// for every ciphertext); the token's error is counted by
+/// [`after_premaster_error`].
 pub fn premaster_here(key: &Arc<KeyRef>, ciphertext: &[u8]) -> Result<TokenAnswer, OpError> {
-    runtime::decrypt_premaster(key, key.premaster_mech().mech(), ciphertext)
+    let (k, t) = key.stats_slots();
+    let started = std::time::Instant::now();
+    let r = runtime::decrypt_premaster(key, key.premaster_mech().mech(), ciphertext);
+    if let Err(e) = &r {
+        // The ciphertext never reached the token (see decrypt_premaster).
+        stats::failure(t, e);
+    }
+    stats::operation(k, t, stats::Op::Decrypt, started.elapsed(), r.is_ok());
+    r
 }
 
 /// A signature of `digest` with `key` in `scheme`.
@@ -196,8 +217,11 @@ pub fn premaster(key: &Arc<KeyRef>, ciphertext: &[u8]) -> Result<TokenAnswer, Op
 /// talks to the token (a child with a key service has nothing to wake:
 /// the service wakes its own).
 pub fn after_premaster_error(key: &Arc<KeyRef>, error: OpError) {
-    if client::active().is_none() && !policy::is_data_error(&error) {
-        runtime::wake_probe(key, error);
+    if client::active().is_none() {
+        stats::failure(key.stats_slots().1, &error);
+        if !policy::is_data_error(&error) {
+            runtime::wake_probe(key, error);
+        }
     }
 }
 

@@ -212,6 +212,8 @@ pub struct Plan {
     /// backoff after services that died soon after they started (see
     /// `supervise::restart_delay`).
     pub delay: Duration,
+    /// HSMSSLHealthProbeInterval (see `pkcs11::health`).
+    pub probe_interval: Duration,
 }
 
 /// The keys requests may name, by slot. Connection threads keep a copy of
@@ -392,6 +394,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
             }
         }
     }
+    crate::pkcs11::health::start(plan.probe_interval, || keys_now().to_vec()).map_err(|e| format!("cannot start a thread: {e}"))?;
     LAST_REQUEST.store(now_ms(), Ordering::Relaxed);
     let (socket, parent) = (plan.socket.clone(), plan.parent);
     std::thread::Builder::new()

@@ -3,6 +3,7 @@
 
 pub mod direct;
 pub mod executor;
+pub mod health;
 pub mod latch;
 pub mod lookup;
 pub mod pin;
@@ -10,6 +11,7 @@ pub mod policy;
 pub mod runtime;
 pub mod secret;
 pub mod settings;
+pub mod stats;
 pub mod token;
 pub mod uri;
 pub mod watchdog;

@@ -57,6 +57,9 @@ impl Slot {
             Some(d) => (d.backoff * 2).min(BACKOFF_MAX),
             None => BACKOFF_MIN,
         };
+        for t in super::stats::all_mine() {
+            super::stats::state(t, super::stats::TokenState::BackingOff);
+        }
         if SERVING.load(std::sync::atomic::Ordering::Relaxed) {
             log::warn!("token unavailable: {reason}; next attempt in {} ms", backoff.as_millis());
         } else {
@@ -237,6 +240,9 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Arc<Hsm>) -> Result<T, O
                 return Ok(v);
             }
             Err(OpError::Denied(msg)) => {
+                for t in super::stats::all_mine() {
+                    super::stats::state(t, super::stats::TokenState::Down);
+                }
                 super::latch::refuse(); // for the server's other processes too
                 CURRENT.lock().denied = Some(msg.clone());
                 log::error!("{msg}; this process will not try to log in again");
@@ -254,6 +260,9 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Arc<Hsm>) -> Result<T, O
                     return Err(e);
                 }
                 log::warn!("{e}; re-initializing PKCS#11 and retrying once");
+                for t in super::stats::all_mine() {
+                    super::stats::event(t, super::stats::Event::Reinit);
+                }
                 reinit_done = true;
             }
             Err(e) => return Err(e),

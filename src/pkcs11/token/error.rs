@@ -63,7 +63,7 @@ pub fn ck_error_text(e: &CkError) -> String {
     }
 }
 
-pub(super) fn rv_name(rv: RvError) -> String {
+pub fn rv_name(rv: RvError) -> String {
     // "PinIncorrect" -> "CKR_PIN_INCORRECT"
     let dbg = format!("{rv:?}");
     let mut out = String::from("CKR_");

@@ -202,6 +202,19 @@ impl Hsm {
             (r, refused)
         })
         .map_err(|pid| OpError::Denied(format!("token '{label}': {}", crate::pkcs11::latch::refusal_text(pid))))?;
+        let counters = crate::pkcs11::stats::token_slot(&label, &serial);
+        {
+            use crate::pkcs11::stats::{error_code, event, Event};
+            match &attempt {
+                Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => event(counters, Event::LoginOk),
+                Err(e) => {
+                    if let CkError::Pkcs11(rv, _) = e {
+                        error_code(counters, &rv_name(*rv));
+                    }
+                    event(counters, Event::LoginRefused);
+                }
+            }
+        }
         match attempt {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
@@ -231,7 +244,7 @@ impl Hsm {
             label,
             serial,
             _anchor: Mutex::new(anchor),
-            pool: Pool::new(self.binding.max_sessions, self.binding.session_wait),
+            pool: Pool::new(self.binding.max_sessions, self.binding.session_wait, counters),
         });
         tokens.insert(slot.id(), t.clone());
         Ok(t)

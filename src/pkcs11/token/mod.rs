@@ -21,7 +21,7 @@ mod keys;
 mod ops;
 mod session;
 
-pub use error::{ck_error_text, OpError};
+pub use error::{ck_error_text, rv_name, OpError};
 pub use hsm::{find_token, Hsm};
 pub use keys::{rsa_public, RSA_BITS};
 pub use session::PoolStats;
@@ -147,6 +147,9 @@ pub struct KeyRef {
     /// Token serial, CKA_ID, CKA_LABEL: the key of the per-process handle
     /// cache, built once so a handshake's lookup copies nothing.
     ident: KeyIdent,
+    /// The key's and its token's slots in the shared counters, found at
+    /// the first operation of the process that talks to the token.
+    stats: std::sync::OnceLock<(Option<usize>, Option<usize>)>,
 }
 
 /// How a child finds a key again: token serial, CKA_ID, CKA_LABEL.
@@ -166,7 +169,21 @@ impl KeyRef {
         if let Some(m) = premaster {
             let _ = cell.set(m);
         }
-        KeyRef { ident: (facts.token_serial.clone(), facts.id.clone(), facts.label.clone()), facts, binding, premaster: cell }
+        KeyRef {
+            ident: (facts.token_serial.clone(), facts.id.clone(), facts.label.clone()),
+            facts,
+            binding,
+            premaster: cell,
+            stats: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// (key, token) slots of the shared counters (`pkcs11::stats`).
+    pub fn stats_slots(&self) -> (Option<usize>, Option<usize>) {
+        *self.stats.get_or_init(|| {
+            let t = crate::pkcs11::stats::token_slot(&self.token_label, &self.token_serial);
+            (crate::pkcs11::stats::key_slot(t, &crate::pkcs11::uri::redacted(&self.uri_text)), t)
+        })
     }
 
     /// What the token said about this key.

@@ -16,6 +16,8 @@ pub(super) struct Pool {
     freed: Condvar,
     max: usize,
     wait: Duration,
+    /// The token's slot in the shared counters (`pkcs11::stats`).
+    counters: Option<usize>,
 }
 
 struct PoolInner {
@@ -38,8 +40,18 @@ pub struct PoolStats {
 }
 
 impl Pool {
-    pub(super) fn new(max: usize, wait: Duration) -> Pool {
-        Pool { inner: Mutex::new(PoolInner { idle: Vec::new(), open: 0, stats: PoolStats::default() }), freed: Condvar::new(), max: max.max(1), wait }
+    pub(super) fn new(max: usize, wait: Duration, counters: Option<usize>) -> Pool {
+        Pool {
+            inner: Mutex::new(PoolInner { idle: Vec::new(), open: 0, stats: PoolStats::default() }),
+            freed: Condvar::new(),
+            max: max.max(1),
+            wait,
+            counters,
+        }
+    }
+
+    fn counted(&self, delta: i64) {
+        crate::pkcs11::stats::sessions(self.counters, delta, self.max);
     }
 
     pub(super) fn take(&self, ctx: &Pkcs11, slot: Slot) -> Result<Session, OpError> {
@@ -47,6 +59,8 @@ impl Pool {
         let deadline = std::time::Instant::now() + self.wait;
         loop {
             if let Some(s) = inner.idle.pop() {
+                drop(inner);
+                self.counted(1);
                 return Ok(s);
             }
             if inner.open < self.max {
@@ -57,6 +71,8 @@ impl Pool {
                 return match r {
                     Ok(s) => {
                         inner.stats.opened += 1;
+                        drop(inner);
+                        self.counted(1);
                         Ok(s)
                     }
                     Err(e) => {
@@ -69,6 +85,8 @@ impl Pool {
             }
             if self.freed.wait_until(&mut inner, deadline).timed_out() {
                 inner.stats.wait_timeouts += 1;
+                drop(inner);
+                crate::pkcs11::stats::event(self.counters, crate::pkcs11::stats::Event::SessionWaitTimeout);
                 return Err(OpError::Busy(self.wait));
             }
         }
@@ -77,6 +95,7 @@ impl Pool {
     pub(super) fn give_back(&self, s: Session) {
         self.inner.lock().idle.push(s);
         self.freed.notify_one();
+        self.counted(-1);
     }
 
     pub(super) fn discard(&self, s: Session) {
@@ -85,6 +104,8 @@ impl Pool {
         inner.open -= 1;
         inner.stats.discarded += 1;
         self.freed.notify_one();
+        drop(inner);
+        self.counted(-1);
     }
 
     pub(super) fn stats(&self) -> PoolStats {
