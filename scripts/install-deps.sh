@@ -34,6 +34,7 @@ PACKAGES=(
     shellcheck       # rpm/build.sh must stay shellcheck clean
     python3-venv     # the venv that holds sslyze (below)
     lua-socket       # tests/key_service.rs: a mod_lua handler sends malformed requests to the key service
+    prometheus       # tests/status.rs: promtool checks the metrics, a real Prometheus scrapes them
 )
 
 export DEBIAN_FRONTEND=noninteractive

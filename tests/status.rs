@@ -164,3 +164,95 @@ fn health_answers_503_while_the_token_is_down_and_200_once_it_is_back() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn mod_status_shows_a_section_when_loaded() {
+    let port = free_port();
+    let status = format!(
+        "LoadModule status_module /usr/lib/apache2/modules/mod_status.so\n\
+         <VirtualHost 127.0.0.1:{port}>\n  ServerName server-status.local\n\
+         <Location /server-status>\n    SetHandler server-status\n  </Location>\n</VirtualHost>"
+    );
+    let mut s = status_site("status-mod-status", port, &status);
+    s.start();
+    for _ in 0..3 {
+        s.get(tls("1.3"));
+    }
+    let signs = json_number(&http_get(port, "/hsm-status?json").1, "sign");
+    // The name-based vhost of the status listener serves the handlers; the
+    // second one (server-status.local) mod_status.
+    let get = |path: &str| {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(c, "GET {path} HTTP/1.0\r\nHost: server-status.local\r\n\r\n").unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    let auto = get("/server-status?auto");
+    assert!(auto.contains(&format!("HSMSSLOperations: {signs}")), "{auto}");
+    assert!(auto.contains("HSMSSLTokenState: serving") && auto.contains("HSMSSLHealth: OK"), "{auto}");
+    let page = get("/server-status");
+    assert!(page.contains("<h2>mod_hsm_ssl</h2>") && page.contains("pkcs11:token=web;object=www-rsa"), "{page}");
+}
+
+#[test]
+fn promtool_accepts_the_metrics_and_a_real_prometheus_scrapes_them() {
+    let port = free_port();
+    let mut s = status_site("status-prometheus", port, "");
+    s.start();
+    for _ in 0..4 {
+        s.get(tls("1.3"));
+    }
+    let metrics = http_get(port, "/hsm-metrics").1;
+    let signs = metric(&metrics, SIGNS);
+
+    // Debian's promtool: the exposition format and Prometheus' naming rules.
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    check.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}\n{metrics}");
+
+    // Debian's Prometheus server on loopback scrapes the handler every
+    // second; its query API then has the same count.
+    let dir = TestDir::new("status-prometheus-server");
+    let web = free_port();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: hsm\n    metrics_path: /hsm-metrics\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
+        ),
+    )
+    .unwrap();
+    let mut server = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package prometheus) is installed");
+    let query = "/api/v1/query?query=mod_hsm_ssl_operations_total%7Bop%3D%22sign%22%7D";
+    let t = Instant::now();
+    let answer = loop {
+        let answer = std::panic::catch_unwind(|| http_get(web, query).1).unwrap_or_default();
+        if answer.contains("\"result\":[{") {
+            break answer;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = server.kill();
+            panic!("Prometheus has no mod_hsm_ssl_operations_total 60 s after it started: {answer}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(answer.contains(&format!("\"{signs}\"]")), "Prometheus says {answer}, the handler {signs}");
+}

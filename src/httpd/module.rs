@@ -153,6 +153,15 @@ unsafe extern "C" fn register_hooks(_p: *mut apr_pool_t) {
                 ptr::null(),
                 httpd::APR_HOOK_MIDDLE as c_int,
             );
+            // mod_status's section (run only if mod_status is loaded).
+            type StatusHook = unsafe extern "C" fn(*mut httpd::request_rec, c_int) -> c_int;
+            httpd::apr_optional_hook_add(
+                c"status_hook".as_ptr(),
+                Some(std::mem::transmute::<StatusHook, unsafe extern "C" fn()>(super::status::server_status)),
+                ptr::null(),
+                ptr::null(),
+                httpd::APR_HOOK_MIDDLE as c_int,
+            );
             httpd::apr_optional_hook_add(
                 c"init_server".as_ptr(),
                 Some(std::mem::transmute::<InitServer, unsafe extern "C" fn()>(hooks::init_server)),

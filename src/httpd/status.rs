@@ -72,6 +72,83 @@ pub unsafe extern "C" fn handler(r: *mut request_rec) -> c_int {
     })
 }
 
+/// mod_status's `status_hook` (its optional hook, run only when mod_status
+/// is loaded): a section of `/server-status`, or `Key: value` lines in its
+/// `?auto` form.
+///
+/// # Safety
+/// `r` is the live request mod_status passes.
+pub unsafe extern "C" fn server_status(r: *mut request_rec, flags: c_int) -> c_int {
+    crate::ffi::guard("status hook", httpd::OK as c_int, || {
+        let s = stats::snapshot();
+        let max_age = super::config::snapshot().health_max_age.unwrap_or(super::config::DEFAULT_HEALTH_MAX_AGE);
+        let text = if flags & AP_STATUS_SHORT != 0 { status_auto(&s, &health(&s, max_age)) } else { status_section(&s, &health(&s, max_age)) };
+        // SAFETY: the live request; the text outlives the call.
+        unsafe { httpd::ap_rwrite(text.as_ptr().cast(), text.len() as c_int, r) };
+        httpd::OK as c_int
+    })
+}
+
+/// mod_status.h's AP_STATUS_SHORT: the `?auto` form.
+const AP_STATUS_SHORT: c_int = 0x1;
+
+/// The `?auto` lines.
+pub fn status_auto(s: &Snapshot, healthy: &Result<String, String>) -> String {
+    let ops: u64 = s.keys.iter().map(|k| k.signs + k.decrypts).sum();
+    let failures: u64 = s.keys.iter().map(|k| k.errors).sum();
+    let state = s.tokens.first().map(|t| t.state).unwrap_or("unknown");
+    let health = match healthy {
+        Ok(_) => "OK".to_string(),
+        Err(why) => why.replace('\n', " "),
+    };
+    format!(
+        "HSMSSLOperations: {ops}\nHSMSSLFailures: {failures}\nHSMSSLTokenState: {state}\nHSMSSLKeyServiceRestarts: {}\nHSMSSLHealth: {health}\n",
+        s.service_restarts
+    )
+}
+
+/// The HTML section of `/server-status`.
+pub fn status_section(s: &Snapshot, healthy: &Result<String, String>) -> String {
+    let mut o = String::from("<hr /><h2>mod_hsm_ssl</h2>\n");
+    let _ = writeln!(
+        o,
+        "<p>{}</p>",
+        he(match healthy {
+            Ok(l) => l,
+            Err(l) => l,
+        })
+    );
+    o.push_str("<table border=\"0\"><tr><th>Token</th><th>State</th><th>Last success</th><th>Sessions</th><th>Errors</th></tr>\n");
+    for t in &s.tokens {
+        let errors: u64 = t.errors.iter().map(|(_, n)| n).sum::<u64>() + t.other_errors;
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td><td>{errors}</td></tr>",
+            he(&t.label),
+            t.state,
+            when(s.now_ms, t.last_success_ms),
+            t.sessions_in_use,
+            t.sessions_limit
+        );
+    }
+    o.push_str("</table>\n<table border=\"0\"><tr><th>Key</th><th>Signatures</th><th>Decrypts</th><th>Failures</th><th>p50</th><th>p99</th></tr>\n");
+    for k in &s.keys {
+        let q = |q| quantile_ms(k, q).map(|v| if v.is_finite() { format!("{v} ms") } else { "over 5 s".into() }).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            o,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            he(&k.uri),
+            k.signs,
+            k.decrypts,
+            k.errors,
+            q(0.5),
+            q(0.99)
+        );
+    }
+    o.push_str("</table>\n");
+    o
+}
+
 fn secs(ms: u64) -> f64 {
     ms as f64 / 1000.0
 }
