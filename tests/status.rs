@@ -17,19 +17,31 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The code block of docs/monitoring.md in `lang` whose first line is
+/// `first` (any first line if None).
+fn doc_block(lang: &str, first: Option<&str>) -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/monitoring.md")).unwrap();
+    doc.split(&format!("```{lang}\n"))
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| first.map_or(true, |f| b.lines().next() == Some(f)))
+        .unwrap_or_else(|| panic!("docs/monitoring.md has no {lang} block starting {first:?}"))
+        .to_string()
+}
+
 /// A site with one RSA key, two event children, the key service, and the
-/// three handlers on a plain-HTTP listener at `port`.
+/// three handlers on a plain-HTTP listener at `port`, configured with the
+/// Apache block of docs/monitoring.md.
 fn status_site(name: &str, port: u16, extra: &str) -> Site {
     let mut s = Site::new(name, Mpm::Event);
     s.key("www-rsa", "rsa:2048");
     s.vhost("localhost", &["www-rsa"]);
+    let handlers = doc_block("apache", None).replace("8081", &port.to_string());
+    assert!(handlers.contains(&format!("Listen 127.0.0.1:{port}")), "the documented listener moved:\n{handlers}");
+    // `Require local` and `Require ip` are mod_authz_host's (loaded by
+    // every distribution's default configuration, not by the harness).
     s.global(&format!(
-        "Listen 127.0.0.1:{port}\n\
-         <VirtualHost 127.0.0.1:{port}>\n  ServerName status.local\n\
-         <Location /hsm-status>\n    SetHandler hsm-ssl-status\n  </Location>\n\
-         <Location /hsm-metrics>\n    SetHandler hsm-ssl-metrics\n  </Location>\n\
-         <Location /hsm-health>\n    SetHandler hsm-ssl-health\n  </Location>\n\
-         </VirtualHost>\n\
+        "LoadModule authz_host_module /usr/lib/apache2/modules/mod_authz_host.so\n{handlers}\
          StartServers 2\nServerLimit 2\nThreadsPerChild 4\nMaxRequestWorkers 8\nMinSpareThreads 1\nMaxSpareThreads 8\n{extra}"
     ));
     s
@@ -39,7 +51,7 @@ fn status_site(name: &str, port: u16, extra: &str) -> Site {
 fn http_get(port: u16, path: &str) -> (u16, String) {
     let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: status.local\r\nConnection: close\r\n\r\n").unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: hsm-status.internal\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -255,4 +267,17 @@ fn promtool_accepts_the_metrics_and_a_real_prometheus_scrapes_them() {
     let _ = server.kill();
     let _ = server.wait();
     assert!(answer.contains(&format!("\"{signs}\"]")), "Prometheus says {answer}, the handler {signs}");
+}
+
+#[test]
+fn the_documented_prometheus_configuration_and_alerts_pass_promtool() {
+    let dir = TestDir::new("status-doc-promtool");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(&config, doc_block("yaml", Some("# prometheus.yml"))).unwrap();
+    std::fs::write(dir.path().join("hsm-ssl-alerts.yml"), doc_block("yaml", Some("# hsm-ssl-alerts.yml"))).unwrap();
+    // `check config` also checks the rule files the configuration names.
+    let out = std::process::Command::new("promtool").arg("check").arg("config").arg(&config).output().expect("promtool is installed");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check config:\n{said}");
+    assert!(said.contains("SUCCESS: 5 rules found"), "{said}");
 }
