@@ -37,6 +37,7 @@ fn refused(s: &mut Site, needles: &[&str]) {
     assert!(!out.contains("Syntax OK"), "{out}");
     let lines = error_lines(&out);
     assert_eq!(lines.len(), 1, "configtest: expected one error line:\n{out}");
+    assert!(lines[0].contains("HSM00114: "), "configtest: not HSM00114:\n{}", lines[0]);
     for n in needles.iter().chain(&["httpd.conf:"]) {
         assert!(lines[0].contains(n), "configtest line lacks {n:?}:\n{}", lines[0]);
     }
@@ -47,6 +48,7 @@ fn refused(s: &mut Site, needles: &[&str]) {
     let log = format!("{}\n{}", e.error_log, s.apache.error_log());
     let lines = error_lines(&log);
     assert!(!lines.is_empty(), "startup: no module error line:\n{log}");
+    assert!(lines[0].contains("HSM00102: "), "startup: not HSM00102:\n{}", lines[0]);
     for n in needles {
         assert!(lines[0].contains(n), "startup line lacks {n:?}:\n{}", lines[0]);
     }
@@ -152,7 +154,7 @@ fn a_pin_program_that_hangs_is_killed_after_its_timeout() {
     s.global(&format!("HSMSSLPin exec:{}", p.display()));
     let (code, out) = s.apache.configtest();
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("did not finish within 10 s and was killed"), "{out}");
+    assert!(line_with_id(&out, "HSM00114").contains("did not finish within 10 s and was killed"), "{out}");
 }
 
 // 5. Wrong PIN, PIN at risk
@@ -162,7 +164,7 @@ fn a_wrong_pin_is_reported_and_tried_once() {
     s.apache.reconfigure(|c| c.env.push(("HSM_TEST_PIN".into(), "hsm-user:not-it".into())));
     let (code, out) = s.apache.configtest();
     assert_ne!(code, 0);
-    assert!(out.contains("wrong PIN (CKR_PIN_INCORRECT)"), "{out}");
+    assert!(line_with_id(&out, "HSM00114").contains("CKR_PIN_INCORRECT"), "{out}");
     assert!(!out.contains("not-it"), "PIN printed: {out}");
     assert_eq!(s.p11.count("C_Login"), 1);
 }
@@ -284,13 +286,13 @@ fn a_token_call_that_hangs_fails_configtest_within_the_bound() {
     let t = std::time::Instant::now();
     let (code, out) = s.apache.configtest();
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains("did not return within 1 s (HSMSSLOperationTimeout)"), "{out}");
+    assert!(line_with_id(&out, "HSM00114").contains("did not return within 1 s (HSMSSLOperationTimeout)"), "{out}");
     assert!(t.elapsed() < std::time::Duration::from_secs(20), "configtest took {:?}", t.elapsed());
     // Startup gives up within the bound too, with the same reason.
     let t = std::time::Instant::now();
     let e = s.try_start().err().unwrap_or_else(|| panic!("started with a hanging token"));
     let log = format!("{}\n{}", e.error_log, s.apache.error_log());
-    assert!(log.contains("did not return within 1 s"), "{log}");
+    assert!(line_with_id(&log, "HSM00102").contains("did not return within 1 s"), "{log}");
     assert!(t.elapsed() < std::time::Duration::from_secs(30), "startup took {:?}", t.elapsed());
 }
 
@@ -337,7 +339,8 @@ fn keys_in_included_files_are_checked_whatever_the_module_load_order() {
         });
         let (code, out) = s.apache.configtest();
         assert_ne!(code, 0, "module first={first}: mismatch in an included vhost passed:\n{out}");
-        assert!(out.contains("vhost inc.example") && out.contains("vhost.conf:") && out.contains("does not belong to this key"), "{out}");
+        let l = line_with_id(&out, "HSM00114");
+        assert!(l.contains("vhost inc.example") && l.contains("vhost.conf:") && l.contains("does not belong to this key"), "{out}");
         write(&right);
         s.p11.reset();
         let (code, out) = s.apache.configtest();
@@ -352,7 +355,8 @@ fn missing_mechanisms_are_errors_and_a_missing_pss_is_a_warning_that_names_tls13
     s.p11.hide_mechanism("0xd"); // CKM_RSA_PKCS_PSS
     let (code, out) = s.apache.configtest();
     assert_eq!(code, 0, "a missing PSS is only a warning:\n{out}");
-    let warn = out.lines().find(|l| l.contains("[hsm_ssl:warn]")).unwrap_or_else(|| panic!("no warning:\n{out}"));
+    let warn = line_with_id(&out, "HSM00153");
+    assert!(warn.contains("[hsm_ssl:warn]"), "{warn}");
     assert!(warn.contains("CKM_RSA_PKCS_PSS") && warn.contains("TLS 1.3") && warn.contains("object=www-rsa"), "{warn}");
 
     let mut s = site("ct-norsa");
@@ -375,6 +379,6 @@ fn a_library_whose_initialization_hangs_fails_configtest_within_the_bound() {
     let (code, out) = s.apache.configtest();
     assert_ne!(code, 0, "{out}");
     // (the outer step bound or the inner open bound fires first: "1 s" or "1000 ms")
-    assert!(out.contains("loading and initializing the PKCS#11 library did not return within 1"), "{out}");
+    assert!(line_with_id(&out, "HSM00114").contains("loading and initializing the PKCS#11 library did not return within 1"), "{out}");
     assert!(t.elapsed() < std::time::Duration::from_secs(10), "configtest took {:?}", t.elapsed());
 }

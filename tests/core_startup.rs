@@ -26,6 +26,7 @@ fn the_error_line(s: &Site, e: &StartError) -> String {
     assert!(!uniq.is_empty(), "no hsm_ssl error line:\n{log}");
     assert!(uniq.iter().all(|l| *l == uniq[0]), "expected one error line, got:\n{}", uniq.join("\n"));
     let l = uniq[0].to_string();
+    assert!(l.contains("HSM00102: "), "not HSM00102: {l}");
     assert!(l.contains("vhost localhost:"), "no vhost in: {l}");
     assert!(l.contains("httpd.conf:"), "no config file position in: {l}");
     assert!(l.contains("pkcs11:token=web;object=www-rsa"), "no key URI in: {l}");
@@ -69,7 +70,7 @@ fn label_not_on_the_token_stops_startup_and_lists_the_labels_there() {
         });
     });
     let log = format!("{}\n{}", e.error_log, s.apache.error_log());
-    let l = log.lines().find(|l| l.contains("[hsm_ssl:error]")).unwrap_or_else(|| panic!("{log}"));
+    let l = line_with_id(&log, "HSM00102");
     assert!(l.contains("vhost localhost:") && l.contains("object=www-rsa-typo"), "{l}");
     assert!(l.contains("no private key with label 'www-rsa-typo'"), "{l}");
     assert!(l.contains("'www-rsa'") && l.contains("'other-key'"), "labels listed: {l}");
@@ -88,7 +89,7 @@ fn pin_value_in_the_key_uri_is_refused_and_points_to_hsmsslpin() {
         });
     });
     let log = format!("{}\n{}", e.error_log, s.apache.error_log());
-    let l = log.lines().find(|l| l.contains("[hsm_ssl:error]")).unwrap_or_else(|| panic!("{log}"));
+    let l = line_with_id(&log, "HSM00102");
     assert!(l.contains("HSMSSLPin") && l.contains("pin-value"), "{l}");
     let ours: Vec<&str> = log.lines().filter(|l| l.contains("[hsm_ssl:")).collect();
     assert!(ours.iter().all(|l| !l.contains("1234")), "PIN from the URI echoed by mod_hsm_ssl:\n{}", ours.join("\n"));
@@ -165,7 +166,7 @@ fn hsmssltoken_naming_an_absent_token_stops_startup_and_lists_the_tokens() {
         });
     });
     let log = format!("{}\n{}", e.error_log, s.apache.error_log());
-    let l = log.lines().find(|l| l.contains("[hsm_ssl:error]")).unwrap_or_else(|| panic!("{log}"));
+    let l = line_with_id(&log, "HSM00102");
     assert!(l.contains("no token matches token=backup") && l.contains("'web'"), "{l}");
 }
 
@@ -186,7 +187,8 @@ fn pin_from_a_private_file_works_and_a_group_readable_one_is_refused() {
             }
             (Err(e), false) => {
                 let log = format!("{}\n{}", e.error_log, s.apache.error_log());
-                assert!(log.contains("accessible by group or others") && log.contains("chmod 600"), "{log}");
+                let l = line_with_id(&log, "HSM00102");
+                assert!(l.contains("accessible by group or others") && l.contains("chmod 600"), "{log}");
             }
             (r, _) => panic!("mode {mode:o}: unexpected start result {:?}\n{}", r.err(), s.apache.error_log()),
         }

@@ -49,16 +49,17 @@ fn rss_kib(pid: i32) -> u64 {
 
 /// With the token misbehaving (`fault` set up), a handshake with `client`
 /// fails with an alert within the bound, the error log names the fault
-/// (`needle`), no child crashed or grew, and service is back once the
-/// fault is cleared.
-fn handshake_refused(s: &Site, what: &str, client: &ClientOpts, needle: &str) {
+/// (a line with message ID `id` containing `needle`; no check when `id` is
+/// empty), no child crashed or grew, and service is back once the fault is
+/// cleared.
+fn handshake_refused(s: &Site, what: &str, client: &ClientOpts, id: &str, needle: &str) {
     let t = Instant::now();
     let r = s.try_get(client.clone());
     assert!(r.http_status.is_none(), "{what}: served:\n{}", r.raw);
     assert!(r.raw.contains("alert"), "{what}: no TLS alert:\n{}", r.raw);
     assert!(t.elapsed() < Duration::from_secs(4), "{what}: the failing handshake took {:?}", t.elapsed());
     let log = s.apache.error_log();
-    assert!(log.contains(needle), "{what}: no line with '{needle}':\n{log}");
+    assert!(id.is_empty() || with_id(&log, id).iter().any(|l| l.contains(needle)), "{what}: no {id} line with '{needle}':\n{log}");
     assert!(!log.contains("exit signal"), "{what}: a child crashed:\n{log}");
     let children = s.apache.child_pids();
     assert!(!children.is_empty(), "{what}: no child left");
@@ -97,7 +98,7 @@ fn a_token_claiming_more_output_than_the_buffer_fails_the_operation_with_a_clear
         for n in [1025, FOUR_GIB] {
             s.p11.lie_out_len(function, n);
             let needle = format!("{function} returned CKR_OK claiming {n} bytes of output in a 1024-byte buffer");
-            handshake_refused(&s, &format!("{function} claiming {n}"), &client, &needle);
+            handshake_refused(&s, &format!("{function} claiming {n}"), &client, "HSM00471", &needle);
         }
     }
 }
@@ -111,7 +112,7 @@ fn a_token_asking_for_a_huge_buffer_fails_the_operation_and_its_session_is_not_r
             let needle = format!("{function} asked for a {n}-byte output buffer");
             // Service must return: the session whose operation the token
             // left active is closed, not handed to the next handshake.
-            handshake_refused(&s, &format!("{function} asking for {n}"), &client, &needle);
+            handshake_refused(&s, &format!("{function} asking for {n}"), &client, "HSM00470", &needle);
         }
     }
 }
@@ -122,7 +123,7 @@ fn ecdsa_signatures_one_byte_short_or_long_are_refused_with_their_length() {
     for n in [63, 65] {
         s.p11.out_len("C_Sign", n);
         let needle = format!("the token returned an ECDSA signature of {n} bytes; P-256 needs 64 (r || s)");
-        handshake_refused(&s, &format!("ECDSA {n} bytes"), &tls("1.3"), &needle);
+        handshake_refused(&s, &format!("ECDSA {n} bytes"), &tls("1.3"), "HSM00530", &needle);
     }
 }
 
@@ -133,7 +134,7 @@ fn premaster_decrypts_of_47_or_49_bytes_fail_the_handshake_and_nothing_else() {
         s.p11.out_len("C_Decrypt", n);
         // A premaster of the wrong length is replaced by a random one, as
         // for any bad ciphertext (no oracle): the Finished check fails.
-        handshake_refused(&s, &format!("premaster {n} bytes"), &rsa_kx(), "");
+        handshake_refused(&s, &format!("premaster {n} bytes"), &rsa_kx(), "", "");
         assert!(s.p11.decrypt_ops() > 0, "the decrypt never reached the token");
     }
 }
@@ -163,7 +164,7 @@ fn huge_key_attributes_fail_configtest_and_startup_naming_the_attribute_and_size
                 let t = Instant::now();
                 let (code, out) = s.apache.configtest();
                 assert_eq!(code, 1, "{name} of {n} bytes: configtest did not fail cleanly:\n{out}");
-                assert!(out.contains(&needle), "{name} of {n} bytes: no line with '{needle}':\n{out}");
+                assert!(line_with_id(&out, "HSM00114").contains(&needle), "{name} of {n} bytes: no line with '{needle}':\n{out}");
                 assert!(t.elapsed() < Duration::from_secs(15), "{name}: configtest took {:?}", t.elapsed());
                 let rss = children_max_rss_kib();
                 eprintln!("{name} of {n} bytes: configtest in {:?}, peak RSS of waited-for children {rss} KiB", t.elapsed());
@@ -172,7 +173,7 @@ fn huge_key_attributes_fail_configtest_and_startup_naming_the_attribute_and_size
             // Startup reads the key the same way and fails the same way.
             let e = s.try_start().err().unwrap_or_else(|| panic!("started with a 4 GiB {name}"));
             let needle = format!("the token claims {name} is {FOUR_GIB} bytes long");
-            assert!(e.error_log.contains(&needle), "{name} at startup:\n{}", e.error_log);
+            assert!(with_id(&e.error_log, "HSM00102").iter().any(|l| l.contains(&needle)), "{name} at startup:\n{}", e.error_log);
         }
         s.p11.clear_faults();
         s.start();
@@ -188,11 +189,11 @@ fn an_rsa_key_under_2048_bits_is_refused_by_configtest_and_startup() {
     let needle = "the RSA key has 1024 bits; mod_hsm_ssl serves RSA keys of 2048 to 8192 bits";
     let (code, out) = s.apache.configtest();
     assert_ne!(code, 0, "{out}");
-    assert!(out.contains(needle), "{out}");
+    assert!(line_with_id(&out, "HSM00114").contains(needle), "{out}");
     // At startup OpenSSL's security level makes mod_ssl refuse the
     // certificate before it asks for the key.
     let e = s.try_start().err().unwrap_or_else(|| panic!("started with a 1024-bit RSA key"));
-    assert!(e.error_log.contains(needle) || e.error_log.contains("ee key too small"), "{}", e.error_log);
+    assert!(with_id(&e.error_log, "HSM00102").iter().any(|l| l.contains(needle)) || e.error_log.contains("ee key too small"), "{}", e.error_log);
 }
 
 #[test]
@@ -211,7 +212,8 @@ fn a_relogin_that_never_returns_costs_a_handshake_at_most_the_bound() {
     assert!(r.http_status.is_none(), "served while the login hangs:\n{}", r.raw);
     assert!(waited < Duration::from_secs(3), "the handshake waited {waited:?} for a hung login with a 1 s bound");
     let log = s.apache.error_log();
-    assert!(log.contains("did not answer within 1000 ms"), "{log}");
+    let late = with_any_id(&log, &["HSM00400", "HSM00530"]);
+    assert!(late.iter().any(|l| l.contains("did not answer within 1000 ms")), "{log}");
     assert!(!log.contains("exit signal"), "{log}");
     s.p11.clear_faults();
     // The hung login ends after 6 s; then the token serves again.

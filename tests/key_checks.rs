@@ -10,8 +10,6 @@ use std::time::Duration;
 use common::*;
 
 const NOT_SENSITIVE: &str = "the private key is not sensitive (CKA_SENSITIVE is false)";
-const EXTRACTABLE: &str = "the private key is extractable (CKA_EXTRACTABLE is true)";
-const NOT_ALWAYS_INSIDE: &str = "the private key has not always been inside the token only";
 const NO_DECRYPT: &str = "the private key may not decrypt (CKA_DECRYPT is false), so it cannot do TLS 1.2 RSA key exchange";
 
 /// A site whose vhost serves one RSA-2048 key made with `attrs`.
@@ -27,7 +25,7 @@ fn an_rsa_key_that_may_not_decrypt_never_negotiates_rsa_key_exchange() {
     let mut s = site_with("nodecrypt", &[("decrypt", false)]);
     s.start();
     let log = s.apache.error_log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains(NO_DECRYPT)).collect();
+    let lines: Vec<&str> = with_id(&log, "HSM00153").into_iter().filter(|l| l.contains(NO_DECRYPT)).collect();
     assert_eq!(lines.len(), 1, "not one startup warning:\n{log}");
     assert!(lines[0].contains("[hsm_ssl:warn]") && lines[0].contains("vhost localhost:"), "{}", lines[0]);
     // A client that offers only RSA key exchange: no shared cipher, and
@@ -44,8 +42,8 @@ fn an_rsa_key_that_may_not_decrypt_never_negotiates_rsa_key_exchange() {
     // A key made inside the token, sensitive and never extractable: no
     // protection notes at all.
     let log = s.apache.error_log();
-    for note in [NOT_SENSITIVE, EXTRACTABLE, NOT_ALWAYS_INSIDE] {
-        assert!(!log.contains(note), "{note} for a well-protected key:\n{log}");
+    for note in ["HSM00150", "HSM00151", "HSM00152"] {
+        assert!(!has_id(&log, note), "{note} for a well-protected key:\n{log}");
     }
 }
 
@@ -55,24 +53,25 @@ fn a_key_that_is_not_sensitive_is_refused_by_configtest_and_start_unless_allowed
     let uri = s.token.key_uri("www-rsa");
     let (code, out) = s.apache.configtest();
     assert_ne!(code, 0, "configtest accepted a non-sensitive key:\n{out}");
-    let line = out.lines().find(|l| l.contains(NOT_SENSITIVE)).unwrap_or_else(|| panic!("no refusal:\n{out}"));
+    let line = line_with_id(&out, "HSM00114");
+    assert!(line.contains(NOT_SENSITIVE), "{line}");
     for part in ["vhost localhost (", uri.as_str(), "refused", "hsm-ssl-keytool generate", "HSMSSLAllowExportableKeys On"] {
         assert!(line.contains(part), "configtest line lacks {part:?}:\n{line}");
     }
     let e = s.try_start().expect_err("httpd started with a non-sensitive key");
-    let line = e.error_log.lines().find(|l| l.contains(NOT_SENSITIVE)).unwrap_or_else(|| panic!("no refusal in the log:\n{}", e.error_log));
-    assert!(line.contains(&uri) && line.contains("refused"), "{line}");
+    let line = line_with_id(&e.error_log, "HSM00102");
+    assert!(line.contains(NOT_SENSITIVE) && line.contains(&uri) && line.contains("refused"), "{line}");
 
     s.global("HSMSSLAllowExportableKeys On");
     let (code, out) = s.apache.configtest();
     assert_eq!(code, 0, "configtest refused the key although allowed:\n{out}");
-    assert!(out.contains(NOT_SENSITIVE) && out.contains("served because HSMSSLAllowExportableKeys is On"), "{out}");
+    assert!(line_with_id(&out, "HSM00150").contains("HSMSSLAllowExportableKeys is On"), "{out}");
     s.start();
     s.get(tls("1.3"));
     let log = s.apache.error_log();
     // The error log also holds the refusal of the first start.
-    let line = log.lines().find(|l| l.contains(NOT_SENSITIVE) && l.contains("[hsm_ssl:warn]")).unwrap_or_else(|| panic!("no warning:\n{log}"));
-    assert!(line.contains("vhost localhost:") && line.contains("served because HSMSSLAllowExportableKeys is On"), "{line}");
+    let line = line_with_id(&log, "HSM00150");
+    assert!(line.contains("[hsm_ssl:warn]") && line.contains("vhost localhost:") && line.contains("HSMSSLAllowExportableKeys is On"), "{line}");
 }
 
 #[test]
@@ -80,15 +79,15 @@ fn an_extractable_but_sensitive_key_starts_with_a_warning() {
     let mut s = site_with("extractable", &[("sensitive", true), ("extractable", true)]);
     let (code, out) = s.apache.configtest();
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(EXTRACTABLE), "configtest gave no warning:\n{out}");
+    assert!(has_id(&out, "HSM00151"), "configtest gave no warning:\n{out}");
     s.start();
     s.get(tls("1.3"));
     let log = s.apache.error_log();
-    let warn = log.lines().find(|l| l.contains(EXTRACTABLE)).unwrap_or_else(|| panic!("no warning:\n{log}"));
-    assert!(warn.contains("[hsm_ssl:warn]") && warn.contains("vhost localhost:") && warn.contains("set CKA_EXTRACTABLE to false"), "{warn}");
-    let info = log.lines().find(|l| l.contains(NOT_ALWAYS_INSIDE)).unwrap_or_else(|| panic!("no info line:\n{log}"));
+    let warn = line_with_id(&log, "HSM00151");
+    assert!(warn.contains("[hsm_ssl:warn]") && warn.contains("vhost localhost:") && warn.contains("CKA_EXTRACTABLE"), "{warn}");
+    let info = line_with_id(&log, "HSM00152");
     assert!(info.contains("[hsm_ssl:info]"), "{info}");
-    assert!(!log.contains(NOT_SENSITIVE), "{log}");
+    assert!(!has_id(&log, "HSM00150"), "{log}");
 }
 
 #[test]
@@ -144,8 +143,8 @@ fn a_key_replaced_on_the_token_after_startup_is_not_used() {
     assert!(!r.ok && r.http_status.is_none(), "served with a replaced key:\n{}", r.raw);
     assert_eq!(s.p11.sign_ops(), signs, "the replaced key was asked to sign");
     let log = s.apache.error_log();
-    let line = log
-        .lines()
+    let line = with_any_id(&log, &["HSM00530", "HSM00304", "HSM00116"])
+        .into_iter()
         .find(|l| l.contains("the key on the token changed since startup"))
         .unwrap_or_else(|| panic!("no log line about the changed key:\n{log}"));
     assert!(line.contains(&s.token.key_uri("www-rsa")) && line.contains("reload httpd"), "{line}");

@@ -105,7 +105,7 @@ fn maps_library(pid: i32, lib: &str) -> bool {
 
 /// `(pid, socket path)` of every `key service started` line so far.
 fn started_lines(s: &Site) -> Vec<(i32, String)> {
-    s.apache.error_log().lines().filter(|l| l.contains("key service started")).map(parse_started).collect()
+    with_id(&s.apache.error_log(), "HSM00303").into_iter().map(parse_started).collect()
 }
 
 /// The pid after `pid ` (not httpd's `[pid N:tid M]` prefix) and the path
@@ -140,9 +140,8 @@ fn wait_log_line(s: &Site, what: &str, limit: Duration, f: impl Fn(&str) -> bool
 
 /// Waits for the `key service started` line of `pid`; its socket path.
 fn started_socket(s: &Site, pid: i32) -> String {
-    let line = wait_log_line(s, &format!("'key service started ... pid {pid}'"), Duration::from_secs(5), |l| {
-        l.contains("key service started") && parse_started(l).0 == pid
-    });
+    let line =
+        wait_log_line(s, &format!("HSM00303 for pid {pid}"), Duration::from_secs(5), |l| l.contains("HSM00303: ") && parse_started(l).0 == pid);
     parse_started(&line).1
 }
 
@@ -641,9 +640,7 @@ fn a_killed_key_service_is_started_again_and_the_children_keep_running() {
         assert!(killed.elapsed() < Duration::from_secs(2), "no new key service 2 s after the kill: {ks:?}\n{}", s.apache.error_log());
         std::thread::sleep(Duration::from_millis(10));
     };
-    wait_log_line(&s, "'key service ... died ... starting it again'", Duration::from_secs(5), |l| {
-        l.contains("key service") && l.contains("died") && l.contains("starting it again")
-    });
+    wait_log_line(&s, "HSM00204 or HSM00205", Duration::from_secs(5), |l| l.contains("HSM00204: ") || l.contains("HSM00205: "));
     started_socket(&s, new);
     // Handshakes work again within 3 s of the kill.
     let window = Duration::from_secs(3);
@@ -782,7 +779,7 @@ fn in_the_foreground_a_start_logs_in_once_and_each_reload_once_more() {
     assert_eq!(started_lines(&s).into_iter().map(|(p, _)| p).collect::<Vec<_>>(), vec![ks], "one start, one key service");
     assert_eq!(logins(&s), (1, vec![ks]), "logins at start: {:?}", s.p11.per_process());
     assert!(calls_of(&s, m).is_empty(), "httpd's parent called the PKCS#11 library: {:?}", calls_of(&s, m));
-    assert!(s.apache.error_log().contains("kept for the second configuration pass"), "{}", s.apache.error_log());
+    assert!(has_id(&s.apache.error_log(), "HSM00201"), "{}", s.apache.error_log());
 
     // A reload: the new configuration's service checks the keys and serves
     // them; that is the one new login.
@@ -826,7 +823,7 @@ fn configtest_starts_no_key_service() {
     let (code, out) = s.apache.configtest();
     assert_eq!(code, 0, "configtest failed:\n{out}");
     assert!(out.contains("Syntax OK"), "{out}");
-    assert!(!out.contains("key service started"), "configtest started a key service:\n{out}");
+    assert!(!has_id(&out, "HSM00303"), "configtest started a key service:\n{out}");
     // A key service would be a second process in the call log, or linger.
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(500) {
@@ -847,7 +844,7 @@ fn with_hsmsslkeyservice_off_no_key_service_runs_and_children_use_the_token() {
     s.get(tls("1.3"));
     s.get(rsa_kx());
     assert!(key_services(&s).is_empty(), "a key service runs with HSMSSLKeyService Off: {:?}", key_services(&s));
-    assert!(!s.apache.error_log().contains("key service started"), "{}", s.apache.error_log());
+    assert!(!has_id(&s.apache.error_log(), "HSM00303"), "{}", s.apache.error_log());
     let workers = workers(&s);
     let signers: Vec<i32> = server_process_calls(&s).into_iter().filter(|(_, c)| count(c, "C_SignInit") > 0).map(|(p, _)| p).collect();
     assert!(!signers.is_empty() && signers.iter().all(|p| workers.contains(p)), "signers {signers:?}, workers {workers:?}");
@@ -926,26 +923,28 @@ fn malformed_requests_from_inside_a_worker_are_refused_and_logged() {
         "the probe page:\n{body}"
     );
 
-    // Each is logged with the pid of the worker that sent it.
-    const REFUSED: &str = "key service: refused a request from pid ";
+    // Each is logged, under its own ID, with the pid of the worker that
+    // sent it.
     let log = s.apache.error_log();
-    let pids: Vec<i32> = log.lines().filter_map(|l| l.split(REFUSED).nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).collect();
+    let refused = with_any_id(&log, &["HSM00312", "HSM00313", "HSM00314", "HSM00315"]);
+    let pids: Vec<i32> =
+        refused.iter().filter_map(|l| l.split("from pid ").nth(1)?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).collect();
     assert_eq!(pids.len(), 8, "refusals logged:\n{log}");
     let ws = workers(&s);
     assert!(pids.iter().all(|p| ws.contains(p)), "refusals from {pids:?}, workers are {ws:?}");
-    for why in [
-        "a message of 2147483647 bytes",
-        "unknown operation 9",
-        "bytes after the end",
-        "no key number 7",
-        "a premaster block of 16 bytes",
-        "an ECDSA signature with an RSA key",
-        "a SHA-256 digest of 20 bytes",
-        "PSS salt of 300 bytes",
+    for (id, why) in [
+        ("HSM00312", "a message of 2147483647 bytes"),
+        ("HSM00313", "unknown operation 9"),
+        ("HSM00313", "bytes after the end"),
+        ("HSM00314", "no key number 7"),
+        ("HSM00315", "a premaster block of 16 bytes"),
+        ("HSM00315", "an ECDSA signature with an RSA key"),
+        ("HSM00315", "a SHA-256 digest of 20 bytes"),
+        ("HSM00315", "PSS salt of 300 bytes"),
     ] {
-        assert!(log.lines().any(|l| l.contains(REFUSED) && l.contains(why)), "no refusal saying '{why}':\n{log}");
+        assert!(with_id(&log, id).iter().any(|l| l.contains(why)), "no {id} refusal saying '{why}':\n{log}");
     }
-    assert!(!log.contains("refused a connection"), "a worker's connection was refused:\n{log}");
+    assert!(with_any_id(&log, &["HSM00306", "HSM00307"]).is_empty(), "a worker's connection was refused:\n{log}");
     // The same service still serves.
     assert_eq!(key_services(&s), vec![ks]);
     s.get(tls("1.3"));

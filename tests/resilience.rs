@@ -74,7 +74,7 @@ fn a_session_error_is_retried_on_a_new_session_and_the_client_never_notices() {
         assert_eq!(r.peer_sig_type.as_deref(), Some("RSA-PSS"));
         assert!(s.p11.fail_once_fired(), "{rv} was never injected");
         assert!(s.p11.count("C_OpenSession") > opened, "{rv}: no new session was opened");
-        assert!(s.apache.error_log().contains("retrying on a new session"), "{}", s.apache.error_log());
+        assert!(has_id(&s.apache.error_log(), "HSM00465"), "{}", s.apache.error_log());
     }
 }
 
@@ -177,7 +177,7 @@ fn with_direct_calls_the_worker_calls_the_token_itself_and_a_slow_call_is_waited
         assert_eq!(r.http_status, Some(200));
     }
     assert_eq!(helper_threads(&s), 0, "HSMSSLDirectCalls On, yet helper threads were started");
-    assert!(s.apache.error_log().contains("HSMSSLDirectCalls On"), "the setting is not logged:\n{}", s.apache.error_log());
+    assert!(has_id(&s.apache.error_log(), "HSM00101"), "the setting is not logged:\n{}", s.apache.error_log());
     // Not bounded: a 2.5 s call with a 1 s bound is waited for, and served.
     s.p11.delay("C_Sign", 2500);
     let t = Instant::now();
@@ -218,11 +218,7 @@ fn a_refused_pin_costs_one_login_try_for_the_whole_server_until_a_reload() {
         let log = s.apache.error_log();
         // Other processes learn it from the shared latch; the key service,
         // the one process that logs in, from its own refusal.
-        assert!(
-            log.contains("the token refused the PIN in another process of this server (pid ")
-                || log.contains("this process will not try to log in again"),
-            "{log}"
-        );
+        assert!(with_id(&log, "HSM00403").iter().any(|l| l.contains(rv)), "{rv}:\n{log}");
         // Fixed and reloaded: a new try, and service is back.
         s.p11.clear_faults();
         s.apache.graceful_signal().expect("graceful restart");
@@ -300,7 +296,7 @@ fn concurrent_handshakes_hitting_a_token_failure_do_not_stall() {
         assert!(took < Duration::from_secs(5), "a failing handshake took {took:?}:\n{}", s.apache.error_log());
     }
     assert!(t.elapsed() < Duration::from_secs(8));
-    assert!(!s.apache.error_log().contains("still in use after"), "{}", s.apache.error_log());
+    assert!(!has_id(&s.apache.error_log(), "HSM00409"), "{}", s.apache.error_log());
     s.p11.clear_faults();
     back_within(&s, Duration::from_secs(2));
 }
@@ -336,7 +332,7 @@ fn a_token_error_while_a_call_still_hangs_costs_a_handshake_at_most_the_bound() 
     // The state given up on never called C_Finalize under the new one
     // (that would fail its calls with CKR_CRYPTOKI_NOT_INITIALIZED).
     let log = s.apache.error_log();
-    assert!(log.contains("still in use after 5 s; leaving it to the calls still running"), "{log}");
+    assert!(line_with_id(&log, "HSM00409").contains("after 5 s"), "{log}");
     assert_eq!(s.p11.count("C_Finalize"), finalized, "the library was finalized under the new state:\n{log}");
     assert!(!log.contains("CKR_CRYPTOKI_NOT_INITIALIZED"), "{log}");
     // The state opened after it took over the C_Finalize the abandoned one

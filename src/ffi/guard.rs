@@ -8,7 +8,7 @@ pub fn guard<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(_) => {
-            log::error!("internal error in {what}: the operation was refused (please report this bug)");
+            log::error!("HSM00600: internal error in {what}: the operation was refused (please report this bug)");
             fallback
         }
     }

@@ -77,7 +77,8 @@ impl Vhost {
 }
 
 /// What to log about a key at startup, with the level of each line.
-type Notes = Vec<(log::Level, String)>;
+/// What to log about a key at startup: level, message ID, text.
+type Notes = Vec<(log::Level, &'static str, String)>;
 
 /// Finds and checks one configured key in this process (configtest, and
 /// `HSMSSLKeyService Off`): the token steps of `lookup::find_key`, then
@@ -97,7 +98,7 @@ fn accept_key(key: &KeyRef, warnings: Vec<String>, cert: Option<&str>, allow_exp
         crate::tls::certcheck::check(cert, &key.public).map_err(|e| e.to_string())?;
     }
     let mut notes = key_protection(&key.protection, allow_exportable)?;
-    notes.extend(warnings.into_iter().map(|w| (log::Level::Warn, w)));
+    notes.extend(warnings.into_iter().map(|w| (log::Level::Warn, "HSM00153", w)));
     Ok(notes)
 }
 
@@ -109,7 +110,7 @@ fn accept_key(key: &KeyRef, warnings: Vec<String>, cert: Option<&str>, allow_exp
 /// among them) make keys extractable by default. Not always sensitive or
 /// not never extractable (an imported key, say): copies may exist outside
 /// the token; an info line.
-fn key_protection(p: &Protection, allow_exportable: bool) -> Result<Vec<(log::Level, String)>, String> {
+fn key_protection(p: &Protection, allow_exportable: bool) -> Result<Notes, String> {
     let mut notes = Vec::new();
     if p.sensitive == Some(false) {
         let what = "the private key is not sensitive (CKA_SENSITIVE is false): anyone who has the PIN can read its \
@@ -119,11 +120,12 @@ fn key_protection(p: &Protection, allow_exportable: bool) -> Result<Vec<(log::Le
         if !allow_exportable {
             return Err(format!("{what}; refused: {fix}, or set 'HSMSSLAllowExportableKeys On' to serve it anyway"));
         }
-        notes.push((log::Level::Warn, format!("{what}; served because HSMSSLAllowExportableKeys is On; {fix}")));
+        notes.push((log::Level::Warn, "HSM00150", format!("{what}; served because HSMSSLAllowExportableKeys is On; {fix}")));
     }
     if p.extractable == Some(true) {
         notes.push((
             log::Level::Warn,
+            "HSM00151",
             "the private key is extractable (CKA_EXTRACTABLE is true): anyone who has the PIN can wrap it out of the \
              token under a key of their own; set CKA_EXTRACTABLE to false with the HSM's tools (PKCS#11 allows that \
              one-way change) or generate the key with extractable false"
@@ -133,6 +135,7 @@ fn key_protection(p: &Protection, allow_exportable: bool) -> Result<Vec<(log::Le
     if p.always_sensitive == Some(false) || p.never_extractable == Some(false) {
         notes.push((
             log::Level::Info,
+            "HSM00152",
             "the private key has not always been inside the token only (CKA_ALWAYS_SENSITIVE or \
              CKA_NEVER_EXTRACTABLE is false, as for an imported key): copies of it may exist elsewhere"
                 .to_string(),
@@ -205,7 +208,7 @@ impl Generation {
                     None => {
                         if let (PinSource::Env(name), false) = (&source, is_first_pass()) {
                             log::info!(
-                                "HSMSSLPin env:{name}: using the PIN read when httpd started (pid {}); \
+                                "HSM00100: HSMSSLPin env:{name}: using the PIN read when httpd started (pid {}); \
                                  an env: PIN changes only when httpd is stopped and started",
                                 std::process::id()
                             );
@@ -220,7 +223,7 @@ impl Generation {
                 let direct_calls = self.config.direct_calls.unwrap_or(false);
                 if direct_calls && !is_first_pass() {
                     log::info!(
-                        "HSMSSLDirectCalls On: handshakes call the token on their own thread; \
+                        "HSM00101: HSMSSLDirectCalls On: handshakes call the token on their own thread; \
                          HSMSSLOperationTimeout does not bound those calls"
                     );
                 }
@@ -250,7 +253,7 @@ impl Generation {
     fn resolve(&self, uri_text: &str) -> Option<Arc<KeyRef>> {
         let vhost = self.current.lock().as_ref().map(|v| v.name.clone()).unwrap_or_else(|| "(unknown vhost)".into());
         let fail = |msg: String| {
-            log::error!("{vhost}: SSLCertificateKeyFile \"{}\": {msg}", redacted(uri_text));
+            log::error!("HSM00102: {vhost}: SSLCertificateKeyFile \"{}\": {msg}", redacted(uri_text));
             None
         };
         if let Err(e) = KeyUri::parse(uri_text) {
@@ -272,16 +275,16 @@ impl Generation {
             Ok((k, notes)) => {
                 // httpd reads its configuration twice at startup (once at
                 // a reload): said in the last pass only, they appear once.
-                for (level, w) in notes.into_iter().filter(|_| !is_first_pass()) {
-                    log::log!(level, "{vhost}: SSLCertificateKeyFile \"{}\": {w}", redacted(uri_text));
+                for (level, id, w) in notes.into_iter().filter(|_| !is_first_pass()) {
+                    log::log!(level, "{id}: {vhost}: SSLCertificateKeyFile \"{}\": {w}", redacted(uri_text));
                 }
                 log::info!(
-                    "{vhost}: key {uri_text} is on token '{}' (id {}); private-key operations will run in the token",
+                    "HSM00104: {vhost}: key {uri_text} is on token '{}' (id {}); private-key operations will run in the token",
                     k.token_label,
                     crate::pkcs11::uri::hex(&k.id)
                 );
                 if let Some(m) = k.premaster.get() {
-                    log::info!("{vhost}: key {uri_text}: TLS 1.2 RSA key exchange: {}", m.describe());
+                    log::info!("HSM00105: {vhost}: key {uri_text}: TLS 1.2 RSA key exchange: {}", m.describe());
                 }
                 self.keys.lock().push(k.clone());
                 Some(k)
@@ -416,7 +419,7 @@ pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut a
     guard("post_config", FAIL, || {
         super::log::set_main_server(s);
         if let Err(e) = super::module::pin_self().and_then(|_| loader::ensure_registered()) {
-            log::error!("mod_hsm_ssl cannot start: {e}");
+            log::error!("HSM00106: mod_hsm_ssl cannot start: {e}");
             return FAIL;
         }
         // A new PIN read: a refusal of the previous generation's no longer
@@ -458,13 +461,13 @@ pub unsafe extern "C" fn post_config_last(_pconf: *mut apr_pool_t, _plog: *mut a
         let sealed = seal_key_service();
         super::supervise::end_carried();
         if let Err(e) = sealed {
-            log::error!("{e}");
+            log::error!("HSM00107: {e}");
             return FAIL;
         }
         if let Some(g) = GENERATION.lock().as_ref() {
             let n = g.keys.lock().len();
             if n > 0 {
-                log::debug!("{n} token key(s) configured; PKCS#11 closed in the parent (pid {})", std::process::id());
+                log::debug!("HSM00108: {n} token key(s) configured; PKCS#11 closed in the parent (pid {})", std::process::id());
             }
         }
         OK
@@ -553,7 +556,7 @@ pub unsafe extern "C" fn init_server(s: *mut server_rec, _p: *mut apr_pool_t, is
         for u in &v.uris {
             if !ours.contains(u) {
                 log::error!(
-                    "{}: SSLCertificateKeyFile \"{}\" was not loaded by mod_hsm_ssl (another OpenSSL engine or provider answered for pkcs11: URIs); refusing to serve it",
+                    "HSM00109: {}: SSLCertificateKeyFile \"{}\" was not loaded by mod_hsm_ssl (another OpenSSL engine or provider answered for pkcs11: URIs); refusing to serve it",
                     v.name,
                     redacted(u)
                 );
@@ -565,7 +568,7 @@ pub unsafe extern "C" fn init_server(s: *mut server_rec, _p: *mut apr_pool_t, is
         if cannot_decrypt {
             // SAFETY: mod_ssl's live SSL_CTX for this vhost.
             if let Err(e) = unsafe { drop_rsa_key_exchange(ctx) } {
-                log::error!("{}: {e}", v.name);
+                log::error!("HSM00110: {}: {e}", v.name);
                 return FAIL;
             }
         }
@@ -617,7 +620,7 @@ unsafe fn drop_rsa_key_exchange(ctx: *mut openssl_sys::SSL_CTX) -> Result<(), St
         unsafe { openssl_sys::ERR_clear_error() };
         return Err("OpenSSL refused the cipher list without RSA key exchange".into());
     }
-    log::debug!("RSA key exchange removed ({})", dropped.join(":"));
+    log::debug!("HSM00111: RSA key exchange removed ({})", dropped.join(":"));
     Ok(())
 }
 
@@ -645,8 +648,8 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
                     let binding = g.binding().map_err(|e| format!("{at}: {e}"))?;
                     let allow_exportable = g.config.allow_exportable_keys.unwrap_or(false);
                     let (_, notes) = check_key(&binding, &k.uri, k.cert.as_deref(), allow_exportable).map_err(|e| format!("{at}: {e}"))?;
-                    for (level, w) in notes {
-                        log::log!(level, "{at}: {w}");
+                    for (level, id, w) in notes {
+                        log::log!(level, "{id}: {at}: {w}");
                     }
                 }
             }
@@ -656,11 +659,11 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
         match result {
             Ok(()) => {
                 let n: usize = vhosts.iter().map(|v| v.keys.len()).sum();
-                log::info!("configtest: {n} token key(s) found, matching their certificates");
+                log::info!("HSM00113: configtest: {n} token key(s) found, matching their certificates");
                 OK
             }
             Err(e) => {
-                log::error!("{e}");
+                log::error!("HSM00114: {e}");
                 FAIL
             }
         }
@@ -671,7 +674,7 @@ unsafe extern "C" fn child_cleanup(_data: *mut std::ffi::c_void) -> apr_status_t
     guard("child cleanup", 0, || {
         for (label, st) in runtime::pool_stats() {
             log::debug!(
-                "child {} exiting: token '{label}' sessions: {} in use, {} idle, {} opened, {} failed to open, {} dropped after errors, {} waits timed out",
+                "HSM00115: child {} exiting: token '{label}' sessions: {} in use, {} idle, {} opened, {} failed to open, {} dropped after errors, {} waits timed out",
                 std::process::id(),
                 st.in_use,
                 st.idle,
@@ -725,7 +728,7 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
         for k in &keys {
             if let Err(e) = runtime::prepare(k) {
                 log::error!(
-                    "child {}: key {} is not usable yet: {e}; handshakes with it fail until the token is back",
+                    "HSM00116: child {}: key {} is not usable yet: {e}; handshakes with it fail until the token is back",
                     std::process::id(),
                     k.uri_text
                 );
@@ -735,7 +738,7 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
         // (`stats::claim_probe`).
         let interval = g.config.health_probe_interval.unwrap_or(super::config::DEFAULT_PROBE_INTERVAL);
         if let Err(e) = crate::pkcs11::health::start(interval, move || keys.clone()) {
-            log::error!("child {}: cannot start the token health probe: {e}", std::process::id());
+            log::error!("HSM00117: child {}: cannot start the token health probe: {e}", std::process::id());
         }
     })
 }
@@ -744,8 +747,8 @@ pub unsafe extern "C" fn child_init(pchild: *mut apr_pool_t, _s: *mut server_rec
 mod tests {
     use super::*;
 
-    fn levels(notes: &[(log::Level, String)]) -> Vec<log::Level> {
-        notes.iter().map(|(l, _)| *l).collect()
+    fn levels(notes: &Notes) -> Vec<log::Level> {
+        notes.iter().map(|(l, _, _)| *l).collect()
     }
 
     #[test]
@@ -760,12 +763,14 @@ mod tests {
         assert!(e.contains("CKA_SENSITIVE is false") && e.contains("HSMSSLAllowExportableKeys On"), "{e}");
         let notes = key_protection(&readable, true).unwrap();
         assert_eq!(levels(&notes), [log::Level::Warn]);
-        assert!(notes[0].1.contains("served because HSMSSLAllowExportableKeys is On"), "{}", notes[0].1);
+        assert!(notes[0].2.contains("served because HSMSSLAllowExportableKeys is On"), "{}", notes[0].2);
+        assert_eq!(notes[0].1, "HSM00150");
 
         let wrappable = Protection { extractable: Some(true), never_extractable: Some(false), ..inside };
         let notes = key_protection(&wrappable, false).unwrap();
         assert_eq!(levels(&notes), [log::Level::Warn, log::Level::Info]);
-        assert!(notes[0].1.contains("CKA_EXTRACTABLE is true"), "{}", notes[0].1);
+        assert!(notes[0].2.contains("CKA_EXTRACTABLE is true"), "{}", notes[0].2);
+        assert_eq!((notes[0].1, notes[1].1), ("HSM00151", "HSM00152"));
 
         let imported = Protection { always_sensitive: Some(false), never_extractable: Some(false), ..inside };
         assert_eq!(levels(&key_protection(&imported, false).unwrap()), [log::Level::Info]);

@@ -26,6 +26,13 @@ impl log::Log for ApacheLogger {
         // supported" for vendor mechanisms it cannot name) are details, not
         // errors of this server: debug level.
         let level = if record.target().starts_with("cryptoki") { log::Level::Debug } else { record.level() };
+        // The module's own lines start with their message ID; another
+        // crate's (cryptoki's) get one ID for all, and their origin.
+        let msg = if record.target().starts_with("mod_hsm_ssl") {
+            format!("{}", record.args())
+        } else {
+            format!("HSM00001: {}: {}", record.target(), record.args())
+        };
         let level = match level {
             log::Level::Error => httpd::APLOG_ERR,
             log::Level::Warn => httpd::APLOG_WARNING,
@@ -33,7 +40,7 @@ impl log::Log for ApacheLogger {
             log::Level::Debug => httpd::APLOG_DEBUG,
             log::Level::Trace => httpd::APLOG_TRACE1,
         } as c_int;
-        let msg = format!("{}", record.args()).replace('\0', " ");
+        let msg = msg.replace('\0', " ");
         let Ok(msg) = CString::new(msg) else { return };
         let file = CString::new(record.file().unwrap_or("mod_hsm_ssl")).unwrap_or_default();
         let s = MAIN_SERVER.load(Ordering::Acquire);

@@ -123,7 +123,7 @@ pub fn adopt(pconf: *mut apr_pool_t, fits: impl FnOnce(&Plan) -> bool) -> Option
     // (ECHILD) for a process that is not our child, its pid once reaped.
     let w = unsafe { libc::waitpid(s.pid, &mut status, libc::WNOHANG) };
     if w == 0 && fits(&s.plan) {
-        log::debug!("key service (pid {}) of the first configuration pass serves this one", s.pid);
+        log::debug!("HSM00200: key service (pid {}) of the first configuration pass serves this one", s.pid);
         let socket = s.plan.socket.clone();
         *CURRENT.lock() = Some(s);
         // SAFETY: a cleanup with no data on the configuration pool.
@@ -267,7 +267,7 @@ unsafe extern "C" fn configuration_ends(_data: *mut c_void) -> httpd::apr_status
     crate::ffi::guard("key service cleanup", 0, || {
         let Some(mut s) = CURRENT.lock().take() else { return 0 };
         if first_pass_ends() {
-            log::debug!("key service (pid {}) kept for the second configuration pass", s.pid);
+            log::debug!("HSM00201: key service (pid {}) kept for the second configuration pass", s.pid);
             *CARRIED.lock() = Some(s);
             return 0;
         }
@@ -278,7 +278,7 @@ unsafe extern "C" fn configuration_ends(_data: *mut c_void) -> httpd::apr_status
         if exiting {
             service::remove_socket(&s.plan.socket);
         }
-        log::debug!("key service (pid {}) ends with its configuration", s.pid);
+        log::debug!("HSM00202: key service (pid {}) ends with its configuration", s.pid);
         ENDED.lock().push(s);
         0
     })
@@ -314,17 +314,17 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
         unsafe { httpd::apr_pool_destroy(pool) };
         if !was_current {
             service::remove_socket(&plan.socket);
-            log::debug!("key service (pid {pid}) of an ended configuration has exited");
+            log::debug!("HSM00203: key service (pid {pid}) of an ended configuration has exited");
             return;
         }
         if stopping() {
             return;
         }
         if plan.delay.is_zero() {
-            log::error!("key service (pid {pid}) died ({}); starting it again", describe_status(reason, status));
+            log::error!("HSM00204: key service (pid {pid}) died ({}); starting it again", describe_status(reason, status));
         } else {
             log::error!(
-                "key service (pid {pid}) died ({}) {} ms after it started; starting it again, to open the token in {} ms",
+                "HSM00205: key service (pid {pid}) died ({}) {} ms after it started; starting it again, to open the token in {} ms",
                 describe_status(reason, status),
                 lived.saturating_sub(waited).as_millis(),
                 plan.delay.as_millis()
@@ -332,7 +332,7 @@ unsafe extern "C" fn maintenance(reason: c_int, data: *mut c_void, status: c_int
         }
         crate::pkcs11::stats::service_restarted();
         if let Err(e) = spawn(process_pool, plan) {
-            log::error!("key service could not be started again: {e}; handshakes with token keys fail until httpd is restarted");
+            log::error!("HSM00206: key service could not be started again: {e}; handshakes with token keys fail until httpd is restarted");
         }
     })
 }

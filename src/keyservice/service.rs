@@ -48,7 +48,7 @@ extern "C" fn on_stop(_sig: libc::c_int) {
 /// what this process held at once), then ends the process.
 fn finish(socket: &Path, why: &str) -> ! {
     remove_socket(socket);
-    log::debug!("key service (pid {}) exits: {why}", std::process::id());
+    log::debug!("HSM00300: key service (pid {}) exits: {why}", std::process::id());
     runtime::shutdown();
     // SAFETY: ends this process; nothing of httpd's runs here.
     unsafe { libc::_exit(0) }
@@ -109,7 +109,7 @@ fn drain_watch(socket: PathBuf, parent: libc::pid_t) {
     // New children of the next configuration may already run by now.
     let cutoff = DRAIN_TICKS.load(Ordering::Relaxed);
     let old: Vec<(i32, u64)> = children_of(parent).into_iter().filter(|(p, start)| *p != me && *start <= cutoff).collect();
-    log::debug!("key service (pid {me}) of an old configuration serves its {} old children until they exit", old.len());
+    log::debug!("HSM00301: key service (pid {me}) of an old configuration serves its {} old children until they exit", old.len());
     loop {
         // The socket stays while draining: an old child's new thread still
         // connects to it.
@@ -283,7 +283,7 @@ pub fn start(plan: &Plan, listener: UnixListener) -> Result<(libc::pid_t, UnixSt
             let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(plan, listener, service_end))) {
                 Ok(Ok(())) => 0,
                 Ok(Err(e)) => {
-                    log::error!("key service (pid {}): {e}", std::process::id());
+                    log::error!("HSM00302: key service (pid {}): {e}", std::process::id());
                     1
                 }
                 Err(_) => 2,
@@ -371,7 +371,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
     if !plan.binding.direct_calls {
         crate::pkcs11::watchdog::enable(plan.binding.op_timeout).map_err(|e| format!("cannot start a thread: {e}"))?;
     }
-    log::info!("key service started: pid {} as user {}, socket {}", std::process::id(), plan.user.name, plan.socket.display());
+    log::info!("HSM00303: key service started: pid {} as user {}, socket {}", std::process::id(), plan.user.name, plan.socket.display());
     // Started again after deaths in quick succession: no fork and token
     // login storm (connections wait in the backlog meanwhile).
     std::thread::sleep(plan.delay);
@@ -390,7 +390,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         set_keys(|k| *k = plan.keys.clone());
         for k in &plan.keys {
             if let Err(e) = runtime::prepare(k) {
-                log::error!("key service: key {} is not usable yet: {e}; its handshakes fail until the token is back", k.uri_text);
+                log::error!("HSM00304: key service: key {} is not usable yet: {e}; its handshakes fail until the token is back", k.uri_text);
             }
         }
     }
@@ -405,7 +405,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         let s = match conn {
             Ok(s) => s,
             Err(e) => {
-                log::warn!("key service: accept failed: {e}");
+                log::warn!("HSM00305: key service: accept failed: {e}");
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 continue;
             }
@@ -413,7 +413,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         let peer = match peer_of(&s, plan) {
             Ok(pid) => pid,
             Err((pid, uid, why)) => {
-                log::error!("key service: refused a connection from pid {pid} (uid {uid}): {why}");
+                log::error!("HSM00306: key service: refused a connection from pid {pid} (uid {uid}): {why}");
                 continue;
             }
         };
@@ -422,7 +422,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         // the service's memory; children hold at most one per handshake in
         // flight.
         if CONNECTIONS.load(Ordering::Relaxed) >= MAX_CONNECTIONS {
-            log::error!("key service: refused a connection from pid {peer}: {MAX_CONNECTIONS} connections are open already");
+            log::error!("HSM00307: key service: refused a connection from pid {peer}: {MAX_CONNECTIONS} connections are open already");
             continue;
         }
         CONNECTIONS.fetch_add(1, Ordering::Relaxed);
@@ -432,7 +432,7 @@ fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(),
         });
         if let Err(e) = spawned {
             CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
-            log::error!("key service: cannot start a thread for pid {peer}: {e}");
+            log::error!("HSM00308: key service: cannot start a thread for pid {peer}: {e}");
         }
     }
     Ok(())
@@ -477,7 +477,7 @@ fn control_channel(mut s: UnixStream, binding: &Arc<Binding>) {
             Ok(Some(b)) => b,
             Ok(None) => return,
             Err(e) => {
-                log::error!("key service: control channel: {e}");
+                log::error!("HSM00309: key service: control channel: {e}");
                 return;
             }
         };
@@ -487,12 +487,12 @@ fn control_channel(mut s: UnixStream, binding: &Arc<Binding>) {
             Ok(Control::Seal { count, last }) => {
                 set_keys(|k| k.truncate(count as usize));
                 runtime::set_serving();
-                log::debug!("key service (pid {}) serves {count} key(s)", std::process::id());
+                log::debug!("HSM00310: key service (pid {}) serves {count} key(s)", std::process::id());
                 closing = last;
                 ControlAnswer::Sealed
             }
             Err(e) => {
-                log::error!("key service: control channel: {e}");
+                log::error!("HSM00311: key service: control channel: {e}");
                 return;
             }
         };
@@ -539,7 +539,7 @@ fn connection(mut s: UnixStream, peer: i32) {
             Ok(None) => return,
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
-                    log::error!("key service: refused a request from pid {peer}: {e}; connection closed");
+                    log::error!("HSM00312: key service: refused a request from pid {peer}: {e}; connection closed");
                 }
                 return;
             }
@@ -552,7 +552,7 @@ fn connection(mut s: UnixStream, peer: i32) {
         let answer = match Request::decode(&body) {
             Ok(req) => execute(&req, peer, &keys),
             Err(e) => {
-                log::error!("key service: refused a request from pid {peer}: {e}; connection closed");
+                log::error!("HSM00313: key service: refused a request from pid {peer}: {e}; connection closed");
                 return;
             }
         };
@@ -567,12 +567,12 @@ fn execute(req: &Request, peer: i32, keys: &[Arc<KeyRef>]) -> Answer {
         Request::Sign { key, .. } | Request::Premaster { key, .. } => *key,
     };
     let Some(key) = keys.get(index as usize) else {
-        log::error!("key service: refused a request from pid {peer}: no key number {index} (the service has {})", keys.len());
+        log::error!("HSM00314: key service: refused a request from pid {peer}: no key number {index} (the service has {})", keys.len());
         return Answer::Failed(Failure::Refused(format!("no key number {index}")));
     };
     match (admit(key, req), req) {
         (Err(why), _) => {
-            log::error!("key service: refused a request from pid {peer} for key {}: {why}", key.uri_text);
+            log::error!("HSM00315: key service: refused a request from pid {peer} for key {}: {why}", key.uri_text);
             Answer::Failed(Failure::Refused(why.to_string()))
         }
         (Ok(Admitted::Sign { mech, data }), _) => match sign_here(key, mech, &data) {

@@ -293,7 +293,7 @@ impl Drop for TempObject<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.session.destroy_object(self.handle) {
             // A session object: it goes away with the session anyway.
-            log::warn!("import: cannot destroy the temporary {}: {}", self.what, ck_error_text(&e));
+            log::warn!("HSM00700: import: cannot destroy the temporary {}: {}", self.what, ck_error_text(&e));
         }
     }
 }
@@ -399,7 +399,7 @@ pub fn import_key(session: &Session, key: &PKeyRef<Private>, label: &str, id: &[
     let ((private_handle, frozen), path) = match created {
         Ok(h) => (h, ImportPath::Created),
         Err(e) if is_refusal(&e) => {
-            log::info!("import: the token refuses plaintext private keys ({}); importing \"{label}\" by unwrapping", ck_error_text(&e));
+            log::info!("HSM00701: import: the token refuses plaintext private keys ({}); importing \"{label}\" by unwrapping", ck_error_text(&e));
             (import_by_unwrap(session, key, &what, &private_base)?, ImportPath::Unwrapped)
         }
         Err(e) => return Err(format!("cannot create the private key \"{label}\": {}", ck_error_text(&e)).into()),
@@ -520,7 +520,7 @@ fn session_aes_key<'a>(session: &'a Session, kek: &[u8; KEK_LEN]) -> Result<Temp
     match created {
         Ok(handle) => Ok(TempObject { session, handle, what: "AES wrapping key" }),
         Err(e) if is_refusal(&e) => {
-            log::info!("import: the token refuses a plaintext AES session key too ({}); carrying it in with RSA-OAEP", ck_error_text(&e));
+            log::info!("HSM00702: import: the token refuses a plaintext AES session key too ({}); carrying it in with RSA-OAEP", ck_error_text(&e));
             aes_key_via_rsa_oaep(session, kek)
         }
         Err(e) => Err(format!("cannot create the AES session key for unwrapping: {}", ck_error_text(&e))),

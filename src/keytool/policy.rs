@@ -130,7 +130,7 @@ pub fn make_frozen<T>(what: &str, mut make: impl FnMut(&[Attribute]) -> Result<T
             Ok(v) => {
                 if let Some(e) = refusal {
                     log::warn!(
-                        "the token refused CKA_MODIFIABLE=false and CKA_COPYABLE=false for {what} ({}); it is {}{}",
+                        "HSM00710: the token refused CKA_MODIFIABLE=false and CKA_COPYABLE=false for {what} ({}); it is {}{}",
                         ck_error_text(&e),
                         f.describe(),
                         if f.unmodifiable { "" } else { ": its attributes (e.g. CKA_DECRYPT) can still be changed by whoever has the PIN" }

@@ -179,7 +179,7 @@ impl Direct {
         let rv = unsafe { (op.0)(s.handle(), data.as_ptr() as *mut u8, data_len, out.as_mut_ptr(), &mut len) };
         if rv == CKR_BUFFER_TOO_SMALL {
             log::error!(
-                "PKCS#11 token fault: {} asked for a {len}-byte output buffer; no key mod_hsm_ssl serves needs more than {OUT_LEN} bytes \
+                "HSM00470: PKCS#11 token fault: {} asked for a {len}-byte output buffer; no key mod_hsm_ssl serves needs more than {OUT_LEN} bytes \
                  (a token or library bug); the operation fails and its session is closed",
                 c_name(op.1)
             );
@@ -187,7 +187,7 @@ impl Direct {
         Rv::from(rv).into_result(op.1)?;
         if len > OUT_LEN as CK_ULONG {
             log::error!(
-                "PKCS#11 token fault: {} returned CKR_OK claiming {len} bytes of output in a {OUT_LEN}-byte buffer (a token or library bug); \
+                "HSM00471: PKCS#11 token fault: {} returned CKR_OK claiming {len} bytes of output in a {OUT_LEN}-byte buffer (a token or library bug); \
                  the operation fails and its session is closed",
                 c_name(op.1)
             );

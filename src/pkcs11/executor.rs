@@ -116,7 +116,7 @@ const MAX_THREADS: usize = 512;
 fn worker(pool: Arc<Pool>) {
     if let Some(cpu) = pool.cpu {
         if !pin_to(cpu) {
-            log::debug!("token helper thread could not be pinned to CPU {cpu}; it runs unpinned");
+            log::debug!("HSM00475: token helper thread could not be pinned to CPU {cpu}; it runs unpinned");
         }
     }
     let mut inner = lock(&pool.inner);

@@ -37,7 +37,7 @@ pub fn start(interval: Duration, keys: impl Fn() -> Vec<Arc<KeyRef>> + Send + 's
                 Err(e) => {
                     stats::failure(token, &e);
                     stats::event(token, Event::ProbeFailed);
-                    log::warn!("token health probe failed: {e}");
+                    log::warn!("HSM00478: token health probe failed: {e}");
                 }
             }
         }

@@ -51,7 +51,10 @@ fn shared() -> &'static Shared {
                 0,
             );
             if p == libc::MAP_FAILED {
-                log::warn!("cannot map a shared page for the refused-PIN record ({}); each process keeps its own", std::io::Error::last_os_error());
+                log::warn!(
+                    "HSM00480: cannot map a shared page for the refused-PIN record ({}); each process keeps its own",
+                    std::io::Error::last_os_error()
+                );
                 return Box::leak(Box::new(Shared { refused_gen: AtomicU64::new(0), refused_pid: AtomicU32::new(0), trying: AtomicU32::new(0) }));
             }
             &*(p as *const Shared)

@@ -61,7 +61,7 @@ pub fn find_key(binding: &Arc<Binding>, uri_text: &str) -> Result<Found, LookupE
             Ok(k) => break (hsm, Arc::new(k)),
             Err(OpError::Denied(t)) => return Err(LookupError::Denied(t)),
             Err(e) if attempt < policy::FIND_KEY_ATTEMPTS => {
-                log::debug!("finding {} (attempt {attempt}): {e}; trying again", redacted(uri_text));
+                log::debug!("HSM00482: finding {} (attempt {attempt}): {e}; trying again", redacted(uri_text));
                 drop(hsm);
                 runtime::shutdown();
                 std::thread::sleep(policy::find_key_pause(attempt));

@@ -61,9 +61,9 @@ impl Slot {
             super::stats::state(t, super::stats::TokenState::BackingOff);
         }
         if SERVING.load(std::sync::atomic::Ordering::Relaxed) {
-            log::warn!("token unavailable: {reason}; next attempt in {} ms", backoff.as_millis());
+            log::warn!("HSM00400: token unavailable: {reason}; next attempt in {} ms", backoff.as_millis());
         } else {
-            log::debug!("token unavailable: {reason}");
+            log::debug!("HSM00401: token unavailable: {reason}");
         }
         self.down = Some(Down { until: Instant::now() + backoff, backoff, reason });
     }
@@ -234,7 +234,7 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Arc<Hsm>) -> Result<T, O
                 if opened || reinit_done {
                     let mut cur = CURRENT.lock();
                     if cur.down.take().is_some() {
-                        log::info!("token available again in pid {}", std::process::id());
+                        log::info!("HSM00402: token available again in pid {}", std::process::id());
                     }
                 }
                 return Ok(v);
@@ -245,7 +245,7 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Arc<Hsm>) -> Result<T, O
                 }
                 super::latch::refuse(); // for the server's other processes too
                 CURRENT.lock().denied = Some(msg.clone());
-                log::error!("{msg}; this process will not try to log in again");
+                log::error!("HSM00403: {msg}; this process will not try to log in again");
                 return Err(OpError::Denied(msg));
             }
             Err(e @ OpError::Timeout(_)) => {
@@ -259,7 +259,7 @@ pub fn with_hsm<T>(binding: &Arc<Binding>, op: impl Fn(&Arc<Hsm>) -> Result<T, O
                     CURRENT.lock().mark_down(e.to_string());
                     return Err(e);
                 }
-                log::warn!("{e}; re-initializing PKCS#11 and retrying once");
+                log::warn!("HSM00404: {e}; re-initializing PKCS#11 and retrying once");
                 for t in super::stats::all_mine() {
                     super::stats::event(t, super::stats::Event::Reinit);
                 }
@@ -335,7 +335,7 @@ fn probe_loop() {
         // A panic (a bug) must not end the thread: the flag says it runs.
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| probe_once(&key, &error, count)));
         if checked.is_err() {
-            log::error!("the token check after a failed premaster decrypt panicked; checking again at the next failure");
+            log::error!("HSM00405: the token check after a failed premaster decrypt panicked; checking again at the next failure");
         }
         std::thread::sleep(PROBE_INTERVAL.saturating_sub(started.elapsed()));
     }
@@ -352,10 +352,12 @@ fn probe_once(key: &Arc<KeyRef>, error: &OpError, count: u64) {
     );
     match with_hsm(&key.binding, |hsm| hsm.probe(key)) {
         Ok(()) => log::warn!(
-            "{what}; a check of token '{}' that uses no client data (C_GetSessionInfo, C_GetAttributeValue) passed: the token stays in use",
+            "HSM00406: {what}; a check of token '{}' that uses no client data (C_GetSessionInfo, C_GetAttributeValue) passed: the token stays in use",
             key.token_label
         ),
-        Err(e) => log::warn!("{what}; a check of token '{}' that uses no client data failed too ({e}): handled as token trouble", key.token_label),
+        Err(e) => {
+            log::warn!("HSM00407: {what}; a check of token '{}' that uses no client data failed too ({e}): handled as token trouble", key.token_label)
+        }
     }
 }
 
@@ -409,7 +411,7 @@ impl Drop for Closing {
             // Uncounted even if closing panics (a bug): a count left behind
             // would keep this process from ever opening the token again.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| close(h))).is_err() {
-                log::error!("closing a failed PKCS#11 state panicked; opening a new one regardless");
+                log::error!("HSM00408: closing a failed PKCS#11 state panicked; opening a new one regardless");
             }
         }
         CURRENT.lock().closing -= 1;
@@ -457,7 +459,7 @@ fn close(h: Arc<Hsm>) {
                 // to its last user, without closing or finalizing anything
                 // then, since a new state may be open by that time.
                 log::warn!(
-                    "PKCS#11 state still in use after {} s; leaving it to the calls still running, a new state opens beside it",
+                    "HSM00409: PKCS#11 state still in use after {} s; leaving it to the calls still running, a new state opens beside it",
                     DRAIN.as_secs()
                 );
                 shared.abandon();

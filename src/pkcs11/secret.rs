@@ -84,17 +84,17 @@ impl Pages {
         if ptr == libc::MAP_FAILED {
             // Out of address space: refuse to hold the PIN rather than keep
             // it somewhere unprotected; the login then fails with an empty PIN.
-            log::error!("cannot map memory for the PIN: {}", std::io::Error::last_os_error());
+            log::error!("HSM00485: cannot map memory for the PIN: {}", std::io::Error::last_os_error());
             return Pages { ptr: std::ptr::null_mut(), cap: 0, len: 0 };
         }
         // SAFETY: ptr..ptr+cap is the mapping just made.
         unsafe {
             if libc::madvise(ptr, cap, libc::MADV_DONTDUMP) != 0 {
-                log::debug!("madvise(MADV_DONTDUMP) on the PIN's page failed: {}", std::io::Error::last_os_error());
+                log::debug!("HSM00486: madvise(MADV_DONTDUMP) on the PIN's page failed: {}", std::io::Error::last_os_error());
             }
             if libc::mlock(ptr, cap) != 0 {
                 // RLIMIT_MEMLOCK is often 64 KiB or less; the PIN still works.
-                log::debug!("mlock on the PIN's page failed (it may be swapped out): {}", std::io::Error::last_os_error());
+                log::debug!("HSM00487: mlock on the PIN's page failed (it may be swapped out): {}", std::io::Error::last_os_error());
             }
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr as *mut u8, bytes.len());
         }

@@ -177,7 +177,7 @@ fn region() -> &'static Region {
         let r: &'static Region = unsafe {
             let p = libc::mmap(std::ptr::null_mut(), size, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1, 0);
             if p == libc::MAP_FAILED {
-                log::warn!("cannot map the shared counters ({}); each process counts on its own", std::io::Error::last_os_error());
+                log::warn!("HSM00490: cannot map the shared counters ({}); each process counts on its own", std::io::Error::last_os_error());
                 let layout = std::alloc::Layout::new::<Region>();
                 let q = std::alloc::alloc_zeroed(layout);
                 if q.is_null() {
@@ -220,7 +220,7 @@ fn slot<T, const W: usize>(slots: &'static [T], name_of: impl Fn(&T) -> &Text<W>
     }
     static FULL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !FULL.swap(true, Relaxed) {
-        log::warn!("the shared counters are full: '{name}' is served but not counted");
+        log::warn!("HSM00491: the shared counters are full: '{name}' is served but not counted");
     }
     None
 }

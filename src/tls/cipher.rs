@@ -47,13 +47,13 @@ impl CipherCtx {
         if self.pad != PAD_TLS {
             // Only the TLS premaster decrypt is served by a key service.
             if crate::keyservice::client::active().is_some() {
-                log::error!("RSA decrypt with {} refused: only TLS premaster secrets are decrypted with token keys", key.uri_text);
+                log::error!("HSM00500: RSA decrypt with {} refused: only TLS premaster secrets are decrypted with token keys", key.uri_text);
                 return None;
             }
             return match runtime::with_hsm(&key.binding, |hsm| hsm.decrypt(key, Mech::RsaPkcs, input.to_vec())) {
                 Ok(v) => Some(Zeroizing::new(v)),
                 Err(e) => {
-                    log::error!("RSA decrypt with {} failed: {e}", key.uri_text);
+                    log::error!("HSM00501: RSA decrypt with {} failed: {e}", key.uri_text);
                     None
                 }
             };
@@ -69,7 +69,7 @@ impl CipherCtx {
             Ok(a) => a,
             Err(e) => {
                 // Before the token saw the ciphertext: not about the data.
-                log::error!("TLS handshake refused: premaster decrypt with {} failed: {e}", key.uri_text);
+                log::error!("HSM00502: TLS handshake refused: premaster decrypt with {} failed: {e}", key.uri_text);
                 return None;
             }
         };
@@ -262,7 +262,7 @@ fn apply(c: &mut CipherCtx, params: *const OSSL_PARAM) -> bool {
                 },
             };
             if mode != PAD_PKCS1 && mode != PAD_TLS {
-                log::debug!("RSA padding mode {mode} is not offered for HSM keys");
+                log::debug!("HSM00503: RSA padding mode {mode} is not offered for HSM keys");
                 return false;
             }
             c.pad = mode;

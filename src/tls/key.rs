@@ -259,7 +259,7 @@ unsafe extern "C" fn import(kd: *mut c_void, selection: c_int, params: *const OS
         // SAFETY: params is OpenSSL's valid END-terminated array.
         unsafe { import_into(k, selection, params) }.map_or_else(
             |e| {
-                log::debug!("key import refused: {e}");
+                log::debug!("HSM00510: key import refused: {e}");
                 0
             },
             |_| 1,

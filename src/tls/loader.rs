@@ -34,7 +34,7 @@ fn load(uri: &str) -> *mut EVP_PKEY {
     let key = match RESOLVER.read().as_ref() {
         Some(resolve) => resolve(uri),
         None => {
-            log::error!("key {}: mod_hsm_ssl is not configured in this process", crate::pkcs11::uri::redacted(uri));
+            log::error!("HSM00520: key {}: mod_hsm_ssl is not configured in this process", crate::pkcs11::uri::redacted(uri));
             None
         }
     };
@@ -43,7 +43,7 @@ fn load(uri: &str) -> *mut EVP_PKEY {
     match provider::evp_pkey_for(key) {
         Ok(p) => p.cast(),
         Err(e) => {
-            log::error!("key {shown}: {e}");
+            log::error!("HSM00521: key {shown}: {e}");
             ptr::null_mut()
         }
     }

@@ -64,7 +64,7 @@ impl SigCtx {
         let (sig, scheme, tbs) = match self.token_sign(k, digest) {
             Ok(r) => r,
             Err(e) => {
-                log::error!("TLS handshake refused: signing with {} in the token failed: {e}", k.token.uri_text);
+                log::error!("HSM00530: TLS handshake refused: signing with {} in the token failed: {e}", k.token.uri_text);
                 return None;
             }
         };
@@ -72,7 +72,7 @@ impl SigCtx {
             Ok(true) => Some(sig),
             Ok(false) => {
                 log::error!(
-                    "TLS handshake refused: the token returned a signature made with {} that does not verify against \
+                    "HSM00531: TLS handshake refused: the token returned a signature made with {} that does not verify against \
                      the key's public half ({scheme}); it was not sent, since a faulty RSA signature can reveal the \
                      private key to whoever receives it; the HSM may be failing: check its health and logs",
                     k.token.uri_text
@@ -81,7 +81,7 @@ impl SigCtx {
             }
             Err(e) => {
                 log::error!(
-                    "TLS handshake refused: the signature the token made with {} could not be checked ({e}); it was not sent",
+                    "HSM00532: TLS handshake refused: the signature the token made with {} could not be checked ({e}); it was not sent",
                     k.token.uri_text
                 );
                 None
@@ -268,7 +268,7 @@ fn init(c: &mut SigCtx, provkey: *mut c_void, params: *const OSSL_PARAM) -> c_in
     match (&k.hsm, &k.public, &k.check) {
         (Some(h), Some(p), Some(check)) if k.kind == c.kind => c.key = Some(SigKey { token: h.clone(), public: p.clone(), check: check.clone() }),
         _ => {
-            log::debug!("signature init with a key that is not in the token");
+            log::debug!("HSM00533: signature init with a key that is not in the token");
             return 0;
         }
     }
@@ -328,7 +328,7 @@ unsafe extern "C" fn digest_sign_init(c: *mut c_void, mdname: *const c_char, pro
         // SAFETY: mdname is null or a NUL-terminated string (OpenSSL).
         let name = if mdname.is_null() { "SHA256".to_string() } else { unsafe { CStr::from_ptr(mdname) }.to_string_lossy().into_owned() };
         let Some(d) = Digest::by_name(&name) else {
-            log::error!("TLS handshake refused: digest {name} is not supported with HSM keys");
+            log::error!("HSM00534: TLS handshake refused: digest {name} is not supported with HSM keys");
             return 0;
         };
         c.digest = Some(d);

@@ -128,3 +128,27 @@ pub fn kill(pid: i32, sig: i32) {
         libc::kill(pid, sig);
     }
 }
+
+/// The lines of `log` that carry message ID `id` (see docs/messages.md).
+/// Tests find the module's lines by ID; what they check in a line is data
+/// (key URIs, labels, return codes, files) or the reason it gives.
+pub fn with_id<'a>(log: &'a str, id: &str) -> Vec<&'a str> {
+    let tag = format!("{id}: ");
+    log.lines().filter(|l| l.contains(&tag)).collect()
+}
+
+/// The first line of `log` with message ID `id`; panics, showing the log,
+/// when there is none.
+pub fn line_with_id<'a>(log: &'a str, id: &str) -> &'a str {
+    with_id(log, id).into_iter().next().unwrap_or_else(|| panic!("no {id} line in the log:\n{log}"))
+}
+
+/// Whether `log` has a line with message ID `id`.
+pub fn has_id(log: &str, id: &str) -> bool {
+    !with_id(log, id).is_empty()
+}
+
+/// The lines of `log` that carry any of the message IDs `ids`.
+pub fn with_any_id<'a>(log: &'a str, ids: &[&str]) -> Vec<&'a str> {
+    log.lines().filter(|l| ids.iter().any(|id| l.contains(&format!("{id}: ")))).collect()
+}

@@ -67,7 +67,7 @@ impl Drop for Hsm {
         self.tokens.lock().clear();
         if self.owns_init.load(Ordering::Acquire) && self.pid == std::process::id() {
             if let Err(e) = self.ctx.clone().finalize() {
-                log::debug!("C_Finalize: {}", ck_error_text(&e));
+                log::debug!("HSM00450: C_Finalize: {}", ck_error_text(&e));
             }
         }
     }
@@ -116,7 +116,7 @@ impl Hsm {
             Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => take_left_behind(lib),
             Err(e) => return Err(format!("{s_library} {shown}: {}", ck_error_text(&e))),
         };
-        log::debug!("PKCS#11 library {shown} initialized in pid {}", std::process::id());
+        log::debug!("HSM00451: PKCS#11 library {shown} initialized in pid {}", std::process::id());
         Ok(Hsm {
             ctx,
             direct,
@@ -238,7 +238,7 @@ impl Hsm {
             }
             Err(e) => return Err(OpError::Setup(format!("token '{label}': login failed: {}", ck_error_text(&e)))),
         }
-        log::debug!("logged in to token '{label}' (serial {serial}) in pid {}", self.pid);
+        log::debug!("HSM00452: logged in to token '{label}' (serial {serial}) in pid {}", self.pid);
         let t = Arc::new(TokenState {
             slot,
             label,
@@ -260,7 +260,7 @@ fn token_info(ctx: &Pkcs11, slot: Slot) -> Result<cryptoki::slot::TokenInfo, CkE
         match ctx.get_token_info(slot) {
             Ok(i) => return Ok(i),
             Err(e) => {
-                log::debug!("C_GetTokenInfo on slot {} (attempt {}): {}", slot.id(), attempt + 1, ck_error_text(&e));
+                log::debug!("HSM00453: C_GetTokenInfo on slot {} (attempt {}): {}", slot.id(), attempt + 1, ck_error_text(&e));
                 last = Some(e);
                 std::thread::sleep(policy::token_info_pause(attempt));
             }

@@ -299,7 +299,7 @@ impl Hsm {
             Some(Ok(())) => PremasterMech::Raw,
             Some(Err(e)) => {
                 log::warn!(
-                    "key {}: the token lists CKM_RSA_X_509 for decryption but a trial with it failed ({e}); \
+                    "HSM00460: key {}: the token lists CKM_RSA_X_509 for decryption but a trial with it failed ({e}); \
                      TLS 1.2 RSA key exchange uses CKM_RSA_PKCS, so the token checks the padding",
                     key.uri_text
                 );

@@ -51,7 +51,7 @@ impl Hsm {
                     if retried {
                         return Err(OpError::Token(e));
                     }
-                    log::info!("token '{}': {}; retrying on a new session", tok.label, ck_error_text(&e));
+                    log::info!("HSM00465: token '{}': {}; retrying on a new session", tok.label, ck_error_text(&e));
                     retried = true;
                 }
                 r => {
