@@ -66,7 +66,7 @@ fn main() {
         .allowlist_var("ap_unixd_config|APR_OC_REASON_.*")
         .allowlist_type("apr_proc_t|unixd_config_rec")
         .allowlist_function("apr_(pool_cleanup_register|pool_cleanup_null|pool_cleanup_kill|palloc|pstrdup|optional_hook_add|pool_userdata_get|pool_userdata_set|hook_sort_register)")
-        .allowlist_var("ap_conftree|ap_server_conf")
+        .allowlist_var("ap_conftree|ap_server_conf|ap_pid_fname")
         // The status, metrics and health handlers (src/httpd/status.rs).
         .allowlist_function("ap_(hook_handler|rwrite|set_content_type)|apr_table_setn")
         .allowlist_type("request_rec")

@@ -458,6 +458,15 @@ pub unsafe extern "C" fn post_config_last(_pconf: *mut apr_pool_t, _plog: *mut a
                 pin.wipe();
             }
         }
+        if !is_first_pass() {
+            if let Some(why) = super::upgrade::replaced() {
+                log::warn!(
+                    "HSM00118: {why}: this httpd keeps running the mod_hsm_ssl it started with (version {}) through graceful \
+                     restarts and restarts; stop and start httpd (systemctl restart httpd) to run the new one",
+                    env!("CARGO_PKG_VERSION")
+                );
+            }
+        }
         let sealed = seal_key_service();
         super::supervise::end_carried();
         if let Err(e) = sealed {
@@ -636,6 +645,21 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
             return OK;
         }
         super::log::set_main_server(s);
+        // SAFETY: ap_pid_fname is httpd's PidFile setting (a string httpd
+        // owns, or null); ap_runtime_dir_relative returns a string from
+        // `ptemp` (or null), read at once.
+        let pid_file = unsafe {
+            let name = httpd::ap_pid_fname;
+            let p = if name.is_null() { ptr::null_mut() } else { httpd::ap_runtime_dir_relative(ptemp, name) };
+            (!p.is_null()).then(|| std::path::PathBuf::from(std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()))
+        };
+        if let Some(pid) = pid_file.and_then(|f| super::upgrade::running_is_older(&f)) {
+            log::warn!(
+                "HSM00119: the running httpd (pid {pid}) runs an older mod_hsm_ssl than the file this configtest loaded \
+                 (version {}); a graceful restart keeps the old one: stop and start httpd (systemctl restart httpd)",
+                env!("CARGO_PKG_VERSION")
+            );
+        }
         let vhosts = super::conftree::pkcs11_vhosts(ptemp);
         if vhosts.is_empty() {
             return OK;

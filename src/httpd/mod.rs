@@ -9,3 +9,4 @@ mod messages;
 pub mod module;
 mod status;
 mod supervise;
+mod upgrade;

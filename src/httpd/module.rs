@@ -128,6 +128,7 @@ static BEFORE_SSL: NameList = NameList([c"mod_ssl.c".as_ptr(), ptr::null()]);
 unsafe extern "C" fn register_hooks(_p: *mut apr_pool_t) {
     crate::ffi::guard("register_hooks", (), || {
         super::log::init();
+        super::upgrade::remember();
         crate::pkcs11::settings::name_with(super::messages::directive);
         // SAFETY: hook registration with 'static functions and a
         // NULL-terminated predecessor/successor list that apr copies.
