@@ -32,6 +32,12 @@ fn err(o: &Output, code: i32) -> String {
     e
 }
 
+/// `text` with every run of white space made one space (help text is
+/// wrapped to the terminal's width).
+fn words(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn openssl(args: &[&str]) -> Output {
     Command::new("openssl").args(args).output().unwrap()
 }
@@ -91,12 +97,10 @@ fn generate_makes_sensitive_non_extractable_key_pairs_and_refuses_a_taken_label(
     assert!(e.contains("EC keys never decrypt"), "{e}");
     let e = err(&kt(&token, &["generate", "--label", "x", "--type", "rsa:2048", "--usage", "decrypt"]), 1);
     assert!(e.contains("--usage decrypt: use sign (the default) or sign,decrypt"), "{e}");
-    // --help says why one would want decrypt.
-    let help = ok(&kt(&token, &["--help"]));
+    // generate --help says why one would want decrypt.
+    let help = words(&ok(&kt(&token, &["generate", "--help"])));
     assert!(
-        help.contains("--usage sign,decrypt  an RSA key may also decrypt")
-            && help.contains("AES128-GCM-SHA256")
-            && help.contains("EC keys never decrypt"),
+        help.contains("sign,decrypt: an RSA key may also decrypt") && help.contains("AES128-GCM-SHA256") && help.contains("EC keys never decrypt"),
         "{help}"
     );
 }
@@ -217,7 +221,7 @@ fn token_and_pin_come_from_the_apache_configuration_and_a_wrong_pin_is_not_print
     let e = err(&bad, 2);
     assert!(e.contains("wrong PIN") && !e.contains("definitely-wrong"), "{e}");
     let e = err(&Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool")).args(["frobnicate"]).output().unwrap(), 1);
-    assert!(e.contains("unknown command") && e.contains("exit codes"), "{e}");
+    assert!(e.contains("unrecognized subcommand 'frobnicate'") && e.contains("--help"), "{e}");
 }
 
 #[test]
@@ -571,4 +575,99 @@ fn errors_name_the_tools_options_not_httpds_directives() {
         assert!(e.contains(expected), "{args:?}: {e}");
         assert!(!e.contains("HSMSSL") && !e.contains("httpd's environment"), "{args:?}: the tool speaks of httpd: {e}");
     }
+}
+
+/// The tool with `args` as given (no options added), on `token`.
+fn kt_raw(token: &Token, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"))
+        .args(args)
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("KT_PIN", &token.pin)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run hsm-ssl-keytool")
+}
+
+#[test]
+fn the_command_line_behaves_like_git_and_cargo() {
+    let token = Token::new("kt-cli");
+    let target = ["--library", SOFTHSM, "--token", &token.label, "--pin", "env:KT_PIN"];
+    // Token options before the command, after it, or both sides.
+    ok(&kt_raw(&token, &[&target[..], &["generate", "--label", "before", "--type", "ec:P-256"]].concat()));
+    ok(&kt_raw(&token, &[&["generate", "--label", "after", "--type", "ec:P-256"][..], &target[..]].concat()));
+    let mixed = kt_raw(&token, &["--library", SOFTHSM, "list", "--token", &token.label, "--json", "--pin", "env:KT_PIN"]);
+    let listed = ok(&mixed);
+    assert!(listed.contains("\"label\":\"before\"") && listed.contains("\"label\":\"after\""), "{listed}");
+
+    // --version; --help for the tool and for each command, on stdout.
+    let v = ok(&kt_raw(&token, &["--version"]));
+    assert_eq!(v.trim(), format!("hsm-ssl-keytool {}", env!("CARGO_PKG_VERSION")));
+    let help = words(&ok(&kt_raw(&token, &["--help"])));
+    for c in ["generate", "import", "csr", "selfsign", "list", "check", "delete", "config", "completions"] {
+        assert!(help.contains(&format!(" {c} ")), "{c} missing from --help: {help}");
+        let h = words(&ok(&kt_raw(&token, &[c, "--help"])));
+        assert!(h.contains(&format!("Usage: hsm-ssl-keytool {c}")), "{c} --help: {h}");
+    }
+    assert!(help.contains("Exit codes: 0 done; 1 bad command line"), "{help}");
+    let h = words(&ok(&kt_raw(&token, &["import", "--help"])));
+    assert!(h.contains("env:VAR | file:/path | exec:/program"), "--passphrase sources: {h}");
+
+    // A bad command line is exit code 1 and touches nothing.
+    for (args, says) in [
+        (&["list", "--json", "--json"][..], "cannot be used multiple times"),
+        (&["--pin", "env:A", "list", "--pin", "env:B"], "cannot be used multiple times"),
+        (&["generate", "--label", "a", "--label", "b", "--type", "ec:P-256"], "cannot be used multiple times"),
+        (&["list", "--colour", "red"], "unexpected argument '--colour'"),
+        (&["generate", "--label", "x"], "--type <TYPE>"),
+        (&["list", "stray"], "unexpected argument 'stray'"),
+        (&[], "Usage: hsm-ssl-keytool"),
+    ] {
+        let e = err(&kt_raw(&token, args), 1);
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+    let left = words(&ok(&kt(&token, &["list"])));
+    assert!(left.contains("2 private key(s)"), "{left}");
+}
+
+#[test]
+fn out_dash_is_stdout_and_completions_are_scripts_for_each_shell() {
+    let token = Token::new("kt-out");
+    ok(&kt(&token, &["generate", "--label", "www", "--type", "ec:P-256"]));
+    let pem = ok(&kt(&token, &["csr", "--label", "www", "--subject", "CN=www.example.com", "--out", "-"]));
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{pem}");
+    assert!(!std::path::Path::new("-").exists(), "--out - wrote a file named '-'");
+    let crt = ok(&kt(&token, &["selfsign", "--label", "www", "--subject", "CN=www.example.com", "--days", "1", "--out", "-"]));
+    assert!(crt.starts_with("-----BEGIN CERTIFICATE-----"), "{crt}");
+
+    for (shell, marker) in [("bash", "complete -F"), ("zsh", "#compdef hsm-ssl-keytool"), ("fish", "complete -c hsm-ssl-keytool")] {
+        let script = ok(&kt_raw(&token, &["completions", shell]));
+        assert!(script.contains(marker) && script.contains("selfsign") && script.contains("httpd-conf"), "{shell}:\n{script}");
+    }
+    // bash accepts the script, and it completes the commands.
+    let script = ok(&kt_raw(&token, &["completions", "bash"]));
+    let dir = TestDir::new("kt-completions");
+    let file = dir.path().join("hsm-ssl-keytool.bash");
+    std::fs::write(&file, script).unwrap();
+    let probe = format!(
+        "source {}; COMP_WORDS=(hsm-ssl-keytool sel); COMP_CWORD=1; COMP_LINE='hsm-ssl-keytool sel'; COMP_POINT=${{#COMP_LINE}}; \
+         _hsm-ssl-keytool hsm-ssl-keytool sel hsm-ssl-keytool; echo \"${{COMPREPLY[@]}}\"",
+        file.display()
+    );
+    let o = Command::new("bash").args(["-c", &probe]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "selfsign", "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn verbose_says_each_step_on_stderr_and_quiet_says_nothing() {
+    let token = Token::new("kt-verbose");
+    let quiet = kt(&token, &["generate", "--label", "q", "--type", "ec:P-256"]);
+    ok(&quiet);
+    assert!(quiet.stderr.is_empty(), "{}", String::from_utf8_lossy(&quiet.stderr));
+    let loud = kt(&token, &["-v", "generate", "--label", "v", "--type", "ec:P-256"]);
+    ok(&loud);
+    let e = String::from_utf8_lossy(&loud.stderr).to_string();
+    for id in ["HSM00720", "HSM00721", "HSM00722", "HSM00723"] {
+        assert!(e.lines().any(|l| l.starts_with("hsm-ssl-keytool: info: ") && l.contains(&format!("{id}: "))), "no {id}:\n{e}");
+    }
+    assert!(!e.contains(&token.pin), "the PIN is in the verbose output");
 }

@@ -9,64 +9,12 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
+use super::cli::{CheckArgs, ConfigArgs, GenerateArgs, ListArgs, TargetArgs};
 use super::policy::{make_frozen, Frozen, Usage};
-use super::tool::{fail, key_uri, Code, Opts, Res, Target};
+use super::tool::{fail, key_uri, label, Code, Res, Target};
 use crate::pkcs11::token::{rsa_public, Hsm, KeyRef, PublicKey};
 use crate::pkcs11::uri::{hex, KeyUri};
 use crate::tls::certcheck;
-
-pub const USAGE: &str = "\
-hsm-ssl-keytool: keys for mod_hsm_ssl that never leave the HSM
-
-usage: hsm-ssl-keytool <command> [options]
-
-commands:
-  generate --label L --type rsa:2048|rsa:3072|rsa:4096|ec:P-256|ec:P-384 [--usage U]
-                        generate a key pair inside the token (sensitive, not extractable,
-                        not modifiable, not copyable)
-  import   --label L --key key.pem [--passphrase env:VAR|file:/path] [--usage U]
-                        put an existing PEM private key into the token (asks for the
-                        passphrase of an encrypted key); then remove the file for good
-  csr      --label L --subject \"CN=www.example.com,O=...\" [--san DNS:...,IP:...] [--out F]
-                        a PKCS#10 request signed by the token key (PEM)
-  selfsign --label L --subject ... --days N [--san ...] [--out F]
-                        a self-signed certificate signed by the token key (PEM)
-  list     [--cert www.crt] [--json]
-                        the token's private keys; with --cert, which one matches it
-  check    --cert www.crt --key \"pkcs11:object=L\"
-                        the key exists and belongs to the certificate (as configtest checks)
-  delete   --label L [--id HEX] [--yes]
-                        delete the key pair httpd would use for that label (its private key,
-                        and the public key and certificate with the same label and CKA_ID);
-                        objects of other classes stay. Lists what goes, then asks; --yes
-                        only skips the question. Two key pairs (or a public key or
-                        certificate of another CKA_ID) with the label: name one with --id
-  config   --label L --cert www.crt [--server-name NAME]
-                        print the Apache lines for a vhost serving that key
-
-  --usage sign          (the default) the key only signs: all TLS 1.3 and ECDHE handshakes
-  --usage sign,decrypt  an RSA key may also decrypt. Only TLS 1.2 RSA key exchange needs
-                        that (ciphers like AES128-GCM-SHA256, without forward secrecy), for
-                        clients that cannot do ECDHE. EC keys never decrypt.
-  --out F [--force]     write to F instead of stdout: never through a symbolic link, and
-                        an existing F only with --force (replaced whole, by a rename)
-  --label L             not empty, no control characters: httpd finds the key by it
-                        (pkcs11:object=L, with L percent-encoded)
-
-token and PIN (as in httpd.conf; by default read from the HSMSSLLibrary, HSMSSLPin
-and HSMSSLToken lines of the Apache configuration):
-  --library PATH        the PKCS#11 library (e.g. /opt/cloudhsm/lib/libcloudhsm_pkcs11.so)
-  --token SELECTOR      token label, or pkcs11:token=...;serial=...
-  --pin SOURCE          env:VAR | file:/path (mode 600) | exec:/program; without it,
-                        HSMSSLPin from the configuration, else asked without echo
-  --httpd-conf PATH     Apache configuration to read (default /etc/httpd/conf/httpd.conf
-                        or /etc/apache2/apache2.conf)
-
-exit codes: 0 done; 1 bad command line (also a label no key URI can name); 2 library,
-token, PIN or login; 3 the key (not found, label taken, unsupported, or for delete
-ambiguous); 4 certificate and key do not match; 5 files (--out exists, is a symbolic
-link, cannot be written) or anything else; 6 not confirmed. The PIN is never printed.
-";
 
 /// A key type `generate` makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,12 +53,12 @@ pub fn random_id() -> Res<Vec<u8>> {
     Ok(id)
 }
 
-pub fn generate(o: &Opts) -> Res<String> {
-    let label = o.label()?.to_string();
-    let spec = parse_type(o.need("--type")?)?;
-    let usage = Usage::parse(o.get("--usage"))?;
+pub fn generate(o: &TargetArgs, a: &GenerateArgs) -> Res<String> {
+    let label = label(&a.label)?.to_string();
+    let spec = parse_type(&a.key_type)?;
+    let usage = Usage::parse(a.usage.as_deref())?;
     usage.check_for(matches!(spec, KeySpec::Rsa(_)))?;
-    let t = Target::from_opts(o)?;
+    let t = Target::from_args(o)?;
     let (_ctx, s, token) = t.session()?;
     if !with_label(&s, &label)?.is_empty() {
         return Err(fail(
@@ -156,6 +104,7 @@ pub fn generate(o: &Opts) -> Res<String> {
     };
     pubt.shrink_to_fit();
     privt.shrink_to_fit();
+    log::info!("HSM00723: generating the {} key pair '{label}' in token '{token}'", a.key_type);
     let ((pub_h, _), frozen) =
         make_frozen(&format!("the private key '{label}'"), |extra| s.generate_key_pair(&mech, &pubt, &[&privt[..], extra].concat()))
             .map_err(|e| fail(Code::Key, format!("generating the key pair in token '{token}': {}", crate::pkcs11::token::ck_error_text(&e))))?;
@@ -213,8 +162,8 @@ pub fn resolve(t: &Target, uri_text: &str) -> Res<(Arc<Hsm>, Arc<KeyRef>)> {
 }
 
 /// The URI for `--label` on the selected token.
-pub fn label_uri(o: &Opts) -> Res<String> {
-    Ok(key_uri(None, o.label()?))
+pub fn label_uri(l: &str) -> Res<String> {
+    Ok(key_uri(None, label(l)?))
 }
 
 /// The tool's failure for a certificate that does not go with the key.
@@ -226,10 +175,9 @@ fn cert_failure(e: certcheck::CertCheckError) -> super::tool::Failure {
     fail(code, e.to_string())
 }
 
-pub fn check(o: &Opts) -> Res<String> {
-    let cert = o.need("--cert")?;
-    let key = o.need("--key")?;
-    let t = Target::from_opts(o)?;
+pub fn check(o: &TargetArgs, a: &CheckArgs) -> Res<String> {
+    let (cert, key) = (a.cert.as_str(), a.key.as_str());
+    let t = Target::from_args(o)?;
     let (hsm, k) = resolve(&t, key)?;
     certcheck::check(cert, &k.public).map_err(cert_failure)?;
     let warnings = hsm.check_mechanisms(&k).map_err(|e| fail(Code::Key, e))?;
@@ -240,16 +188,16 @@ pub fn check(o: &Opts) -> Res<String> {
     Ok(out)
 }
 
-pub fn config(o: &Opts) -> Res<String> {
-    let label = o.label()?;
-    let cert = o.need("--cert")?;
-    let t = Target::from_opts(o)?;
-    let uri = label_uri(o)?;
+pub fn config(o: &TargetArgs, a: &ConfigArgs) -> Res<String> {
+    let label = label(&a.label)?;
+    let cert = a.cert.as_str();
+    let t = Target::from_args(o)?;
+    let uri = label_uri(label)?;
     let (_, k) = resolve(&t, &uri)?;
     certcheck::check(cert, &k.public).map_err(cert_failure)?;
     let cert_abs = std::fs::canonicalize(cert).map_err(|e| fail(Code::Other, format!("{cert}: {e}")))?;
-    let server_name = match o.get("--server-name") {
-        Some(n) => n.to_string(),
+    let server_name = match &a.server_name {
+        Some(n) => n.clone(),
         None => cert_common_name(&cert_abs).unwrap_or_else(|| "www.example.com".into()),
     };
     let key_uri = key_uri(Some(&k.token_label), label);
@@ -357,16 +305,16 @@ fn json_str(s: &str) -> String {
     o
 }
 
-pub fn list(o: &Opts) -> Res<String> {
-    let t = Target::from_opts(o)?;
+pub fn list(o: &TargetArgs, a: &ListArgs) -> Res<String> {
+    let t = Target::from_args(o)?;
     let (_ctx, s, token) = t.session()?;
     let keys = list_keys(&s)?;
-    let cert = o.get("--cert");
+    let cert = a.cert.as_deref();
     let matches = |k: &Listed| -> Option<bool> {
         let c = cert?;
         Some(k.public.as_ref().is_some_and(|p| certcheck::check(c, p).is_ok()))
     };
-    if o.flag("--json") {
+    if a.json {
         let items: Vec<String> = keys
             .iter()
             .map(|k| {

@@ -19,7 +19,8 @@ use std::io::Write as _;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::tool::{fail, Code, Opts, Res, Target};
+use super::cli::{DeleteArgs, TargetArgs};
+use super::tool::{fail, Code, Res, Target};
 use crate::pkcs11::token::ck_error_text;
 use crate::pkcs11::uri::hex;
 
@@ -152,10 +153,10 @@ fn objects_labelled(s: &Session, label: &str) -> Res<Vec<Obj>> {
     Ok(out)
 }
 
-pub fn delete(o: &Opts) -> Res<String> {
-    let label = o.label()?.to_string();
-    let id = o.get("--id").map(parse_id).transpose()?;
-    let t = Target::from_opts(o)?;
+pub fn delete(o: &TargetArgs, a: &DeleteArgs) -> Res<String> {
+    let label = super::tool::label(&a.label)?.to_string();
+    let id = a.id.as_deref().map(parse_id).transpose()?;
+    let t = Target::from_args(o)?;
     let (_ctx, s, token) = t.session()?;
     let objs = objects_labelled(&s, &label)?;
     let plan = plan(&label, &objs, id.as_deref()).map_err(|m| fail(Code::Key, format!("token '{token}': {m}")))?;
@@ -171,7 +172,7 @@ pub fn delete(o: &Opts) -> Res<String> {
     let mut out = std::io::stdout();
     let _ = out.write_all(listing.as_bytes()).and_then(|()| out.flush());
     let n = plan.doomed.len();
-    if !o.flag("--yes") {
+    if !a.yes {
         let answer = super::tool::prompt_visible(&format!("Delete these {n} object(s) from token '{token}'? This cannot be undone. [y/N] "))?;
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
             return Err(fail(Code::Cancelled, "not deleted"));

@@ -2,6 +2,7 @@
 //! never leave the token. The binary (src/bin/hsm-ssl-keytool.rs) is a thin
 //! shell around this module.
 
+pub mod cli;
 pub mod commands;
 pub mod delete;
 pub mod import;

@@ -12,6 +12,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::session::{Session, UserType};
 
+use super::cli::TargetArgs;
 use crate::pkcs11::pin::PinSource;
 use crate::pkcs11::secret::Secret;
 use crate::pkcs11::token::{ck_error_text, find_token, Binding};
@@ -52,71 +53,11 @@ pub fn fail(code: Code, msg: impl Into<String>) -> Failure {
 
 pub type Res<T> = Result<T, Failure>;
 
-/// Parsed `--name value` options and bare flags.
-#[derive(Debug, Default)]
-pub struct Opts {
-    pub values: Vec<(String, String)>,
-    pub flags: Vec<String>,
+/// A `--label` value, checked with [`check_label`].
+pub fn label(label: &str) -> Res<&str> {
+    check_label(label)?;
+    Ok(label)
 }
-
-/// Options that take no value.
-const FLAGS: &[&str] = &["--yes", "--json", "--help", "--force"];
-
-impl Opts {
-    pub fn parse(args: &[String], allowed: &[&str]) -> Res<Opts> {
-        let mut o = Opts::default();
-        let mut i = 0;
-        while i < args.len() {
-            let a = &args[i];
-            let (name, inline) = match a.split_once('=') {
-                Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-                _ => (a.clone(), None),
-            };
-            if !name.starts_with("--") {
-                return Err(fail(Code::Usage, format!("unexpected argument '{a}' (options start with --)")));
-            }
-            if !allowed.contains(&name.as_str()) && !COMMON.contains(&name.as_str()) {
-                return Err(fail(Code::Usage, format!("unknown option {name} for this command (see --help)")));
-            }
-            if FLAGS.contains(&name.as_str()) {
-                o.flags.push(name);
-            } else {
-                let v = match inline {
-                    Some(v) => v,
-                    None => {
-                        i += 1;
-                        args.get(i).cloned().ok_or_else(|| fail(Code::Usage, format!("{name} needs a value")))?
-                    }
-                };
-                o.values.push((name, v));
-            }
-            i += 1;
-        }
-        Ok(o)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-
-    pub fn need(&self, name: &str) -> Res<&str> {
-        self.get(name).ok_or_else(|| fail(Code::Usage, format!("{name} is required (see --help)")))
-    }
-
-    /// `--label`, checked with [`check_label`].
-    pub fn label(&self) -> Res<&str> {
-        let label = self.need("--label")?;
-        check_label(label)?;
-        Ok(label)
-    }
-
-    pub fn flag(&self, name: &str) -> bool {
-        self.flags.iter().any(|f| f == name)
-    }
-}
-
-/// Options every command takes.
-pub const COMMON: &[&str] = &["--library", "--token", "--pin", "--httpd-conf", "--help"];
 
 /// HSMSSLLibrary / HSMSSLPin / HSMSSLToken as an Apache configuration
 /// states them (the main file and what it includes).
@@ -253,26 +194,26 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn from_opts(o: &Opts) -> Res<Target> {
-        let conf = match o.get("--httpd-conf") {
+    pub fn from_args(o: &TargetArgs) -> Res<Target> {
+        let conf = match &o.httpd_conf {
             Some(p) => Some(PathBuf::from(p)),
             None => default_httpd_conf(),
         };
         let d = match &conf {
-            Some(c) if c.exists() || o.get("--httpd-conf").is_some() => read_httpd_defaults(c)?,
+            Some(c) if c.exists() || o.httpd_conf.is_some() => read_httpd_defaults(c)?,
             _ => HttpdDefaults::default(),
         };
-        let library = o.get("--library").map(str::to_string).or(d.library).ok_or_else(|| {
+        let library = o.library.clone().or(d.library).ok_or_else(|| {
             fail(
                 Code::Setup,
                 "no PKCS#11 library: give --library /path/to/vendor-pkcs11.so (or HSMSSLLibrary in the Apache configuration, --httpd-conf)",
             )
         })?;
-        let token = match o.get("--token").map(str::to_string).or(d.token) {
+        let token = match o.token.clone().or(d.token) {
             Some(t) => TokenSelector::parse_directive(&t).map_err(|e| fail(Code::Usage, super::messages::token(&e)))?,
             None => TokenSelector::default(),
         };
-        let pin_source = match o.get("--pin").map(str::to_string).or(d.pin) {
+        let pin_source = match o.pin.clone().or(d.pin) {
             Some(p) => Some(PinSource::parse(&p).map_err(|e| fail(Code::Usage, super::messages::pin("--pin", &e)))?),
             None => None,
         };
@@ -309,6 +250,7 @@ impl Target {
     /// A logged-in R/W session, for commands that create or delete objects.
     pub fn session(&self) -> Res<(Pkcs11, Session, String)> {
         let lib = &self.library;
+        log::info!("HSM00720: loading the PKCS#11 library {}", lib.display());
         let ctx = Pkcs11::new(lib).map_err(|e| fail(Code::Setup, format!("{}: {}", lib.display(), ck_error_text(&e))))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
@@ -322,6 +264,7 @@ impl Target {
         if info.user_pin_final_try() {
             return Err(fail(Code::Setup, format!("token '{label}': the next wrong PIN would lock the user; not trying to log in")));
         }
+        log::info!("HSM00721: token '{label}' (slot {}): opening a session and logging in", slot.id());
         let session = ctx.open_rw_session(slot).map_err(|e| fail(Code::Setup, format!("token '{label}': {}", ck_error_text(&e))))?;
         let pin = self.pin()?;
         match session.login_with_raw(UserType::User, &pin.to_raw_auth_pin()) {
@@ -332,6 +275,7 @@ impl Target {
             Err(e) => return Err(fail(Code::Setup, format!("token '{label}': login failed: {}", ck_error_text(&e)))),
         }
         pin.wipe();
+        log::info!("HSM00722: logged in to token '{label}'");
         Ok((ctx, session, label))
     }
 }
@@ -468,21 +412,6 @@ pub fn check_label(label: &str) -> Res<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn options_parse_values_flags_and_refuse_unknowns() {
-        let o = Opts::parse(&args(&["--label", "www", "--type=rsa:2048", "--yes"]), &["--label", "--type", "--yes"]).unwrap();
-        assert_eq!(o.get("--label"), Some("www"));
-        assert_eq!(o.get("--type"), Some("rsa:2048"));
-        assert!(o.flag("--yes"));
-        assert_eq!(Opts::parse(&args(&["--colour", "red"]), &["--label"]).unwrap_err().code, Code::Usage);
-        assert_eq!(Opts::parse(&args(&["--label"]), &["--label"]).unwrap_err().code, Code::Usage);
-        assert_eq!(Opts::parse(&args(&["stray"]), &["--label"]).unwrap_err().code, Code::Usage);
-    }
 
     #[test]
     fn httpd_defaults_come_from_the_main_file_and_its_includes() {
