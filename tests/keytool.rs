@@ -671,3 +671,86 @@ fn verbose_says_each_step_on_stderr_and_quiet_says_nothing() {
     }
     assert!(!e.contains(&token.pin), "the PIN is in the verbose output");
 }
+
+/// The tool on `token` through the fault wrapper `p11` (with a PIN).
+fn kt_wrapped(token: &Token, p11: &P11Log, args: &[&str]) -> Output {
+    let module = p11.module();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hsm-ssl-keytool"));
+    c.args(args)
+        .args(["--library", module.to_str().unwrap(), "--token", &token.label, "--pin", "env:KT_PIN"])
+        .env("SOFTHSM2_CONF", &token.conf)
+        .env("KT_PIN", &token.pin)
+        .envs(p11.env())
+        .stdin(std::process::Stdio::null());
+    c.output().expect("run hsm-ssl-keytool")
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
+}
+
+#[test]
+fn tokens_and_mechanisms_need_no_pin_and_say_what_tls_can_do() {
+    let token = Token::new("kt-tokens");
+    let no_pin = |args: &[&str]| kt_raw(&token, &[&["--library", SOFTHSM, "--token", &token.label][..], args].concat());
+    let text = ok(&no_pin(&["tokens"]));
+    assert!(text.contains(&format!("token '{}'", token.label)) && text.contains("ready  <- selected"), "{text}");
+    let j = json(&ok(&no_pin(&["tokens", "--json"])));
+    let mine: Vec<&serde_json::Value> = j["tokens"].as_array().unwrap().iter().filter(|t| t["label"] == token.label.as_str()).collect();
+    assert_eq!(mine.len(), 1, "{j}");
+    assert_eq!((mine[0]["selected"].as_bool(), mine[0]["initialized"].as_bool()), (Some(true), Some(true)), "{j}");
+
+    let text = words(&ok(&no_pin(&["mechanisms"])));
+    assert!(text.contains("CKM_RSA_PKCS_PSS offered (sign") && text.contains("RSA keys: TLS 1.3 signatures (RSA-PSS) yes"), "{text}");
+    let j = json(&ok(&no_pin(&["mechanisms", "--json"])));
+    for need in [
+        "RSA keys: TLS 1.2 signatures",
+        "RSA keys: TLS 1.3 signatures (RSA-PSS)",
+        "RSA keys: TLS 1.2 RSA key exchange",
+        "EC keys: TLS signatures (ECDSA)",
+    ] {
+        assert_eq!(j["tls"][need].as_bool(), Some(true), "{need}: {j}");
+    }
+    // A token without PSS: the answer changes (the wrapper hides it).
+    let p11 = P11Log::new(token.dir());
+    p11.hide_mechanism("0xd");
+    let j = json(&ok(&kt_wrapped(&token, &p11, &["mechanisms", "--json"])));
+    assert_eq!(j["tls"]["RSA keys: TLS 1.3 signatures (RSA-PSS)"].as_bool(), Some(false), "{j}");
+    assert_eq!(j["tls"]["RSA keys: TLS 1.2 signatures"].as_bool(), Some(true), "{j}");
+    assert_eq!(p11.count("C_Login"), 0, "mechanisms logged in");
+}
+
+#[test]
+fn test_signs_and_decrypts_in_the_token_and_checks_with_the_certificate() {
+    let token = Token::new("kt-test");
+    let dir = TestDir::new("kt-test-certs");
+    let mut certs = Vec::new();
+    for (label, ty, usage) in [("rsa", "rsa:2048", "sign,decrypt"), ("ec", "ec:P-256", "sign")] {
+        ok(&kt(&token, &["generate", "--label", label, "--type", ty, "--usage", usage]));
+        let crt = dir.path().join(format!("{label}.crt"));
+        ok(&kt(&token, &["selfsign", "--label", label, "--subject", "CN=t", "--days", "1", "--out", crt.to_str().unwrap()]));
+        certs.push(crt);
+    }
+    let (rsa_crt, ec_crt) = (certs[0].to_str().unwrap(), certs[1].to_str().unwrap());
+    let text = ok(&kt(&token, &["test", "--label", "rsa", "--cert", rsa_crt]));
+    for op in ["sign RSA PKCS#1 v1.5 SHA-256 (TLS 1.2): OK", "sign RSA-PSS SHA-256 (TLS 1.3): OK", "decrypt a TLS 1.2 premaster (CKM_RSA_X_509): OK"]
+    {
+        assert!(text.contains(op), "{op}:\n{text}");
+    }
+    let j = json(&ok(&kt(&token, &["test", "--label", "ec", "--cert", ec_crt, "--json"])));
+    assert_eq!(j["ok"].as_bool(), Some(true), "{j}");
+    assert_eq!(j["operations"].as_array().map(Vec::len), Some(1), "an EC key only signs: {j}");
+    assert_eq!(j["key"]["type"], "EC P-256", "{j}");
+    assert!(j["key"]["fingerprint"].as_str().unwrap_or("").starts_with("sha256:"), "{j}");
+    // The other key's certificate: exit code 4, nothing signed.
+    let e = err(&kt(&token, &["test", "--label", "ec", "--cert", rsa_crt]), 4);
+    assert!(e.contains("does not belong"), "{e}");
+    // A token that signs wrongly: exit code 3, the report says which step.
+    let p11 = P11Log::new(token.dir());
+    p11.corrupt("C_Sign");
+    let o = kt_wrapped(&token, &p11, &["test", "--label", "rsa", "--cert", rsa_crt]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    err(&o, 3);
+    assert!(out.contains("sign RSA PKCS#1 v1.5 SHA-256 (TLS 1.2): FAILED: the signature does not verify"), "{out}");
+    assert!(out.contains("(CKM_RSA_X_509): OK"), "the decryption is still checked:\n{out}");
+}

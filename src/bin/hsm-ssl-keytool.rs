@@ -9,7 +9,7 @@ use mod_hsm_ssl::keytool::cli::{Cli, Command, CsrArgs, ImportArgs, OutArgs, Self
 use mod_hsm_ssl::keytool::commands;
 use mod_hsm_ssl::keytool::policy::Usage;
 use mod_hsm_ssl::keytool::tool::{check_out_path, fail, write_out_file, Code, Res, Target};
-use mod_hsm_ssl::keytool::{delete, import, x509};
+use mod_hsm_ssl::keytool::{delete, import, inspect, x509};
 
 /// Whether `--out` names a file (`-` and no `--out` are stdout).
 fn out_file(o: &OutArgs) -> Option<&str> {
@@ -116,6 +116,9 @@ fn run(cli: &Cli) -> Res<String> {
         Command::Check(a) => commands::check(t, a),
         Command::Delete(a) => delete::delete(t, a),
         Command::Config(a) => commands::config(t, a),
+        Command::Tokens(a) => inspect::tokens(t, a),
+        Command::Mechanisms(a) => inspect::mechanisms(t, a),
+        Command::Test(a) => inspect::test(t, a),
         Command::Completions(a) => {
             let mut script = Vec::new();
             clap_complete::generate(a.shell, &mut Cli::command(), "hsm-ssl-keytool", &mut script);

@@ -106,6 +106,14 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Print the Apache lines for a vhost serving a key
     Config(ConfigArgs),
+    /// The slots and tokens the library shows (no login)
+    Tokens(TokensArgs),
+    /// What the token offers that TLS and this tool need (no login)
+    Mechanisms(MechanismsArgs),
+    /// One real signature (and decryption, where the key may decrypt) with
+    /// the key, verified against its certificate: the HSM path end to end,
+    /// before a reload (configtest makes no signature)
+    Test(TestArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(CompletionsArgs),
 }
@@ -233,6 +241,35 @@ pub struct ConfigArgs {
     /// The vhost's ServerName (default: the certificate's CN)
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokensArgs {
+    /// One JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MechanismsArgs {
+    /// One JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    #[arg(long, value_name = "L", help = LABEL_HELP)]
+    pub label: String,
+    /// The key's CKA_ID in hex, when two keys have the label
+    #[arg(long, value_name = "HEX")]
+    pub id: Option<String>,
+    /// The key's certificate (PEM): the signature is verified with its key
+    #[arg(long, value_name = "FILE")]
+    pub cert: String,
+    /// One JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -230,6 +230,62 @@ struct Listed {
     public: Option<PublicKey>,
 }
 
+/// "RSA 2048", "EC P-256": what kind of key a public half is.
+pub fn key_kind(public: &PublicKey) -> String {
+    match public {
+        PublicKey::Rsa { n, .. } => {
+            let bits = n.iter().position(|&b| b != 0).map_or(0, |i| (n.len() - i) * 8 - n[i].leading_zeros() as usize);
+            format!("RSA {bits}")
+        }
+        PublicKey::Ec { params, .. } => ec_kind(Some(params)),
+    }
+}
+
+fn ec_kind(params: Option<&[u8]>) -> String {
+    match params {
+        Some([0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]) => "EC P-256".into(),
+        Some([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]) => "EC P-384".into(),
+        Some([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23]) => "EC P-521".into(),
+        _ => "EC (other curve)".into(),
+    }
+}
+
+/// One key in a `--json` answer: where it is, what it is, and the
+/// fingerprint of its public half (as `list` and `generate` print it).
+#[derive(Debug, serde::Serialize)]
+pub struct KeyReport {
+    pub uri: String,
+    pub token: String,
+    pub label: String,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub fingerprint: String,
+}
+
+impl KeyReport {
+    pub fn new(token: &str, label: &str, id: &[u8], public: &PublicKey) -> KeyReport {
+        KeyReport {
+            uri: key_uri(Some(token), label),
+            token: token.to_string(),
+            label: label.to_string(),
+            id: hex(id),
+            key_type: key_kind(public),
+            fingerprint: certcheck::token_fingerprint(public).unwrap_or_else(|e| format!("({e})")),
+        }
+    }
+
+    /// The report of a key the tool looked up.
+    pub fn of(k: &KeyRef) -> KeyReport {
+        KeyReport::new(&k.token_label, k.label.as_deref().unwrap_or(""), &k.id, &k.public)
+    }
+}
+
+/// `value` as one line of JSON.
+pub fn json_line<T: serde::Serialize>(value: &T) -> Res<String> {
+    serde_json::to_string(value).map(|s| s + "\n").map_err(|e| fail(Code::Other, format!("JSON: {e}")))
+}
+
 fn list_keys(s: &Session) -> Res<Vec<Listed>> {
     let privs = s.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)]).map_err(|e| ck("listing keys", e))?;
     let mut out = Vec::new();
@@ -254,10 +310,9 @@ fn list_keys(s: &Session) -> Res<Vec<Listed>> {
         }
         match kt {
             Some(KeyType::RSA) => {
-                if let Ok(PublicKey::Rsa { n, e }) = rsa_public(s, h) {
-                    let bits = n.iter().position(|&b| b != 0).map_or(0, |i| (n.len() - i) * 8 - n[i].leading_zeros() as usize);
-                    l.kind = format!("RSA {bits}");
-                    l.public = Some(PublicKey::Rsa { n, e });
+                if let Ok(p) = rsa_public(s, h) {
+                    l.kind = key_kind(&p);
+                    l.public = Some(p);
                 }
             }
             Some(KeyType::EC) => {
@@ -267,12 +322,7 @@ fn list_keys(s: &Session) -> Res<Vec<Listed>> {
                         _ => None,
                     })
                 });
-                l.kind = match params.as_deref() {
-                    Some([0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]) => "EC P-256".into(),
-                    Some([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]) => "EC P-384".into(),
-                    Some([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23]) => "EC P-521".into(),
-                    _ => "EC (other curve)".into(),
-                };
+                l.kind = ec_kind(params.as_deref());
                 if let Some(params) = params {
                     let pubs = s.find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(l.id.clone())]).unwrap_or_default();
                     if let Some(ph) = pubs.first() {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod delete;
 pub mod import;
+pub mod inspect;
 pub mod messages;
 pub mod policy;
 pub mod tool;

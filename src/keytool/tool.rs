@@ -247,16 +247,26 @@ impl Target {
         }))
     }
 
-    /// A logged-in R/W session, for commands that create or delete objects.
-    pub fn session(&self) -> Res<(Pkcs11, Session, String)> {
+    /// The PKCS#11 library, loaded and initialized (no session, no login).
+    pub fn context(&self) -> Res<Pkcs11> {
         let lib = &self.library;
         log::info!("HSM00720: loading the PKCS#11 library {}", lib.display());
         let ctx = Pkcs11::new(lib).map_err(|e| fail(Code::Setup, format!("{}: {}", lib.display(), ck_error_text(&e))))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(fail(Code::Setup, format!("{}: {}", lib.display(), ck_error_text(&e)))),
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(ctx),
+            Err(e) => Err(fail(Code::Setup, format!("{}: {}", lib.display(), ck_error_text(&e)))),
         }
-        let (slot, info) = find_token(&ctx, &self.token, lib).map_err(|e| fail(Code::Setup, e))?;
+    }
+
+    /// The token the options (or the configuration) select.
+    pub fn slot(&self, ctx: &Pkcs11) -> Res<(cryptoki::slot::Slot, cryptoki::slot::TokenInfo)> {
+        find_token(ctx, &self.token, &self.library).map_err(|e| fail(Code::Setup, e))
+    }
+
+    /// A logged-in R/W session, for commands that create or delete objects.
+    pub fn session(&self) -> Res<(Pkcs11, Session, String)> {
+        let ctx = self.context()?;
+        let (slot, info) = self.slot(&ctx)?;
         let label = info.label().trim().to_string();
         if info.user_pin_locked() {
             return Err(fail(Code::Setup, format!("token '{label}': the user PIN is locked; not trying to log in")));
@@ -372,6 +382,11 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// A token label as it goes into a `pkcs11:` URI.
+/// Bytes percent-encoded, every one (a CKA_ID in a key URI's `id=`).
+pub fn pct_bytes(b: &[u8]) -> String {
+    b.iter().map(|x| format!("%{x:02x}")).collect()
+}
+
 pub fn pct(s: &str) -> String {
     s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
