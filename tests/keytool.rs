@@ -161,11 +161,15 @@ fn list_check_delete_and_config_work_and_mismatches_exit_4() {
     let crt = dir.path().join("rsa.crt");
     ok(&kt(&token, &["selfsign", "--label", "www-rsa", "--subject", "CN=www.example.com", "--days", "10", "--out", crt.to_str().unwrap()]));
 
-    let json = ok(&kt(&token, &["list", "--json", "--cert", crt.to_str().unwrap()]));
-    assert!(json.contains("\"token\":\"kt\""), "{json}");
-    assert!(json.contains("{\"label\":\"www-rsa\"") && json.contains("\"type\":\"RSA 2048\"") && json.contains("\"matches_cert\":true"), "{json}");
-    assert!(json.contains("{\"label\":\"www-ec\"") && json.contains("\"type\":\"EC P-256\"") && json.contains("\"matches_cert\":false"), "{json}");
-    assert!(json.contains("\"sensitive\":true,\"extractable\":false"), "{json}");
+    let j = json(&ok(&kt(&token, &["list", "--json", "--cert", crt.to_str().unwrap()])));
+    assert_eq!(j["token"], "kt", "{j}");
+    let row = |label: &str| j["keys"].as_array().unwrap().iter().find(|k| k["label"] == label).cloned().unwrap_or_else(|| panic!("no {label}: {j}"));
+    let (rsa, ec) = (row("www-rsa"), row("www-ec"));
+    assert_eq!((rsa["type"].as_str(), rsa["matches_cert"].as_bool()), (Some("RSA 2048"), Some(true)), "{j}");
+    assert_eq!((ec["type"].as_str(), ec["matches_cert"].as_bool()), (Some("EC P-256"), Some(false)), "{j}");
+    for k in [&rsa, &ec] {
+        assert_eq!((k["sensitive"].as_bool(), k["extractable"].as_bool()), (Some(true), Some(false)), "{j}");
+    }
     let text = ok(&kt(&token, &["list", "--cert", crt.to_str().unwrap()]));
     assert!(text.contains("www-rsa") && text.contains("matches the certificate"), "{text}");
 
@@ -187,8 +191,8 @@ fn list_check_delete_and_config_work_and_mismatches_exit_4() {
     let out = ok(&kt(&token, &["delete", "--label", "www-ec", "--yes"]));
     assert!(out.contains("private key  'www-ec'") && out.contains("public key   'www-ec'"), "--yes skips the question, not the listing: {out}");
     assert!(out.contains("deleted 2 object(s)"), "{out}");
-    let json = ok(&kt(&token, &["list", "--json"]));
-    assert!(!json.contains("www-ec"), "{json}");
+    let j = json(&ok(&kt(&token, &["list", "--json"])));
+    assert!(j["keys"].as_array().unwrap().iter().all(|k| k["label"] != "www-ec"), "{j}");
 }
 
 #[test]
@@ -753,4 +757,61 @@ fn test_signs_and_decrypts_in_the_token_and_checks_with_the_certificate() {
     err(&o, 3);
     assert!(out.contains("sign RSA PKCS#1 v1.5 SHA-256 (TLS 1.2): FAILED: the signature does not verify"), "{out}");
     assert!(out.contains("(CKM_RSA_X_509): OK"), "the decryption is still checked:\n{out}");
+}
+
+#[test]
+fn every_reporting_command_answers_json_and_id_selects_the_key() {
+    let token = Token::new("kt-json");
+    let dir = TestDir::new("kt-json-files");
+    // generate --id --json: the key as every report shows it.
+    let g = json(&ok(&kt(&token, &["generate", "--label", "www", "--type", "rsa:2048", "--id", "0a0b", "--json"])));
+    let key = &g["key"];
+    assert_eq!((key["id"].as_str(), key["type"].as_str(), key["label"].as_str()), (Some("0a0b"), Some("RSA 2048"), Some("www")), "{g}");
+    assert_eq!(key["uri"], format!("pkcs11:token={};object=www", token.label), "{g}");
+    let fp = key["fingerprint"].as_str().unwrap_or_default().to_string();
+    assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64, "{g}");
+    assert_eq!(g["usage"], "sign", "{g}");
+    let e = err(&kt(&token, &["generate", "--label", "other", "--type", "ec:P-256", "--id", "0a0b"]), 3);
+    assert!(e.contains("already has a key with id 0a0b"), "{e}");
+
+    // import --id --json: the fingerprint is the key file's public key.
+    let pem = dir.path().join("imported.pem");
+    assert!(openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", pem.to_str().unwrap()]).status.success());
+    let i = json(&ok(&kt(&token, &["import", "--label", "imp", "--key", pem.to_str().unwrap(), "--id", "0c", "--json"])));
+    assert_eq!((i["key"]["id"].as_str(), i["key"]["type"].as_str(), i["path"].as_str()), (Some("0c"), Some("EC P-256"), Some("created")), "{i}");
+
+    // Two keys labelled "www" (pkcs11-tool allows it): --id says which.
+    token.gen_ec("www", "prime256v1");
+    let crt = dir.path().join("www.crt");
+    let e = err(&kt(&token, &["selfsign", "--label", "www", "--subject", "CN=www", "--days", "1", "--out", crt.to_str().unwrap()]), 3);
+    assert!(e.contains("2 private keys"), "{e}");
+    ok(&kt(&token, &["selfsign", "--label", "www", "--id", "0a0b", "--subject", "CN=www", "--days", "1", "--out", crt.to_str().unwrap()]));
+    let csr = ok(&kt(&token, &["csr", "--label", "www", "--id", "0a0b", "--subject", "CN=www"]));
+    assert!(csr.starts_with("-----BEGIN CERTIFICATE REQUEST-----"), "{csr}");
+    let c = json(&ok(&kt(&token, &["config", "--label", "www", "--id", "0a0b", "--cert", crt.to_str().unwrap(), "--json"])));
+    assert_eq!(c["key"]["uri"], format!("pkcs11:token={};object=www;id=%0a%0b", token.label), "{c}");
+    assert_eq!(c["key"]["fingerprint"].as_str(), Some(fp.as_str()), "{c}");
+    assert!(c["apache"].as_str().unwrap_or_default().contains("id=%0a%0b\""), "{c}");
+    assert!(!c.to_string().contains(&token.pin), "the PIN is in config's answer");
+    let k = json(&ok(&kt(&token, &["check", "--cert", crt.to_str().unwrap(), "--key", "pkcs11:object=www;id=%0a%0b", "--json"])));
+    assert_eq!((k["ok"].as_bool(), k["key"]["fingerprint"].as_str()), (Some(true), Some(fp.as_str())), "{k}");
+    let t = json(&ok(&kt(&token, &["test", "--label", "www", "--id", "0a0b", "--cert", crt.to_str().unwrap(), "--json"])));
+    assert_eq!(t["ok"].as_bool(), Some(true), "{t}");
+
+    // list --json: every key with its URI and fingerprint.
+    let l = json(&ok(&kt(&token, &["list", "--json", "--cert", crt.to_str().unwrap()])));
+    let keys = l["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 3, "{l}");
+    let mine = keys.iter().find(|k| k["id"] == "0a0b").unwrap();
+    assert_eq!((mine["fingerprint"].as_str(), mine["matches_cert"].as_bool()), (Some(fp.as_str()), Some(true)), "{l}");
+    let text = ok(&kt(&token, &["list"]));
+    assert!(text.contains(&format!("public key {fp}")), "{text}");
+
+    // delete --json: the answer on stdout, the listing on stderr.
+    let o = kt(&token, &["delete", "--label", "www", "--id", "0a0b", "--yes", "--json"]);
+    let d = json(&ok(&o));
+    let gone: Vec<&str> = d["deleted"].as_array().unwrap().iter().map(|x| x["class"].as_str().unwrap()).collect();
+    assert_eq!(gone, ["private key", "public key"], "{d}");
+    assert_eq!(d["kept"].as_array().map(Vec::len), Some(2), "the other 'www' key pair stays: {d}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("to delete from token"), "{}", String::from_utf8_lossy(&o.stderr));
 }

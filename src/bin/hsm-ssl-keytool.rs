@@ -29,7 +29,8 @@ fn write_out(o: &OutArgs, pem: String, what: &str) -> Res<String> {
 
 /// The parts of csr and selfsign that differ: days (0 for a request).
 fn sign_x509(t: &TargetArgs, names: &SubjectArgs, out: &OutArgs, days: Option<&str>) -> Res<String> {
-    let SubjectArgs { label, subject, san } = names;
+    let SubjectArgs { label, subject, san, id } = names;
+    let id = id.as_deref().map(delete::parse_id).transpose()?;
     let sans = match san {
         Some(s) => x509::parse_sans(s).map_err(|e| fail(Code::Usage, format!("--san: {e}")))?,
         None => Vec::new(),
@@ -46,7 +47,7 @@ fn sign_x509(t: &TargetArgs, names: &SubjectArgs, out: &OutArgs, days: Option<&s
         }
     };
     let target = Target::from_args(t)?;
-    let uri = commands::label_uri(label)?;
+    let uri = commands::selector_uri(label, id.as_deref())?;
     let (_, key) = commands::resolve(&target, &uri)?;
     let pkey = x509::token_pkey(key).map_err(|e| fail(Code::Key, e))?;
     match days {
@@ -81,11 +82,13 @@ fn import_cmd(t: &TargetArgs, a: &ImportArgs) -> Res<String> {
         }
     };
     let usage = Usage::parse(a.usage.as_deref())?;
+    let chosen = a.id.as_deref().map(delete::parse_id).transpose()?;
     let key = import::read_private_key_pem(&path, &mut ask).map_err(|e| fail(Code::Key, e))?;
     usage.check_for(key.id() == openssl::pkey::Id::RSA)?;
+    let public = import::public_of(&key).map_err(|e| fail(Code::Key, e))?;
     let target = Target::from_args(t)?;
     let (_ctx, s, token) = target.session()?;
-    let id = commands::random_id()?;
+    let id = commands::new_id(&s, &token, chosen)?;
     let done = import::import_key(&s, &key, &label, &id, usage).map_err(|e| match e {
         import::ImportError::LabelTaken(t) => fail(Code::Key, t),
         import::ImportError::Failed(t) => fail(Code::Setup, t),
@@ -94,6 +97,17 @@ fn import_cmd(t: &TargetArgs, a: &ImportArgs) -> Res<String> {
         import::ImportPath::Created => "created directly",
         import::ImportPath::Unwrapped => "unwrapped under a one-time session key",
     };
+    if a.json {
+        let report = commands::KeyReport::new(&token, &label, &id, &public);
+        let path = if done.path == import::ImportPath::Created { "created" } else { "unwrapped" };
+        return commands::json_line(&serde_json::json!({
+            "key": report,
+            "path": path,
+            "usage": usage.describe(),
+            "protection": commands::protection(usage, done.frozen),
+            "key_file": a.key,
+        }));
+    }
     Ok(format!(
         "imported '{label}' (id {}) into token '{token}' ({how}); it is {}\n\
          key URI for SSLCertificateKeyFile: \"{}\"\n\

@@ -136,6 +136,13 @@ pub struct GenerateArgs {
     pub key_type: String,
     #[arg(long, value_name = "U", help = USAGE_HELP)]
     pub usage: Option<String>,
+    /// The new key's CKA_ID in hex (default: 8 random bytes); refused if
+    /// a key on the token has it already
+    #[arg(long, value_name = "HEX")]
+    pub id: Option<String>,
+    /// One JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +158,13 @@ pub struct ImportArgs {
     pub passphrase: Option<String>,
     #[arg(long, value_name = "U", help = USAGE_HELP)]
     pub usage: Option<String>,
+    /// The new key's CKA_ID in hex (default: 8 random bytes); refused if
+    /// a key on the token has it already
+    #[arg(long, value_name = "HEX")]
+    pub id: Option<String>,
+    /// One JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where a PEM result goes.
@@ -177,6 +191,9 @@ pub struct SubjectArgs {
     /// Subject alternative names, e.g. DNS:www.example.com,IP:192.0.2.1
     #[arg(long, value_name = "LIST")]
     pub san: Option<String>,
+    /// The key's CKA_ID in hex, when two keys have the label
+    #[arg(long, value_name = "HEX")]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +233,9 @@ pub struct CheckArgs {
     /// The key URI, as in SSLCertificateKeyFile (e.g. "pkcs11:object=www")
     #[arg(long, value_name = "URI")]
     pub key: String,
+    /// One JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -229,6 +249,9 @@ pub struct DeleteArgs {
     /// Do not ask before deleting
     #[arg(long)]
     pub yes: bool,
+    /// One JSON object instead of text (the listing then goes to stderr)
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -241,6 +264,12 @@ pub struct ConfigArgs {
     /// The vhost's ServerName (default: the certificate's CN)
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_name: Option<String>,
+    /// The key's CKA_ID in hex, when two keys have the label
+    #[arg(long, value_name = "HEX")]
+    pub id: Option<String>,
+    /// One JSON object instead of text
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

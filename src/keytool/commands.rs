@@ -58,6 +58,7 @@ pub fn generate(o: &TargetArgs, a: &GenerateArgs) -> Res<String> {
     let spec = parse_type(&a.key_type)?;
     let usage = Usage::parse(a.usage.as_deref())?;
     usage.check_for(matches!(spec, KeySpec::Rsa(_)))?;
+    let chosen = a.id.as_deref().map(super::delete::parse_id).transpose()?;
     let t = Target::from_args(o)?;
     let (_ctx, s, token) = t.session()?;
     if !with_label(&s, &label)?.is_empty() {
@@ -66,7 +67,7 @@ pub fn generate(o: &TargetArgs, a: &GenerateArgs) -> Res<String> {
             format!("token '{token}' already has objects labelled '{label}'; choose another --label (or delete the old key first)"),
         ));
     }
-    let id = random_id()?;
+    let id = new_id(&s, &token, chosen)?;
     let common_pub = vec![
         Attribute::Token(true),
         Attribute::Private(false),
@@ -114,6 +115,10 @@ pub fn generate(o: &TargetArgs, a: &GenerateArgs) -> Res<String> {
         KeySpec::Rsa(b) => format!("RSA {b}"),
         KeySpec::Ec(c, _) => format!("EC {c}"),
     };
+    if a.json {
+        let report = KeyReport::new(&token, &label, &id, &public);
+        return json_line(&serde_json::json!({ "key": report, "usage": usage.describe(), "protection": protection(usage, frozen) }));
+    }
     let uri = key_uri(Some(&token), &label);
     Ok(format!(
         "generated {kind} key '{label}' (id {}) in token '{token}': {}\n\
@@ -123,6 +128,19 @@ pub fn generate(o: &TargetArgs, a: &GenerateArgs) -> Res<String> {
         hex(&id),
         protection(usage, frozen)
     ))
+}
+
+/// The CKA_ID for a new key: `chosen` (`--id`) if no key object on the
+/// token has it yet, else 8 random bytes.
+pub fn new_id(s: &Session, token: &str, chosen: Option<Vec<u8>>) -> Res<Vec<u8>> {
+    let Some(id) = chosen else { return random_id() };
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+        let found = s.find_objects(&[Attribute::Class(class), Attribute::Id(id.clone())]).map_err(|e| ck("searching the token", e))?;
+        if !found.is_empty() {
+            return Err(fail(Code::Key, format!("token '{token}' already has a key with id {}; choose another --id", hex(&id))));
+        }
+    }
+    Ok(id)
 }
 
 /// How the new private key is protected, for the tool's output.
@@ -166,6 +184,11 @@ pub fn label_uri(l: &str) -> Res<String> {
     Ok(key_uri(None, label(l)?))
 }
 
+/// The URI for `--label` and, when given, `--id` on the selected token.
+pub fn selector_uri(l: &str, id: Option<&[u8]>) -> Res<String> {
+    Ok(super::tool::key_uri_id(None, label(l)?, id))
+}
+
 /// The tool's failure for a certificate that does not go with the key.
 fn cert_failure(e: certcheck::CertCheckError) -> super::tool::Failure {
     let code = match e {
@@ -181,6 +204,9 @@ pub fn check(o: &TargetArgs, a: &CheckArgs) -> Res<String> {
     let (hsm, k) = resolve(&t, key)?;
     certcheck::check(cert, &k.public).map_err(cert_failure)?;
     let warnings = hsm.check_mechanisms(&k).map_err(|e| fail(Code::Key, e))?;
+    if a.json {
+        return json_line(&serde_json::json!({ "key": KeyReport::of(&k), "cert": cert, "ok": true, "warnings": warnings }));
+    }
     let mut out = format!("OK: {key} is on token '{}' and belongs to {cert}\n", k.token_label);
     for w in warnings {
         let _ = writeln!(out, "warning: {w}");
@@ -191,8 +217,9 @@ pub fn check(o: &TargetArgs, a: &CheckArgs) -> Res<String> {
 pub fn config(o: &TargetArgs, a: &ConfigArgs) -> Res<String> {
     let label = label(&a.label)?;
     let cert = a.cert.as_str();
+    let id = a.id.as_deref().map(super::delete::parse_id).transpose()?;
     let t = Target::from_args(o)?;
-    let uri = label_uri(label)?;
+    let uri = selector_uri(label, id.as_deref())?;
     let (_, k) = resolve(&t, &uri)?;
     certcheck::check(cert, &k.public).map_err(cert_failure)?;
     let cert_abs = std::fs::canonicalize(cert).map_err(|e| fail(Code::Other, format!("{cert}: {e}")))?;
@@ -200,9 +227,9 @@ pub fn config(o: &TargetArgs, a: &ConfigArgs) -> Res<String> {
         Some(n) => n.clone(),
         None => cert_common_name(&cert_abs).unwrap_or_else(|| "www.example.com".into()),
     };
-    let key_uri = key_uri(Some(&k.token_label), label);
+    let key_uri = super::tool::key_uri_id(Some(&k.token_label), label, id.as_deref());
     let pin = t.pin_source.as_ref().map(|p| p.to_string()).unwrap_or_else(|| "env:CLOUDHSM_PIN".into());
-    Ok(format!(
+    let text = format!(
         "# mod_hsm_ssl: key '{label}' on token '{}'\n\
          HSMSSLLibrary {}\n\
          HSMSSLPin     {pin}\n\
@@ -211,7 +238,20 @@ pub fn config(o: &TargetArgs, a: &ConfigArgs) -> Res<String> {
         k.token_label,
         t.library.display(),
         cert_abs.display()
-    ))
+    );
+    if !a.json {
+        return Ok(text);
+    }
+    let mut report = KeyReport::of(&k);
+    report.uri = key_uri;
+    json_line(&serde_json::json!({
+        "key": report,
+        "library": t.library,
+        "pin": pin,
+        "server_name": server_name,
+        "cert": cert_abs,
+        "apache": text,
+    }))
 }
 
 fn cert_common_name(path: &Path) -> Option<String> {
@@ -341,18 +381,19 @@ fn list_keys(s: &Session) -> Res<Vec<Listed>> {
     Ok(out)
 }
 
-fn json_str(s: &str) -> String {
-    let mut o = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+/// One key in `list --json`.
+#[derive(serde::Serialize)]
+struct ListRow {
+    label: String,
+    id: String,
+    #[serde(rename = "type")]
+    key_type: String,
+    sensitive: bool,
+    extractable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    matches_cert: Option<bool>,
+    uri: String,
+    fingerprint: Option<String>,
 }
 
 pub fn list(o: &TargetArgs, a: &ListArgs) -> Res<String> {
@@ -365,24 +406,20 @@ pub fn list(o: &TargetArgs, a: &ListArgs) -> Res<String> {
         Some(k.public.as_ref().is_some_and(|p| certcheck::check(c, p).is_ok()))
     };
     if a.json {
-        let items: Vec<String> = keys
+        let rows: Vec<ListRow> = keys
             .iter()
-            .map(|k| {
-                let m = match matches(k) {
-                    Some(b) => format!(",\"matches_cert\":{b}"),
-                    None => String::new(),
-                };
-                format!(
-                    "{{\"label\":{},\"id\":{},\"type\":{},\"sensitive\":{},\"extractable\":{}{m}}}",
-                    json_str(&k.label),
-                    json_str(&hex(&k.id)),
-                    json_str(&k.kind),
-                    k.sensitive,
-                    k.extractable
-                )
+            .map(|k| ListRow {
+                label: k.label.clone(),
+                id: hex(&k.id),
+                key_type: k.kind.clone(),
+                sensitive: k.sensitive,
+                extractable: k.extractable,
+                matches_cert: matches(k),
+                uri: key_uri(Some(&token), &k.label),
+                fingerprint: k.public.as_ref().and_then(|p| certcheck::token_fingerprint(p).ok()),
             })
             .collect();
-        return Ok(format!("{{\"token\":{},\"keys\":[{}]}}\n", json_str(&token), items.join(",")));
+        return json_line(&serde_json::json!({ "token": token, "keys": rows }));
     }
     let mut out = format!("token '{token}': {} private key(s)\n", keys.len());
     for k in &keys {
@@ -400,6 +437,9 @@ pub fn list(o: &TargetArgs, a: &ListArgs) -> Res<String> {
             if k.sensitive { "sensitive" } else { "NOT sensitive" },
             if k.extractable { ", EXTRACTABLE" } else { ", not extractable" }
         );
+        if let Some(fp) = k.public.as_ref().and_then(|p| certcheck::token_fingerprint(p).ok()) {
+            let _ = writeln!(out, "  {:<24} public key {fp}", "");
+        }
     }
     if cert.is_some() && !keys.iter().any(|k| matches(k) == Some(true)) {
         let _ = writeln!(out, "no key on this token matches the certificate");

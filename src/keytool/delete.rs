@@ -169,8 +169,14 @@ pub fn delete(o: &TargetArgs, a: &DeleteArgs) -> Res<String> {
     for k in &plan.kept {
         let _ = writeln!(listing, "  kept: {}", describe(&label, k));
     }
-    let mut out = std::io::stdout();
-    let _ = out.write_all(listing.as_bytes()).and_then(|()| out.flush());
+    // With --json, stdout holds only the JSON answer.
+    if a.json {
+        let mut err = std::io::stderr();
+        let _ = err.write_all(listing.as_bytes()).and_then(|()| err.flush());
+    } else {
+        let mut out = std::io::stdout();
+        let _ = out.write_all(listing.as_bytes()).and_then(|()| out.flush());
+    }
     let n = plan.doomed.len();
     if !a.yes {
         let answer = super::tool::prompt_visible(&format!("Delete these {n} object(s) from token '{token}'? This cannot be undone. [y/N] "))?;
@@ -192,6 +198,12 @@ pub fn delete(o: &TargetArgs, a: &DeleteArgs) -> Res<String> {
                 ),
             )
         })?;
+    }
+    if a.json {
+        let row = |o: &Obj| serde_json::json!({ "class": class_name(o.class), "label": label, "id": o.id.as_deref().map(crate::pkcs11::uri::hex) });
+        let deleted: Vec<_> = plan.doomed.iter().map(row).collect();
+        let kept: Vec<_> = plan.kept.iter().map(row).collect();
+        return super::commands::json_line(&serde_json::json!({ "token": token, "deleted": deleted, "kept": kept }));
     }
     Ok(format!("deleted {n} object(s) from token '{token}'\n"))
 }

@@ -298,6 +298,20 @@ impl Drop for TempObject<'_> {
     }
 }
 
+/// The public half of `key` as the token stores it (for the tool's
+/// report: key type and fingerprint).
+pub fn public_of(key: &PKeyRef<Private>) -> Result<crate::pkcs11::token::PublicKey, String> {
+    use crate::pkcs11::token::PublicKey;
+    Ok(match key_info(key)? {
+        KeyInfo::Rsa(rsa) => PublicKey::Rsa { n: rsa.n().to_vec(), e: rsa.e().to_vec() },
+        KeyInfo::Ec { ec, params, .. } => {
+            let mut ctx = BigNumContext::new().map_err(|e| openssl_reason(&e))?;
+            let point = ec.public_key().to_bytes(ec.group(), PointConversionForm::UNCOMPRESSED, &mut ctx).map_err(|e| openssl_reason(&e))?;
+            PublicKey::Ec { params: params.to_vec(), point }
+        }
+    })
+}
+
 /// What [`import_key`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Imported {

@@ -15,8 +15,8 @@ use openssl::sign::{RsaPssSaltlen, Verifier};
 use serde::Serialize;
 
 use super::cli::{MechanismsArgs, TargetArgs, TestArgs, TokensArgs};
-use super::commands::{json_line, resolve, KeyReport};
-use super::tool::{fail, key_uri, label, Code, Res, Target};
+use super::commands::{json_line, resolve, selector_uri, KeyReport};
+use super::tool::{fail, Code, Res, Target};
 use crate::pkcs11::token::{ck_error_text, Mech, PremasterMech, PublicKey};
 use crate::tls::certcheck;
 use crate::tls::digest::Digest;
@@ -198,11 +198,8 @@ fn ecdsa_der(raw: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 pub fn test(o: &TargetArgs, a: &TestArgs) -> Res<String> {
-    let l = label(&a.label)?;
-    let uri = match &a.id {
-        Some(id) => format!("{};id={}", key_uri(None, l), super::tool::pct_bytes(&super::delete::parse_id(id)?)),
-        None => key_uri(None, l),
-    };
+    let id = a.id.as_deref().map(super::delete::parse_id).transpose()?;
+    let uri = selector_uri(&a.label, id.as_deref())?;
     let t = Target::from_args(o)?;
     let (hsm, key) = resolve(&t, &uri)?;
     let cert_path = a.cert.as_str();

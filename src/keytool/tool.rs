@@ -382,6 +382,14 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// A token label as it goes into a `pkcs11:` URI.
+/// The key URI for `label` (and `id`, when given) on `token`.
+pub fn key_uri_id(token: Option<&str>, label: &str, id: Option<&[u8]>) -> String {
+    match id {
+        Some(id) => format!("{};id={}", key_uri(token, label), pct_bytes(id)),
+        None => key_uri(token, label),
+    }
+}
+
 /// Bytes percent-encoded, every one (a CKA_ID in a key URI's `id=`).
 pub fn pct_bytes(b: &[u8]) -> String {
     b.iter().map(|x| format!("%{x:02x}")).collect()
