@@ -32,7 +32,7 @@ static COMMANDS: Commands = Commands([
     take1(c"HSMSSLLibrary", config::set_library, c"path of the HSM vendor's PKCS#11 library"),
     take1(c"HSMSSLPin", config::set_pin, c"where the token user PIN comes from: env:VAR, file:/path or exec:/program"),
     take1(c"HSMSSLToken", config::set_token, c"token used when a key URI names none: a token label or pkcs11:token=...;serial=..."),
-    take1(c"HSMSSLOperationTimeout", config::set_operation_timeout, c"seconds a PKCS#11 step may take at startup and configtest before it counts as failed (default 5)"),
+    take1(c"HSMSSLOperationTimeout", config::set_operation_timeout, c"seconds one PKCS#11 step may take (at startup, in configtest, and each handshake's signature or decryption) before it counts as failed (default 5)"),
     take1(c"HSMSSLMaxSessions", config::set_max_sessions, c"maximum PKCS#11 sessions per token of the key service (default: MaxRequestWorkers, at most 64) or, with HSMSSLKeyService Off, of each child (default: the MPM's threads per child)"),
     take1(c"HSMSSLDirectCalls", config::set_direct_calls, c"On: handshakes call the token on their own thread, with no HSMSSLOperationTimeout bound (for local tokens); default Off"),
     take1(
