@@ -178,6 +178,20 @@ fi
 step "installing hsm-ssl-keytool into $PREFIX/bin"
 run install -d -m 0755 "$PREFIX/bin"
 run install -m 0755 "$TOOL" "$PREFIX/bin/hsm-ssl-keytool"
+# The manual pages, made by the tool: hsm-ssl-keytool(8) and mod_hsm_ssl(8).
+MANDIR="$PREFIX/share/man/man8"
+run install -d -m 0755 "$MANDIR"
+for page in hsm-ssl-keytool mod_hsm_ssl; do
+    flag=""
+    [ "$page" = mod_hsm_ssl ] && flag="--module"
+    if [ "$DRY_RUN" = 1 ]; then
+        echo "    [dry-run] would run: $TOOL manpage $flag > $MANDIR/$page.8"
+    else
+        # shellcheck disable=SC2086 # $flag is empty or one word
+        "$TOOL" manpage $flag > "$MANDIR/$page.8" || die "writing $MANDIR/$page.8 failed" "check that $MANDIR is writable"
+        echo "    wrote $MANDIR/$page.8"
+    fi
+done
 
 # 5. Load file --------------------------------------------------------------
 # The HSMSSL* lines of httpd-conf/hsm_ssl.conf, every directive commented out.

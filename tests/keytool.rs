@@ -607,7 +607,7 @@ fn the_command_line_behaves_like_git_and_cargo() {
     let v = ok(&kt_raw(&token, &["--version"]));
     assert_eq!(v.trim(), format!("hsm-ssl-keytool {}", env!("CARGO_PKG_VERSION")));
     let help = words(&ok(&kt_raw(&token, &["--help"])));
-    for c in ["generate", "import", "csr", "selfsign", "list", "check", "delete", "config", "completions"] {
+    for c in ["generate", "import", "csr", "selfsign", "list", "check", "delete", "config", "tokens", "mechanisms", "test", "completions", "manpage"] {
         assert!(help.contains(&format!(" {c} ")), "{c} missing from --help: {help}");
         let h = words(&ok(&kt_raw(&token, &[c, "--help"])));
         assert!(h.contains(&format!("Usage: hsm-ssl-keytool {c}")), "{c} --help: {h}");

@@ -498,6 +498,11 @@ fn apxs_install_into_debian_apache_then_a2enmod_and_configtest() {
     assert!(fs::read(&module).unwrap() == built, "{} differs from the build", module.display());
     let tool = prefix.path().join("bin/hsm-ssl-keytool");
     assert!(fs::metadata(&tool).unwrap().permissions().mode() & 0o111 != 0, "keytool not executable");
+    for page in ["hsm-ssl-keytool.8", "mod_hsm_ssl.8"] {
+        let p = prefix.path().join("share/man/man8").join(page);
+        let out = Command::new("man").arg("-l").arg(&p).output().unwrap();
+        assert!(out.status.success() && text(&out).contains("SYNOPSIS"), "man -l {}: {}", p.display(), text(&out));
+    }
 
     let load_text = fs::read_to_string(&load).unwrap();
     assert_eq!(load_text.lines().next(), Some("# Depends: ssl"), "{load_text}");

@@ -34,7 +34,31 @@ const LICENSE: &str = "/usr/share/licenses/mod_hsm_ssl/LICENSE";
 /// Files the package ships (plus the directories rpm lists for %doc and
 /// %license, and the /usr/lib/.build-id links rpm adds for the binaries).
 const FILES: &[&str] = &[MODULE, MODCONF, EXAMPLE, KEYTOOL, DROPIN, SYSCONFIG, PIN_FILE, DOC, LICENSE];
-const DIRS: &[&str] = &["/usr/share/doc/mod_hsm_ssl", "/usr/share/licenses/mod_hsm_ssl", CRED_DIR];
+const DIRS: &[&str] = &["/usr/share/doc/mod_hsm_ssl", "/usr/share/licenses/mod_hsm_ssl", CRED_DIR, SHARE, SHARE_DOCS, SHARE_CONF];
+/// The docs, example configurations and installer the package ships.
+const SHARE: &str = "/usr/share/mod_hsm_ssl";
+const SHARE_DOCS: &str = "/usr/share/mod_hsm_ssl/docs";
+const SHARE_CONF: &str = "/usr/share/mod_hsm_ssl/httpd-conf";
+const INSTALLER: &str = "/usr/share/mod_hsm_ssl/install-amazon-linux.sh";
+const COMPLETION: &str = "/usr/share/bash-completion/completions/hsm-ssl-keytool";
+/// The manual pages (rpm may compress them: .8 or .8.gz).
+const MAN_PAGES: [&str; 2] = ["/usr/share/man/man8/hsm-ssl-keytool.8", "/usr/share/man/man8/mod_hsm_ssl.8"];
+
+/// What the package ships from the checkout: every file of docs/ and
+/// httpd-conf/, and the installer.
+fn shipped_from_checkout() -> Vec<String> {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut v = vec![INSTALLER.to_string(), COMPLETION.to_string()];
+    for (dir, to) in [("docs", SHARE_DOCS), ("httpd-conf", SHARE_CONF)] {
+        for e in std::fs::read_dir(repo.join(dir)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            if dir == "httpd-conf" || name.ends_with(".md") {
+                v.push(format!("{to}/{name}"));
+            }
+        }
+    }
+    v
+}
 const BUILD_ID_DIR: &str = "/usr/lib/.build-id";
 
 fn find_tool(name: &str) -> PathBuf {
@@ -219,6 +243,13 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     let ql = stdout(&run("rpm -qlp", Command::new(&rpm_bin).arg("-qlp").arg(&bin_rpm)));
     let listed: BTreeSet<String> = ql.lines().map(str::to_string).collect();
     let mut expected: BTreeSet<String> = FILES.iter().chain(DIRS).map(|s| s.to_string()).collect();
+    expected.extend(shipped_from_checkout());
+    // Each manual page once, compressed or not.
+    for page in MAN_PAGES {
+        let found: Vec<&str> = ql.lines().filter(|l| *l == page || l.strip_prefix(page).is_some_and(|ext| ext == ".gz")).collect();
+        assert_eq!(found.len(), 1, "{page}(.gz) in the RPM: {found:?}\n{ql}");
+        expected.insert(found[0].to_string());
+    }
     // rpm's /usr/lib/.build-id links: allowed, but only for our two binaries.
     let mut build_ids = BTreeSet::new();
     for line in q.lines() {
@@ -339,6 +370,27 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     assert!(sysconfig.lines().all(|l| l.trim().is_empty() || l.starts_with('#')), "{SYSCONFIG} must set nothing");
     assert!(read(LICENSE).contains("Apache License") && read(LICENSE).contains("Version 2.0"), "{LICENSE}");
     assert!(read(DOC).contains("HSMSSLLibrary"), "{DOC} is not the README");
+    // The shipped docs are the checkout's, the installer runs from there.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert_eq!(read(&format!("{SHARE_DOCS}/messages.md")), std::fs::read_to_string(repo.join("docs/messages.md")).unwrap());
+    assert_eq!(attrs(INSTALLER)[1], "-rwxr-xr-x", "{INSTALLER} mode");
+    let help = Command::new("bash").arg(ex.join(&INSTALLER[1..])).arg("--help").output().unwrap();
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("--generate"), "{INSTALLER} --help: {help:?}");
+    assert!(read(COMPLETION).contains("complete -F"), "{COMPLETION}");
+    // The manual pages render, and say what they must.
+    for (page, needles) in [
+        (MAN_PAGES[0], &["hsm-ssl-keytool", "COMMAND OPTIONS", "generate", "--label", "Exit codes"][..]),
+        (MAN_PAGES[1], &["MOD_HSM_SSL", "DIRECTIVES", "HSMSSLLibrary", "HSMSSLKeyServiceUser", "HSMSSLHealthMaxAge"][..]),
+    ] {
+        let file = [page.to_string(), format!("{page}.gz")].into_iter().map(|p| ex.join(&p[1..])).find(|p| p.exists()).unwrap();
+        let out = Command::new("man").arg("-l").arg(&file).env("MANWIDTH", "100").env_remove("MAN_KEEP_FORMATTING").output().unwrap();
+        // Justified text: one space between words, ASCII hyphens.
+        let text = String::from_utf8_lossy(&out.stdout).replace('\u{2010}', "-").split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(out.status.success(), "man -l {}: {out:?}", file.display());
+        for n in needles {
+            assert!(text.contains(n), "{page} lacks {n:?}:\n{text}");
+        }
+    }
 
     // --- the extracted module loads in Debian's apache2 --------------------
     let so = ex.join(&MODULE[1..]);
@@ -381,7 +433,7 @@ fn rpm_builds_lints_installs_and_loads_in_apache() {
     for tool in [ex.join(&KEYTOOL[1..]), root.join(&KEYTOOL[1..])] {
         let out = run("hsm-ssl-keytool --help", Command::new(&tool).arg("--help"));
         let help = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-        assert!(help.contains("usage: hsm-ssl-keytool"), "{} --help:\n{help}", tool.display());
+        assert!(help.contains("Usage: hsm-ssl-keytool"), "{} --help:\n{help}", tool.display());
     }
 
     eprintln!("[packaging_rpm] all checks passed in {:.0?}", t0.elapsed());

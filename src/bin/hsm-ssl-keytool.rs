@@ -133,6 +133,8 @@ fn run(cli: &Cli) -> Res<String> {
         Command::Tokens(a) => inspect::tokens(t, a),
         Command::Mechanisms(a) => inspect::mechanisms(t, a),
         Command::Test(a) => inspect::test(t, a),
+        Command::Manpage(a) if a.module => Ok(mod_hsm_ssl::keytool::manpage::module()),
+        Command::Manpage(_) => mod_hsm_ssl::keytool::manpage::keytool(),
         Command::Completions(a) => {
             let mut script = Vec::new();
             clap_complete::generate(a.shell, &mut Cli::command(), "hsm-ssl-keytool", &mut script);

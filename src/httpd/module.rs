@@ -8,12 +8,12 @@ use std::sync::OnceLock;
 use crate::ffi::httpd::{self, apr_pool_t, cmd_func, command_rec, module};
 
 use super::{config, hooks};
+use crate::directives as d;
 
-const fn take1(
-    name: &'static std::ffi::CStr,
-    f: unsafe extern "C" fn(*mut httpd::cmd_parms, *mut c_void, *const c_char) -> *const c_char,
-    help: &'static std::ffi::CStr,
-) -> command_rec {
+/// httpd's entry for directive `d` (name and help from `crate::directives`),
+/// handled by `f`.
+const fn take1(d: &'static d::Directive, f: unsafe extern "C" fn(*mut httpd::cmd_parms, *mut c_void, *const c_char) -> *const c_char) -> command_rec {
+    let (name, help) = (d.name, d.help);
     command_rec {
         name: name.as_ptr(),
         func: cmd_func { take1: Some(f) },
@@ -29,37 +29,18 @@ struct Commands([command_rec; 12]);
 unsafe impl Sync for Commands {}
 
 static COMMANDS: Commands = Commands([
-    take1(c"HSMSSLLibrary", config::set_library, c"path of the HSM vendor's PKCS#11 library"),
-    take1(c"HSMSSLPin", config::set_pin, c"where the token user PIN comes from: env:VAR, file:/path or exec:/program"),
-    take1(c"HSMSSLToken", config::set_token, c"token used when a key URI names none: a token label or pkcs11:token=...;serial=..."),
-    take1(c"HSMSSLOperationTimeout", config::set_operation_timeout, c"seconds one PKCS#11 step may take (at startup, in configtest, and each handshake's signature or decryption) before it counts as failed (default 5)"),
-    take1(c"HSMSSLMaxSessions", config::set_max_sessions, c"maximum PKCS#11 sessions per token of the key service (default: MaxRequestWorkers, at most 64) or, with HSMSSLKeyService Off, of each child (default: the MPM's threads per child)"),
-    take1(c"HSMSSLDirectCalls", config::set_direct_calls, c"On: handshakes call the token on their own thread, with no HSMSSLOperationTimeout bound (for local tokens); default Off"),
-    take1(
-        c"HSMSSLAllowExportableKeys",
-        config::set_allow_exportable_keys,
-        c"On: serve token keys that are not CKA_SENSITIVE (their private value is readable with the PIN), with a warning, instead of refusing them; default Off",
-    ),
-    take1(
-        c"HSMSSLKeyService",
-        config::set_key_service,
-        c"On (default): one key service process per server does every token operation; children never hold the PIN or a token connection. Off: every child talks to the token itself",
-    ),
-    take1(c"HSMSSLKeyServiceUser", config::set_key_service_user, c"the user the key service runs as (default: httpd's User)"),
-    take1(
-        c"HSMSSLHealthProbeInterval",
-        config::set_health_probe_interval,
-        c"seconds between probes of an idle token (a session and key attribute read, no private-key operation); default 10",
-    ),
-    take1(c"HSMSSLHealthMaxAge", config::set_health_max_age, c"seconds without a successful operation or probe after which hsm-ssl-health answers 503; default 30"),
-    command_rec {
-        name: ptr::null(),
-        func: cmd_func { no_args: None },
-        cmd_data: ptr::null_mut(),
-        req_override: 0,
-        args_how: 0,
-        errmsg: ptr::null(),
-    },
+    take1(&d::LIBRARY, config::set_library),
+    take1(&d::PIN, config::set_pin),
+    take1(&d::TOKEN, config::set_token),
+    take1(&d::OPERATION_TIMEOUT, config::set_operation_timeout),
+    take1(&d::MAX_SESSIONS, config::set_max_sessions),
+    take1(&d::DIRECT_CALLS, config::set_direct_calls),
+    take1(&d::ALLOW_EXPORTABLE_KEYS, config::set_allow_exportable_keys),
+    take1(&d::KEY_SERVICE, config::set_key_service),
+    take1(&d::KEY_SERVICE_USER, config::set_key_service_user),
+    take1(&d::HEALTH_PROBE_INTERVAL, config::set_health_probe_interval),
+    take1(&d::HEALTH_MAX_AGE, config::set_health_max_age),
+    command_rec { name: ptr::null(), func: cmd_func { no_args: None }, cmd_data: ptr::null_mut(), req_override: 0, args_how: 0, errmsg: ptr::null() },
 ]);
 
 /// The module struct `LoadModule hsm_ssl_module` looks up.

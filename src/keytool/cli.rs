@@ -17,7 +17,7 @@ token, PIN or login; 3 the key (not found, label taken, unsupported, or for dele
 ambiguous); 4 certificate and key do not match; 5 files (--out exists, is a symbolic
 link, cannot be written) or anything else; 6 not confirmed. The PIN is never printed.";
 
-/// hsm-ssl-keytool: keys for mod_hsm_ssl that never leave the HSM.
+/// Keys for mod_hsm_ssl that never leave the HSM.
 #[derive(Debug, Parser)]
 #[command(name = "hsm-ssl-keytool", version, after_help = EXIT_CODES, max_term_width = 100)]
 pub struct Cli {
@@ -116,6 +116,8 @@ pub enum Command {
     Test(TestArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(CompletionsArgs),
+    /// Print the manual page (roff): this tool's, or with --module mod_hsm_ssl(8)
+    Manpage(ManpageArgs),
 }
 
 /// `--usage`, shared by generate and import.
@@ -299,6 +301,13 @@ pub struct TestArgs {
     /// One JSON object instead of text
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpageArgs {
+    /// The module's page, mod_hsm_ssl(8), instead of hsm-ssl-keytool(8)
+    #[arg(long)]
+    pub module: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod delete;
 pub mod import;
 pub mod inspect;
+pub mod manpage;
 pub mod messages;
 pub mod policy;
 pub mod tool;

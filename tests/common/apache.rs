@@ -347,6 +347,11 @@ impl Apache {
     }
 
     /// `apache2 -t` on this config: (exit code, output).
+    /// `apache2 -L`: the directives httpd knows, with their help texts.
+    pub fn list_directives(&self) -> (i32, String) {
+        run_status(self.command().arg("-L"))
+    }
+
     pub fn configtest(&self) -> (i32, String) {
         run_status(self.command().arg("-t"))
     }
