@@ -21,13 +21,41 @@ fn directives() -> Vec<String> {
     names
 }
 
+/// A field of src/directives.rs for directive `d` (`syntax`, `default`,
+/// `help`), unescaped.
+fn field(d: &str, name: &str) -> String {
+    let text = read("src/directives.rs");
+    let decl = &text[text.find(&format!("c\"{d}\"")).unwrap()..];
+    let tag = if name == "help" { "help: c\"".to_string() } else { format!("{name}: \"") };
+    let v = decl.split(tag.as_str()).nth(1).unwrap();
+    let mut out = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '"' => break,
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[test]
-fn every_directive_has_a_readme_entry() {
-    let readme = read("README.md");
-    let headings: Vec<&str> = readme.lines().filter(|l| l.starts_with("### `HSMSSL")).collect();
+fn docs_describe_every_directive_in_httpds_format_from_the_same_list() {
+    let doc = read("docs/directives.md");
+    let headings: Vec<&str> = doc.lines().filter_map(|l| l.strip_prefix("## ")).collect();
+    assert_eq!(headings, directives(), "docs/directives.md: one '## NAME' per directive, in the list's order");
     for d in directives() {
-        let named = |h: &&str| h.split('`').any(|part| part == d || part.starts_with(&format!("{d} ")));
-        assert!(headings.iter().any(named), "README.md has no '### `{d} ...`' entry; it has:\n{}", headings.join("\n"));
+        let entry = &doc[doc.find(&format!("## {d}\n")).unwrap()..];
+        let row = |k: &str| -> String {
+            let prefix = format!("| {k} | ");
+            let line = entry.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{d}: no {k} row"));
+            line[prefix.len()..line.len() - 2].replace("\\|", "|")
+        };
+        assert_eq!(row("Description"), field(&d, "help"), "{d}");
+        assert_eq!(row("Syntax"), format!("`{d} {}`", field(&d, "syntax")), "{d}");
+        assert_eq!(row("Default"), field(&d, "default"), "{d}");
+        assert_eq!((row("Context"), row("Module")), ("server config".into(), "mod_hsm_ssl".into()), "{d}");
     }
 }
 

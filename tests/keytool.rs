@@ -607,7 +607,8 @@ fn the_command_line_behaves_like_git_and_cargo() {
     let v = ok(&kt_raw(&token, &["--version"]));
     assert_eq!(v.trim(), format!("hsm-ssl-keytool {}", env!("CARGO_PKG_VERSION")));
     let help = words(&ok(&kt_raw(&token, &["--help"])));
-    for c in ["generate", "import", "csr", "selfsign", "list", "check", "delete", "config", "tokens", "mechanisms", "test", "completions", "manpage"] {
+    for c in ["generate", "import", "csr", "selfsign", "list", "check", "delete", "config", "tokens", "mechanisms", "test", "completions", "manpage"]
+    {
         assert!(help.contains(&format!(" {c} ")), "{c} missing from --help: {help}");
         let h = words(&ok(&kt_raw(&token, &[c, "--help"])));
         assert!(h.contains(&format!("Usage: hsm-ssl-keytool {c}")), "{c} --help: {h}");
@@ -814,4 +815,19 @@ fn every_reporting_command_answers_json_and_id_selects_the_key() {
     assert_eq!(gone, ["private key", "public key"], "{d}");
     assert_eq!(d["kept"].as_array().map(Vec::len), Some(2), "the other 'www' key pair stays: {d}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("to delete from token"), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_token_that_refuses_an_import_is_exit_code_2_and_keeps_nothing() {
+    let token = Token::new("kt-refuse");
+    let dir = TestDir::new("kt-refuse-key");
+    let pem = dir.path().join("k.pem");
+    assert!(openssl(&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", pem.to_str().unwrap()]).status.success());
+    let p11 = P11Log::new(token.dir());
+    p11.fail("C_CreateObject", "CKR_DEVICE_ERROR");
+    p11.fail("C_UnwrapKey", "CKR_DEVICE_ERROR");
+    let e = err(&kt_wrapped(&token, &p11, &["import", "--label", "k", "--key", pem.to_str().unwrap()]), 2);
+    assert!(e.contains("CKR_DEVICE_ERROR"), "{e}");
+    let left = ok(&kt(&token, &["list"]));
+    assert!(left.contains("0 private key(s)"), "{left}");
 }
