@@ -445,7 +445,7 @@ fi
 # --- 8. configtest, restart, check ----------------------------------------------------
 step "checking the configuration with apachectl configtest (logs in to the HSM once)"
 run_cred apachectl configtest || die "apachectl configtest failed (see the message above)" \
-    "fix what the message names (README.md, Troubleshooting); the running httpd was not touched"
+    "fix what the message names (/usr/share/mod_hsm_ssl/docs/troubleshooting.md, docs/messages.md by message ID); the running httpd was not touched"
 
 step "restarting httpd with systemctl"
 run systemctl daemon-reload || die "systemctl daemon-reload failed" "check 'systemctl status' and the drop-in files"

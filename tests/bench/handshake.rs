@@ -1,6 +1,6 @@
 //! Full-handshake benchmark: file key vs mod_hsm_ssl vs libp11's engine,
 //! on one machine, one token, one certificate pair (see BENCHMARKS.md for
-//! the latest report and README "Benchmark" for how to run it).
+//! the latest report and docs/development.md "Benchmark" for how to run it).
 //!
 //! `scripts/bench.sh [options]` builds in release mode and runs this as
 //! `cargo bench --bench handshake -- [options]`:
