@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 use mod_hsm_ssl::keytool::cli::{Cli, Command, CsrArgs, ImportArgs, OutArgs, SelfsignArgs, SubjectArgs, TargetArgs};
 use mod_hsm_ssl::keytool::commands;
-use mod_hsm_ssl::keytool::policy::Usage;
 use mod_hsm_ssl::keytool::tool::{check_out_path, fail, write_out_file, Code, Res, Target};
 use mod_hsm_ssl::keytool::{delete, import, inspect, x509};
 
@@ -29,8 +28,8 @@ fn write_out(o: &OutArgs, pem: String, what: &str) -> Res<String> {
 
 /// The parts of csr and selfsign that differ: days (0 for a request).
 fn sign_x509(t: &TargetArgs, names: &SubjectArgs, out: &OutArgs, days: Option<&str>) -> Res<String> {
-    let SubjectArgs { label, subject, san, id } = names;
-    let id = id.as_deref().map(delete::parse_id).transpose()?;
+    let SubjectArgs { key, subject, san } = names;
+    let (label, id) = key.get()?;
     let sans = match san {
         Some(s) => x509::parse_sans(s).map_err(|e| fail(Code::Usage, format!("--san: {e}")))?,
         None => Vec::new(),
@@ -40,12 +39,9 @@ fn sign_x509(t: &TargetArgs, names: &SubjectArgs, out: &OutArgs, days: Option<&s
         // Before the token signs anything.
         check_out_path(Path::new(path), out.force)?;
     }
-    let days: Option<u32> = match days {
-        None => None,
-        Some(d) => {
-            Some(d.parse().ok().filter(|d| (1..=36500).contains(d)).ok_or_else(|| fail(Code::Usage, "--days: a number of days from 1 to 36500"))?)
-        }
-    };
+    let days: Option<u32> = days
+        .map(|d| d.parse().ok().filter(|d| (1..=36500).contains(d)).ok_or_else(|| fail(Code::Usage, "--days: a number of days from 1 to 36500")))
+        .transpose()?;
     let target = Target::from_args(t)?;
     let uri = commands::selector_uri(label, id.as_deref())?;
     let (_, key) = commands::resolve(&target, &uri)?;
@@ -63,7 +59,8 @@ fn sign_x509(t: &TargetArgs, names: &SubjectArgs, out: &OutArgs, days: Option<&s
 }
 
 fn import_cmd(t: &TargetArgs, a: &ImportArgs) -> Res<String> {
-    let label = mod_hsm_ssl::keytool::tool::label(&a.label)?.to_string();
+    let (label, usage, chosen) = a.new.get()?;
+    let label = label.to_string();
     let path = std::path::PathBuf::from(&a.key);
     let pass_source = match &a.passphrase {
         Some(p) => Some(
@@ -81,8 +78,6 @@ fn import_cmd(t: &TargetArgs, a: &ImportArgs) -> Res<String> {
             None => mod_hsm_ssl::keytool::tool::prompt_hidden(&format!("Passphrase for {}: ", shown.display())).map_err(|f| f.msg),
         }
     };
-    let usage = Usage::parse(a.usage.as_deref())?;
-    let chosen = a.id.as_deref().map(delete::parse_id).transpose()?;
     let key = import::read_private_key_pem(&path, &mut ask).map_err(|e| fail(Code::Key, e))?;
     usage.check_for(key.id() == openssl::pkey::Id::RSA)?;
     let public = import::public_of(&key).map_err(|e| fail(Code::Key, e))?;
@@ -97,7 +92,7 @@ fn import_cmd(t: &TargetArgs, a: &ImportArgs) -> Res<String> {
         import::ImportPath::Created => "created directly",
         import::ImportPath::Unwrapped => "unwrapped under a one-time session key",
     };
-    if a.json {
+    if a.new.json {
         let report = commands::KeyReport::new(&token, &label, &id, &public);
         let path = if done.path == import::ImportPath::Created { "created" } else { "unwrapped" };
         return commands::json_line(&serde_json::json!({

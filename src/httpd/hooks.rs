@@ -76,7 +76,6 @@ impl Vhost {
     }
 }
 
-/// What to log about a key at startup, with the level of each line.
 /// What to log about a key at startup: level, message ID, text.
 type Notes = Vec<(log::Level, &'static str, String)>;
 
@@ -645,14 +644,10 @@ pub unsafe extern "C" fn check_config(_pconf: *mut apr_pool_t, _plog: *mut apr_p
             return OK;
         }
         super::log::set_main_server(s);
-        // SAFETY: ap_pid_fname is httpd's PidFile setting (a string httpd
-        // owns, or null); ap_runtime_dir_relative returns a string from
-        // `ptemp` (or null), read at once.
-        let pid_file = unsafe {
-            let name = httpd::ap_pid_fname;
-            let p = if name.is_null() { ptr::null_mut() } else { httpd::ap_runtime_dir_relative(ptemp, name) };
-            (!p.is_null()).then(|| std::path::PathBuf::from(std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()))
-        };
+        // SAFETY: ap_pid_fname is httpd's PidFile setting: null, or a
+        // NUL-terminated string httpd owns for the configuration's life.
+        let pid_name = unsafe { (!httpd::ap_pid_fname.is_null()).then(|| CStr::from_ptr(httpd::ap_pid_fname)) };
+        let pid_file = pid_name.and_then(|n| super::supervise::runtime_relative(ptemp, n));
         if let Some(pid) = pid_file.and_then(|f| super::upgrade::running_is_older(&f)) {
             log::warn!(
                 "HSM00119: the running httpd (pid {pid}) runs an older mod_hsm_ssl than the file this configtest loaded \

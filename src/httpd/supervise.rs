@@ -66,14 +66,19 @@ pub fn socket_path(pconf: *mut apr_pool_t) -> PathBuf {
     let n = GENERATIONS.fetch_add(1, Ordering::Relaxed);
     let name = format!("hsm_ssl-keys.{}.{n}.sock", std::process::id());
     let c = std::ffi::CString::new(name.clone()).unwrap_or_default();
-    // SAFETY: ap_runtime_dir_relative returns a string from `pconf` (or
-    // null), read at once.
+    runtime_relative(pconf, &c).unwrap_or_else(|| PathBuf::from("/run").join(name))
+}
+
+/// `name` under httpd's DefaultRuntimeDir (unchanged if absolute), as
+/// httpd places its own runtime files (ap_runtime_dir_relative); None if
+/// httpd gives no path.
+pub fn runtime_relative(pool: *mut apr_pool_t, name: &CStr) -> Option<PathBuf> {
+    // SAFETY: ap_runtime_dir_relative returns a string allocated from
+    // `pool` (a live pool of this configuration) or null; it is copied at
+    // once.
     unsafe {
-        let p = httpd::ap_runtime_dir_relative(pconf, c.as_ptr());
-        if p.is_null() {
-            return PathBuf::from("/run").join(name);
-        }
-        PathBuf::from(CStr::from_ptr(p).to_string_lossy().into_owned())
+        let p = httpd::ap_runtime_dir_relative(pool, name.as_ptr());
+        (!p.is_null()).then(|| PathBuf::from(CStr::from_ptr(p).to_string_lossy().into_owned()))
     }
 }
 

@@ -11,6 +11,9 @@ use std::ffi::OsString;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use super::policy::Usage;
+use super::tool::{self, Res};
+
 const EXIT_CODES: &str = "\
 Exit codes: 0 done; 1 bad command line (also a label no key URI can name); 2 library,
 token, PIN or login; 3 the key (not found, label taken, unsupported, or for delete
@@ -129,13 +132,30 @@ AES128-GCM-SHA256, without forward secrecy), for clients that cannot do ECDHE. E
 const LABEL_HELP: &str = "The key's label: not empty, no control characters; httpd finds the key by it \
 (pkcs11:object=L, with L percent-encoded)";
 
+/// `--label` and `--id`: which key a command works on.
 #[derive(Debug, Args)]
-pub struct GenerateArgs {
+pub struct KeyArgs {
     #[arg(long, value_name = "L", help = LABEL_HELP)]
     pub label: String,
-    /// rsa:2048 | rsa:3072 | rsa:4096 | ec:P-256 | ec:P-384
-    #[arg(long = "type", value_name = "TYPE")]
-    pub key_type: String,
+    /// The key's CKA_ID in hex (as list prints it), when more than one key
+    /// pair, public key or certificate has the label
+    #[arg(long, value_name = "HEX")]
+    pub id: Option<String>,
+}
+
+impl KeyArgs {
+    /// The label (checked with `tool::check_label`) and the id, parsed.
+    pub fn get(&self) -> Res<(&str, Option<Vec<u8>>)> {
+        Ok((tool::label(&self.label)?, self.id.as_deref().map(tool::parse_id).transpose()?))
+    }
+}
+
+/// What generate and import share: the new key's label, usage and id, and
+/// the answer's form.
+#[derive(Debug, Args)]
+pub struct NewKeyArgs {
+    #[arg(long, value_name = "L", help = LABEL_HELP)]
+    pub label: String,
     #[arg(long, value_name = "U", help = USAGE_HELP)]
     pub usage: Option<String>,
     /// The new key's CKA_ID in hex (default: 8 random bytes); refused if
@@ -147,10 +167,26 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
+impl NewKeyArgs {
+    /// The label (checked), the usage and the chosen id, parsed.
+    pub fn get(&self) -> Res<(&str, Usage, Option<Vec<u8>>)> {
+        Ok((tool::label(&self.label)?, Usage::parse(self.usage.as_deref())?, self.id.as_deref().map(tool::parse_id).transpose()?))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub new: NewKeyArgs,
+    /// rsa:2048 | rsa:3072 | rsa:4096 | ec:P-256 | ec:P-384
+    #[arg(long = "type", value_name = "TYPE")]
+    pub key_type: String,
+}
+
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    #[arg(long, value_name = "L", help = LABEL_HELP)]
-    pub label: String,
+    #[command(flatten)]
+    pub new: NewKeyArgs,
     /// The PEM private key file (PKCS#8, PKCS#1 or SEC1; encrypted or not)
     #[arg(long, value_name = "FILE")]
     pub key: String,
@@ -158,15 +194,6 @@ pub struct ImportArgs {
     /// without it, asked without echo
     #[arg(long, value_name = "SOURCE")]
     pub passphrase: Option<String>,
-    #[arg(long, value_name = "U", help = USAGE_HELP)]
-    pub usage: Option<String>,
-    /// The new key's CKA_ID in hex (default: 8 random bytes); refused if
-    /// a key on the token has it already
-    #[arg(long, value_name = "HEX")]
-    pub id: Option<String>,
-    /// One JSON object instead of text
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Where a PEM result goes.
@@ -185,17 +212,14 @@ pub struct OutArgs {
 /// The key and the names a request or certificate carries.
 #[derive(Debug, Args)]
 pub struct SubjectArgs {
-    #[arg(long, value_name = "L", help = LABEL_HELP)]
-    pub label: String,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// The subject, e.g. "CN=www.example.com,O=Example"
     #[arg(long, value_name = "DN")]
     pub subject: String,
     /// Subject alternative names, e.g. DNS:www.example.com,IP:192.0.2.1
     #[arg(long, value_name = "LIST")]
     pub san: Option<String>,
-    /// The key's CKA_ID in hex, when two keys have the label
-    #[arg(long, value_name = "HEX")]
-    pub id: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -242,12 +266,8 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    #[arg(long, value_name = "L", help = LABEL_HELP)]
-    pub label: String,
-    /// The CKA_ID in hex, when two key pairs (or a public key or certificate
-    /// of another CKA_ID) have the label
-    #[arg(long, value_name = "HEX")]
-    pub id: Option<String>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// Do not ask before deleting
     #[arg(long)]
     pub yes: bool,
@@ -258,17 +278,14 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
-    #[arg(long, value_name = "L", help = LABEL_HELP)]
-    pub label: String,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// The key's certificate (PEM)
     #[arg(long, value_name = "FILE")]
     pub cert: String,
     /// The vhost's ServerName (default: the certificate's CN)
     #[arg(long = "server-name", value_name = "NAME")]
     pub server_name: Option<String>,
-    /// The key's CKA_ID in hex, when two keys have the label
-    #[arg(long, value_name = "HEX")]
-    pub id: Option<String>,
     /// One JSON object instead of text
     #[arg(long)]
     pub json: bool,
@@ -290,11 +307,8 @@ pub struct MechanismsArgs {
 
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    #[arg(long, value_name = "L", help = LABEL_HELP)]
-    pub label: String,
-    /// The key's CKA_ID in hex, when two keys have the label
-    #[arg(long, value_name = "HEX")]
-    pub id: Option<String>,
+    #[command(flatten)]
+    pub key: KeyArgs,
     /// The key's certificate (PEM): the signature is verified with its key
     #[arg(long, value_name = "FILE")]
     pub cert: String,

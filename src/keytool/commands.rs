@@ -54,11 +54,10 @@ pub fn random_id() -> Res<Vec<u8>> {
 }
 
 pub fn generate(o: &TargetArgs, a: &GenerateArgs) -> Res<String> {
-    let label = label(&a.label)?.to_string();
+    let (label, usage, chosen) = a.new.get()?;
+    let label = label.to_string();
     let spec = parse_type(&a.key_type)?;
-    let usage = Usage::parse(a.usage.as_deref())?;
     usage.check_for(matches!(spec, KeySpec::Rsa(_)))?;
-    let chosen = a.id.as_deref().map(super::delete::parse_id).transpose()?;
     let t = Target::from_args(o)?;
     let (_ctx, s, token) = t.session()?;
     if !with_label(&s, &label)?.is_empty() {
@@ -115,7 +114,7 @@ pub fn generate(o: &TargetArgs, a: &GenerateArgs) -> Res<String> {
         KeySpec::Rsa(b) => format!("RSA {b}"),
         KeySpec::Ec(c, _) => format!("EC {c}"),
     };
-    if a.json {
+    if a.new.json {
         let report = KeyReport::new(&token, &label, &id, &public);
         return json_line(&serde_json::json!({ "key": report, "usage": usage.describe(), "protection": protection(usage, frozen) }));
     }
@@ -215,9 +214,8 @@ pub fn check(o: &TargetArgs, a: &CheckArgs) -> Res<String> {
 }
 
 pub fn config(o: &TargetArgs, a: &ConfigArgs) -> Res<String> {
-    let label = label(&a.label)?;
+    let (label, id) = a.key.get()?;
     let cert = a.cert.as_str();
-    let id = a.id.as_deref().map(super::delete::parse_id).transpose()?;
     let t = Target::from_args(o)?;
     let uri = selector_uri(label, id.as_deref())?;
     let (_, k) = resolve(&t, &uri)?;

@@ -124,15 +124,6 @@ fn describe_all<H>(objs: &[Obj<H>]) -> String {
     objs.iter().map(|o| format!("{} (id {})", class_name(o.class), id_text(o))).collect::<Vec<_>>().join(", ")
 }
 
-/// `--id`: the CKA_ID in hex, as `list` prints it.
-pub fn parse_id(s: &str) -> Res<Vec<u8>> {
-    let bad = || fail(Code::Usage, format!("--id {s}: give the key's CKA_ID in hex, as list prints it (e.g. --id 6e0c14ecf89e4008)"));
-    if s.is_empty() || s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad());
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad())).collect()
-}
-
 /// Every object labelled `label`, with its class and id.
 fn objects_labelled(s: &Session, label: &str) -> Res<Vec<Obj>> {
     let ck = |what: &str, e: cryptoki::error::Error| fail(Code::Setup, format!("{what}: {}", ck_error_text(&e)));
@@ -154,8 +145,8 @@ fn objects_labelled(s: &Session, label: &str) -> Res<Vec<Obj>> {
 }
 
 pub fn delete(o: &TargetArgs, a: &DeleteArgs) -> Res<String> {
-    let label = super::tool::label(&a.label)?.to_string();
-    let id = a.id.as_deref().map(parse_id).transpose()?;
+    let (label, id) = a.key.get()?;
+    let label = label.to_string();
     let t = Target::from_args(o)?;
     let (_ctx, s, token) = t.session()?;
     let objs = objects_labelled(&s, &label)?;
@@ -260,13 +251,5 @@ mod tests {
         assert!(e.contains("no private key labelled 'www'") && e.contains("data object (id (none)), public key (id 0a)"), "{e}");
         let e = plan("www", &[obj(1, ObjectClass::PRIVATE_KEY, Some(A))], Some(B)).unwrap_err();
         assert!(e.contains("and id 0b"), "{e}");
-    }
-
-    #[test]
-    fn ids_are_hex() {
-        assert_eq!(parse_id("6E0c").unwrap(), [0x6e, 0x0c]);
-        for bad in ["", "abc", "zz", "0x01", "01:02"] {
-            assert_eq!(parse_id(bad).unwrap_err().code, Code::Usage, "{bad}");
-        }
     }
 }

@@ -188,18 +188,9 @@ fn verify(cert: &PKey<Public>, msg: &[u8], sig: &[u8], pss: bool) -> Result<bool
     v.verify(sig).map_err(|e| e.to_string())
 }
 
-/// An ECDSA signature as the token gives it (r || s) in DER, as OpenSSL
-/// verifies it.
-fn ecdsa_der(raw: &[u8]) -> Result<Vec<u8>, String> {
-    let half = raw.len() / 2;
-    let big = |b: &[u8]| openssl::bn::BigNum::from_slice(b).map_err(|e| e.to_string());
-    let sig = openssl::ecdsa::EcdsaSig::from_private_components(big(&raw[..half])?, big(&raw[half..])?).map_err(|e| e.to_string())?;
-    sig.to_der().map_err(|e| e.to_string())
-}
-
 pub fn test(o: &TargetArgs, a: &TestArgs) -> Res<String> {
-    let id = a.id.as_deref().map(super::delete::parse_id).transpose()?;
-    let uri = selector_uri(&a.label, id.as_deref())?;
+    let (label, id) = a.key.get()?;
+    let uri = selector_uri(label, id.as_deref())?;
     let t = Target::from_args(o)?;
     let (hsm, key) = resolve(&t, &uri)?;
     let cert_path = a.cert.as_str();
@@ -227,13 +218,17 @@ pub fn test(o: &TargetArgs, a: &TestArgs) -> Res<String> {
         PublicKey::Rsa { .. } => {
             let info = [digest.digest_info_prefix(), &hash[..]].concat();
             sign("sign RSA PKCS#1 v1.5 SHA-256 (TLS 1.2)", Mech::RsaPkcs, info, &|s| verify(&cert_key, &msg, s, false));
-            if warnings.iter().all(|w| !w.contains("CKM_RSA_PKCS_PSS")) {
+            let pss_offered = hsm.mechanism_info(&key, MechanismType::RSA_PKCS_PSS).map_err(|e| fail(Code::Setup, e))?.is_some_and(|i| i.sign());
+            if pss_offered {
                 let pss = Mech::RsaPss { hash: digest.mechanism(), mgf: PkcsMgfType::MGF1_SHA256, salt: 32 };
                 sign("sign RSA-PSS SHA-256 (TLS 1.3)", pss, hash.clone(), &|s| verify(&cert_key, &msg, s, true));
             }
         }
         PublicKey::Ec { .. } => {
-            sign("sign ECDSA SHA-256", Mech::Ecdsa, hash.clone(), &|s| verify(&cert_key, &msg, &ecdsa_der(s)?, false));
+            sign("sign ECDSA SHA-256", Mech::Ecdsa, hash.clone(), &|s| {
+                let der = crate::tls::signature::ecdsa_der(s, s.len() / 2).ok_or("the token returned an ECDSA signature of odd length")?;
+                verify(&cert_key, &msg, &der, false)
+            });
         }
     }
     if matches!(key.public, PublicKey::Rsa { .. }) && key.can_decrypt {

@@ -53,6 +53,15 @@ pub fn fail(code: Code, msg: impl Into<String>) -> Failure {
 
 pub type Res<T> = Result<T, Failure>;
 
+/// `--id`: the CKA_ID in hex, as `list` prints it.
+pub fn parse_id(s: &str) -> Res<Vec<u8>> {
+    let bad = || fail(Code::Usage, format!("--id {s}: give the key's CKA_ID in hex, as list prints it (e.g. --id 6e0c14ecf89e4008)"));
+    if s.is_empty() || s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| bad())).collect()
+}
+
 /// A `--label` value, checked with [`check_label`].
 pub fn label(label: &str) -> Res<&str> {
     check_label(label)?;
@@ -525,6 +534,14 @@ mod tests {
         // Whatever the URI syntax uses is percent-encoded and reads back.
         for label in ["www-rsa", "www rsa;1", "a=b?c&d%20", "pkcs11:object=x", "caf\u{e9} \u{1f511}", " "] {
             check_label(label).unwrap_or_else(|f| panic!("{label:?}: {}", f.msg));
+        }
+    }
+
+    #[test]
+    fn ids_are_hex() {
+        assert_eq!(parse_id("6E0c").unwrap(), [0x6e, 0x0c]);
+        for bad in ["", "abc", "zz", "0x01", "01:02"] {
+            assert_eq!(parse_id(bad).unwrap_err().code, Code::Usage, "{bad}");
         }
     }
 }

@@ -197,7 +197,7 @@ impl SigCtx {
 }
 
 /// r || s (each `n` bytes) to a DER ECDSA-Sig-Value.
-fn ecdsa_der(rs: &[u8], n: usize) -> Option<Vec<u8>> {
+pub(crate) fn ecdsa_der(rs: &[u8], n: usize) -> Option<Vec<u8>> {
     if rs.len() != 2 * n {
         return None;
     }

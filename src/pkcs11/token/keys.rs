@@ -226,6 +226,22 @@ impl Hsm {
         }
     }
 
+    /// What the token of `key` says of mechanism `m`; None when the token
+    /// does not list it (or will not describe it).
+    pub fn mechanism_info(&self, key: &KeyRef, m: cryptoki::mechanism::MechanismType) -> Result<Option<cryptoki::mechanism::MechanismInfo>, String> {
+        let (tok, list) = self.mechanisms(key)?;
+        Ok(self.listed_info(&tok, &list, m))
+    }
+
+    fn listed_info(
+        &self,
+        tok: &TokenState,
+        list: &[cryptoki::mechanism::MechanismType],
+        m: cryptoki::mechanism::MechanismType,
+    ) -> Option<cryptoki::mechanism::MechanismInfo> {
+        list.contains(&m).then(|| self.ctx.get_mechanism_info(tok.slot, m).ok()).flatten()
+    }
+
     /// The token of `key` (logged in) and the mechanisms it lists.
     fn mechanisms(&self, key: &KeyRef) -> Result<(Arc<TokenState>, Vec<cryptoki::mechanism::MechanismType>), String> {
         let sel = TokenSelector { serial: Some(key.token_serial.clone()), ..Default::default() };
@@ -240,13 +256,7 @@ impl Hsm {
     pub fn check_mechanisms(&self, key: &KeyRef) -> Result<Vec<String>, String> {
         use cryptoki::mechanism::MechanismType;
         let (tok, list) = self.mechanisms(key)?;
-        let info = |m: MechanismType| -> Option<cryptoki::mechanism::MechanismInfo> {
-            if list.contains(&m) {
-                self.ctx.get_mechanism_info(tok.slot, m).ok()
-            } else {
-                None
-            }
-        };
+        let info = |m: MechanismType| self.listed_info(&tok, &list, m);
         let mut warnings = Vec::new();
         if !key.can_sign {
             return Err("the private key may not sign (CKA_SIGN is false); TLS needs it to sign handshakes".into());
