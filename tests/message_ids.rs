@@ -32,8 +32,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The source of each file under src/, without its unit tests (which come
-/// last in every file, after `#[cfg(test)]`).
+/// The source of each file under src/, without its unit test module (which
+/// comes last in every file: `#[cfg(test)]` followed by `mod tests`; a
+/// `#[cfg(test)]` on a single item earlier in the file does not end it).
 fn sources() -> Vec<(String, String)> {
     let mut files = Vec::new();
     rust_files(&Path::new(REPO).join("src"), &mut files);
@@ -42,7 +43,7 @@ fn sources() -> Vec<(String, String)> {
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
-            let code = match text.find("#[cfg(test)]") {
+            let code = match text.find("#[cfg(test)]\nmod tests") {
                 Some(i) => text[..i].to_string(),
                 None => text,
             };
