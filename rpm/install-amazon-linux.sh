@@ -23,7 +23,9 @@ Sets up mod_hsm_ssl with AWS CloudHSM on Amazon Linux 2023, as root:
      httpd reads it with HSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin
   5. optionally create or import a key in the HSM, get a certificate for it
      (self-signed, or your own with --cert; --csr also writes a request for a
-     CA) and write the vhost /etc/httpd/conf.d/hsm_ssl-vhost.conf
+     CA), write the global HSMSSL* lines to /etc/httpd/conf.d/hsm_ssl.conf
+     (unless a file already sets HSMSSLLibrary) and the vhost to
+     /etc/httpd/conf.d/hsm_ssl-vhost.conf
   6. apachectl configtest, systemctl restart httpd, curl -k https://NAME/
 
 Options:
@@ -111,6 +113,8 @@ PIN_LINE='HSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin'
 # Where earlier versions of this script kept the PIN (HSMSSLPin env:).
 LEGACY_PIN_FILE="$ROOT/etc/sysconfig/httpd-hsm-ssl"
 VHOST_FILE="$ROOT/etc/httpd/conf.d/hsm_ssl-vhost.conf"
+# The one place for the global HSMSSL* lines (the RPM ships its example).
+GLOBAL_FILE="$ROOT/etc/httpd/conf.d/hsm_ssl.conf"
 CERT_DIR="$ROOT/etc/pki/tls/certs"
 MODULE_DIR="$ROOT/etc/httpd/conf.modules.d"
 KEYTOOL=hsm-ssl-keytool
@@ -321,7 +325,7 @@ if [ -n "$DROPIN_FOUND" ]; then
 else
     note "no drop-in with $LOAD_CREDENTIAL found: writing one"
     printf '[Service]\n%s\n' "$LOAD_CREDENTIAL" \
-        | write_file "$ROOT/etc/systemd/system/httpd.service.d/hsm-ssl-pin.conf" 0644
+        | write_file "$ROOT/etc/systemd/system/httpd.service.d/hsm_ssl.conf" 0644
 fi
 
 # --- 6. key, certificate, vhost ---------------------------------------------------
@@ -396,8 +400,8 @@ if [ -n "$MODE" ]; then
     step "writing the vhost $VHOST_FILE from '$KEYTOOL config'"
     NAME_OPTS=()
     [ -z "$SERVER_NAME" ] || NAME_OPTS=(--server-name "$SERVER_NAME")
-    # The HSMSSL* lines belong in the main configuration once: keep them in
-    # the vhost file only if no other file sets HSMSSLLibrary.
+    # The HSMSSL* lines belong in the main configuration once: they go to
+    # $GLOBAL_FILE unless another file already sets HSMSSLLibrary.
     GLOBAL_SET=""
     for f in "$ROOT"/etc/httpd/conf/httpd.conf "$MODULE_DIR"/*.conf "$ROOT"/etc/httpd/conf.d/*.conf; do
         if [ ! -f "$f" ] || [ "$f" = "$VHOST_FILE" ]; then continue; fi
@@ -407,7 +411,7 @@ if [ -n "$MODE" ]; then
     done
     if [ "$DRY_RUN" = 1 ]; then
         echo "    [dry-run] would run: $KEYTOOL config ${KT_OPTS[*]} --label $LABEL --cert $CERT ${NAME_OPTS[*]}"
-        echo "    [dry-run] would write its output to $VHOST_FILE (mode 0644), with $PIN_LINE"
+        echo "    [dry-run] would write its HSMSSL* lines, with $PIN_LINE, to $GLOBAL_FILE (unless a file sets HSMSSLLibrary) and its vhost to $VHOST_FILE (mode 0644)"
     else
         echo "    running: $KEYTOOL config ${KT_OPTS[*]} --label $LABEL --cert $CERT ${NAME_OPTS[*]}"
         VHOST=$("$KEYTOOL" config "${KT_OPTS[@]}" --label "$LABEL" --cert "$CERT" "${NAME_OPTS[@]}") \
@@ -416,9 +420,15 @@ if [ -n "$MODE" ]; then
         # from the file the key tool was given.
         VHOST=$(printf '%s\n' "$VHOST" | awk -v line="$PIN_LINE" '$1 == "HSMSSLPin" { print line; next } { print }')
         if [ -n "$GLOBAL_SET" ]; then
-            note "HSMSSLLibrary is already set in $GLOBAL_SET: leaving the HSMSSL* lines out of the vhost"
-            VHOST=$(printf '%s\n' "$VHOST" | grep -Ev '^[[:space:]]*HSMSSL')
+            note "HSMSSLLibrary is already set in $GLOBAL_SET: keeping it"
+        else
+            {
+                echo "# Written by mod_hsm_ssl's install-amazon-linux.sh: the module's global settings"
+                echo "# (docs: /usr/share/mod_hsm_ssl/docs/directives.md; example: hsm_ssl.conf.example)."
+                printf '%s\n' "$VHOST" | grep -E '^[[:space:]]*HSMSSL'
+            } | write_file "$GLOBAL_FILE" 0644
         fi
+        VHOST=$(printf '%s\n' "$VHOST" | grep -Ev '^[[:space:]]*HSMSSL')
         {
             echo "# Written by mod_hsm_ssl's install-amazon-linux.sh from 'hsm-ssl-keytool config'."
             printf '%s\n' "$VHOST"
@@ -429,7 +439,7 @@ if [ -n "$MODE" ]; then
     fi
 else
     step "no --generate or --import: not touching keys or $VHOST_FILE"
-    note "configure the HSMSSL* lines in $MODULE_DIR/10-hsm_ssl.conf and a vhost with a pkcs11: key yourself (README.md, httpd-conf/)"
+    note "configure the HSMSSL* lines in $GLOBAL_FILE (from hsm_ssl.conf.example) and a vhost with a pkcs11: key yourself (/usr/share/mod_hsm_ssl/docs/cloudhsm-al2023.md)"
 fi
 
 # --- 7. SELinux ---------------------------------------------------------------------

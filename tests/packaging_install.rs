@@ -226,6 +226,7 @@ fn amazon_installer_dry_run_lists_every_step_and_runs_nothing() {
             "--label www-rsa --type rsa:2048",
             "hsm-ssl-keytool selfsign",
             "hsm-ssl-keytool config",
+            "etc/httpd/conf.d/hsm_ssl.conf (unless a file sets HSMSSLLibrary)",
             "etc/httpd/conf.d/hsm_ssl-vhost.conf",
             "would run: CREDENTIALS_DIRECTORY=",
             "etc/httpd/hsm-ssl apachectl configtest",
@@ -321,25 +322,25 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
     assert_eq!(fs::metadata(pin_file.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700, "PIN directory mode");
     assert_eq!(fs::read_to_string(&pin_file).unwrap(), format!("{PIN}\n"));
 
-    // The drop-in (no RPM-provided one under the test root) and the vhost,
-    // which reads the PIN from the credential.
-    let dropin = fs::read_to_string(stubs.root().join("etc/systemd/system/httpd.service.d/hsm-ssl-pin.conf")).unwrap();
+    // The drop-in (no RPM-provided one under the test root; the same name
+    // as the RPM's, so one in /etc takes its place), the global lines in
+    // the one file the docs name, reading the PIN from the credential, and
+    // the vhost without them.
+    let dropin = fs::read_to_string(stubs.root().join("etc/systemd/system/httpd.service.d/hsm_ssl.conf")).unwrap();
     assert!(dropin.contains("LoadCredential=hsm-ssl-pin:/etc/httpd/hsm-ssl/hsm-ssl-pin"), "{dropin}");
+    let global = fs::read_to_string(stubs.root().join("etc/httpd/conf.d/hsm_ssl.conf")).unwrap();
+    assert!(global.contains("HSMSSLLibrary"), "{global}");
+    assert!(global.lines().any(|l| l == "HSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin"), "{global}");
+    assert!(!global.contains("env:CLOUDHSM_PIN") && !global.contains("VirtualHost"), "{global}");
     let vhost = fs::read_to_string(stubs.root().join("etc/httpd/conf.d/hsm_ssl-vhost.conf")).unwrap();
     assert!(vhost.contains("SSLCertificateKeyFile \"pkcs11:token=t;object=www-rsa\""), "{vhost}");
-    assert!(vhost.contains("HSMSSLLibrary"), "no global HSMSSL* lines elsewhere, so they stay: {vhost}");
-    assert!(vhost.lines().any(|l| l == "HSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin"), "{vhost}");
-    assert!(!vhost.contains("env:CLOUDHSM_PIN"), "{vhost}");
+    assert!(!vhost.contains("HSMSSL"), "the global lines are in hsm_ssl.conf: {vhost}");
 
     // Second run: idempotent. The PIN is reused (nothing on stdin), the key
-    // and certificate are kept; the RPM's module file now sets HSMSSLLibrary,
-    // so the vhost leaves the HSMSSL* lines out.
-    fs::create_dir_all(stubs.root().join("etc/httpd/conf.modules.d")).unwrap();
-    fs::write(
-        stubs.root().join("etc/httpd/conf.modules.d/10-hsm_ssl.conf"),
-        "LoadModule hsm_ssl_module modules/mod_hsm_ssl.so\nHSMSSLLibrary /opt/cloudhsm/lib/libcloudhsm_pkcs11.so\nHSMSSLPin file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin\n",
-    )
-    .unwrap();
+    // and certificate are kept; hsm_ssl.conf, which the operator may have
+    // edited since, is kept as it is.
+    let edited = format!("{global}HSMSSLOperationTimeout 3\n");
+    fs::write(stubs.root().join("etc/httpd/conf.d/hsm_ssl.conf"), &edited).unwrap();
     fs::remove_file(stubs.dir.path().join("calls.log")).unwrap();
     let out = stubs.run(GENERATE, "");
     let all = text(&out);
@@ -352,6 +353,8 @@ fn amazon_installer_runs_the_steps_in_order_and_keeps_the_pin_secret() {
     assert!(calls.iter().any(|c| c == "systemctl restart httpd"), "{calls:?}");
     let vhost = fs::read_to_string(stubs.root().join("etc/httpd/conf.d/hsm_ssl-vhost.conf")).unwrap();
     assert!(!vhost.contains("HSMSSLLibrary") && vhost.contains("<VirtualHost *:443>"), "{vhost}");
+    assert_eq!(fs::read_to_string(stubs.root().join("etc/httpd/conf.d/hsm_ssl.conf")).unwrap(), edited, "hsm_ssl.conf was rewritten");
+    assert!(all.contains("HSMSSLLibrary is already set in"), "{all}");
     assert_eq!(fs::metadata(&pin_file).unwrap().permissions().mode() & 0o777, 0o600);
 }
 

@@ -83,7 +83,37 @@ pub fn default_httpd_conf() -> Option<PathBuf> {
 }
 
 fn unquote(s: &str) -> String {
-    s.trim().trim_matches('"').to_string()
+    expand_env(s.trim().trim_matches('"'), |v| std::env::var(v).ok())
+}
+
+/// `${VAR}` replaced by VAR's value, as httpd does when it reads its
+/// configuration; a variable that is not set stays as written (httpd does
+/// the same, and the PIN source then names it). This is how
+/// `HSMSSLPin file:${CREDENTIALS_DIRECTORY}/...` works for the tool when
+/// the operator exports the directory systemd gives httpd.
+fn expand_env(s: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        match after.find('}') {
+            Some(end) => {
+                let name = &after[..end];
+                match lookup(name) {
+                    Some(v) => out.push_str(&v),
+                    None => out.push_str(&rest[i..i + 3 + end]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                out.push_str(&rest[i..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Reads `conf` and the files it includes (Include / IncludeOptional, with
@@ -457,6 +487,15 @@ mod tests {
         assert_eq!(x.pin.as_deref(), Some("env:CLOUDHSM_PIN"));
         assert_eq!(x.token.as_deref(), Some("web"));
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn set_variables_are_expanded_and_unset_ones_kept() {
+        let env = |v: &str| (v == "CREDENTIALS_DIRECTORY").then(|| "/etc/httpd/hsm-ssl".to_string());
+        assert_eq!(expand_env("file:${CREDENTIALS_DIRECTORY}/hsm-ssl-pin", env), "file:/etc/httpd/hsm-ssl/hsm-ssl-pin");
+        assert_eq!(expand_env("file:${NOPE}/pin", env), "file:${NOPE}/pin");
+        assert_eq!(expand_env("a${CREDENTIALS_DIRECTORY}b${", env), "a/etc/httpd/hsm-sslb${");
+        assert_eq!(expand_env("plain", env), "plain");
     }
 
     fn scratch(name: &str) -> PathBuf {
