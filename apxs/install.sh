@@ -255,5 +255,5 @@ if [ "$DRY_RUN" = 1 ]; then
     echo "    dry run: nothing was changed"
 else
     echo "    next: $NEXT"
-    echo "    then create keys with: $PREFIX/bin/hsm-ssl-keytool --help (see README.md)"
+    echo "    then create keys with: $PREFIX/bin/hsm-ssl-keytool --help (see docs/keytool.md)"
 fi

@@ -35,6 +35,8 @@ PACKAGES=(
     python3-venv     # the venv that holds sslyze (below)
     lua-socket       # tests/key_service.rs: a mod_lua handler sends malformed requests to the key service
     prometheus       # tests/status.rs: promtool checks the metrics, a real Prometheus scrapes them
+    iproute2         # tests/docs_commands.rs: ip link set lo up in the docs' sandboxes
+    git              # tests/docs_commands.rs: the debian sandbox's checkout; rpm/build.sh
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -5,7 +5,8 @@
 #     sudo bash scripts/quickstart.sh
 #
 # On a fresh Debian 12, as root, this
-#   1. installs the dependencies (scripts/install-deps.sh) and builds the
+#   1. installs the dependencies (scripts/install-deps.sh; SKIP_DEPS=1 skips
+#      that, as scripts/test.sh does) and builds the
 #      module (cargo build --release),
 #   2. creates a SoftHSM2 token "quickstart" in $BASE/tokens with a random
 #      user PIN (stored in the 0600 file $BASE/pin),
@@ -45,8 +46,12 @@ die() { printf 'quickstart.sh: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root: sudo bash scripts/quickstart.sh"
 
 # ---------------------------------------------------------------------------
-say "installing dependencies (scripts/install-deps.sh)"
-bash "$REPO/scripts/install-deps.sh"
+if [ "${SKIP_DEPS:-0}" = 1 ]; then
+    say "SKIP_DEPS=1: not installing dependencies"
+else
+    say "installing dependencies (scripts/install-deps.sh)"
+    bash "$REPO/scripts/install-deps.sh"
+fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
@@ -255,8 +260,8 @@ fi
 say "https://localhost:$PORT/ answers 200"
 grep -F "[hsm_ssl:info]" "$ERROR_LOG" | tail -n 1 || true
 
-# Each apache2 child process has its own token login; a few more requests
-# reach the other children too.
+# A few more requests, so that several apache2 children (each sending its
+# key operations to the key service) have served one.
 failed=0
 for _ in $(seq 1 12); do
     code="$("${CURL[@]}" 2>/dev/null || true)"
