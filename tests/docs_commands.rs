@@ -823,10 +823,21 @@ fn markers_and_commands_are_checked_as_documented() {
     assert_eq!(lines, vec!["s.md:7", "s.md:8", "s.md:9"], "{errors:#?}");
     assert!(errors[2].contains("`sudo systemctl restart httpd` in a not-run block"), "{}", errors[2]);
 
-    // Prompts: stripped; output lines refused.
-    let b = block("console", &["$ hsm-ssl-keytool list", "key www-rsa", "# comment", "$ curl -s \\", "    https://www.example.com/"]);
-    let errors = script_lines("t.md", &b).expect_err("output line");
-    assert_eq!(errors, vec!["t.md:3: output in a shell block ('key www-rsa'): show only commands and # comments"]);
+    // Prompts: stripped. A console transcript's output is left out; in
+    // another shell block an output line is refused.
+    let transcript = ["$ hsm-ssl-keytool list", "key www-rsa", "# comment", "$ curl -s \\", "    https://www.example.com/"];
+    let commands = script_lines("t.md", &block("console", &transcript)).expect("a transcript");
+    assert_eq!(
+        commands,
+        vec![(2, "hsm-ssl-keytool list".to_string()), (5, "curl -s \\".to_string()), (6, "    https://www.example.com/".to_string())]
+    );
+    let errors = script_lines("t.md", &block("sh", &transcript)).expect_err("output line");
+    assert_eq!(
+        errors,
+        vec!["t.md:3: output in a shell block ('key www-rsa'): show only commands and # comments (or make it a ```console transcript)"]
+    );
+    let Page { errors, .. } = parse_page("u.md", "text\n\n```\nlog line\n$ hsm-ssl-keytool list\n```\n");
+    assert_eq!(errors, vec!["u.md:5: a `$ ` command in a ``` block: make it a ```console transcript with a doc-test marker"]);
     let b = block("sh", &["$ true", "$ echo \\", "  continued"]);
     assert_eq!(script_lines("t.md", &b).expect("commands only")[1].1, "echo \\");
 }

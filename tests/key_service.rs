@@ -612,6 +612,47 @@ fn hsmsslkeyserviceuser_runs_the_key_service_as_that_user() {
     }
 }
 
+/// A system user in a group of its own making, for one test; both are
+/// removed when it is dropped.
+struct TempUser {
+    user: &'static str,
+    group: &'static str,
+}
+
+impl TempUser {
+    fn new(user: &'static str, group: &'static str) -> TempUser {
+        let _ = std::process::Command::new("userdel").arg(user).output();
+        let _ = std::process::Command::new("groupdel").arg(group).output();
+        run_ok(std::process::Command::new("groupadd").args(["--system", group]));
+        run_ok(std::process::Command::new("useradd").args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-G", group, user]));
+        TempUser { user, group }
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(self.user).output();
+        let _ = std::process::Command::new("groupdel").arg(self.group).output();
+    }
+}
+
+#[test]
+fn the_key_service_has_its_users_supplementary_groups_as_httpds_children_do() {
+    // The token is usable only through a group the service user is a
+    // member of, not its primary group: as Debian's softhsm group is for
+    // /etc/softhsm. httpd's children get such groups (initgroups); the
+    // key service, which took over their token access, must too.
+    let tmp = TempUser::new("hsmssl-test-ks", "hsmssl-test-tok");
+    let mut s = ks_site("ks-groups", Mpm::Event, RSA, &format!("HSMSSLKeyServiceUser {}", tmp.user));
+    let dir = s.token.tokendir.display().to_string();
+    run_ok(std::process::Command::new("chown").args(["-R", &format!("root:{}", tmp.group), &dir]));
+    run_ok(std::process::Command::new("chmod").args(["-R", "u=rwX,g=rwX,o=", &dir]));
+    s.apache.start().expect("apache2 starts");
+    s.get(tls("1.3"));
+    s.get(tls("1.2"));
+    assert_isolated(&s, tmp.user);
+}
+
 #[test]
 fn a_killed_key_service_is_started_again_and_the_children_keep_running() {
     // Two event children whose number never changes under the load.

@@ -151,12 +151,15 @@ fn children_of(parent: libc::pid_t) -> Vec<(i32, u64)> {
         .collect()
 }
 
-/// A Unix user: name, uid and primary gid.
+/// A Unix user: name, uid, primary gid and every group it is in (the
+/// primary one included), read from the user database in httpd's parent,
+/// before any fork.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub name: String,
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
+    pub groups: Vec<libc::gid_t>,
 }
 
 /// The user named `name` (or `#uid`), from the system's user database.
@@ -186,8 +189,31 @@ fn passwd(lookup: impl FnOnce(*mut libc::passwd, *mut libc::c_char, usize, *mut 
         if lookup(&mut pw, buf.as_mut_ptr(), buf.len(), &mut out) != 0 || out.is_null() {
             return None;
         }
-        Some(User { name: CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned(), uid: pw.pw_uid, gid: pw.pw_gid })
+        let name = CStr::from_ptr(pw.pw_name);
+        Some(User { name: name.to_string_lossy().into_owned(), uid: pw.pw_uid, gid: pw.pw_gid, groups: group_list(name, pw.pw_gid) })
     }
+}
+
+/// The groups `name` is in, with `gid` first: what `initgroups` would
+/// give it, as httpd gives its children (unixd). Only `gid` if the
+/// database cannot say.
+fn group_list(name: &CStr, gid: libc::gid_t) -> Vec<libc::gid_t> {
+    let mut n: libc::c_int = 32;
+    for _ in 0..4 {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let asked = n;
+        // SAFETY: `groups` has room for `n` entries; getgrouplist writes at
+        // most that many and sets `n` to the number it found (or needs).
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
+        if rc >= 0 {
+            groups.truncate(n.max(0) as usize);
+            return groups;
+        }
+        if n <= asked {
+            n = asked * 4;
+        }
+    }
+    vec![gid]
 }
 
 /// Everything a key service needs, decided by the parent before the fork.
@@ -343,8 +369,10 @@ fn drop_privileges(plan: &Plan) -> Result<(), String> {
         if libc::geteuid() != 0 {
             return Ok(()); // httpd not started as root: nothing to drop
         }
-        let groups = [plan.user.gid];
-        if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(plan.user.gid) != 0 || libc::setuid(plan.user.uid) != 0 {
+        // The user's own groups, as httpd's children get theirs: a token
+        // that a group may use (SoftHSM2's `softhsm` group) stays usable.
+        let groups = &plan.user.groups;
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(plan.user.gid) != 0 || libc::setuid(plan.user.uid) != 0 {
             return Err(format!("cannot become user {}: {}", plan.user.name, io::Error::last_os_error()));
         }
     }
@@ -619,6 +647,7 @@ mod tests {
         let root = lookup_user("root").unwrap();
         assert_eq!((root.uid, root.gid), (0, 0));
         assert_eq!(lookup_user("#0").unwrap().name, "root");
+        assert_eq!(root.groups.first(), Some(&root.gid), "the primary group first: {:?}", root.groups);
         assert!(lookup_user("no-such-user-here").unwrap_err().contains("no such user"));
         assert!(lookup_user("#x").is_err());
     }
