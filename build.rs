@@ -85,20 +85,28 @@ fn main() {
         .write_to_file(out.join("httpd.rs"))
         .expect("write httpd.rs");
 
+    // OpenSSL 4.0 has no ENGINE API: the ENGINE shim (src/tls/loader.rs)
+    // is built only against 3.x (openssl-sys reports the version it found).
+    println!("cargo:rustc-check-cfg=cfg(ossl_engine)");
+    let version = std::env::var("DEP_OPENSSL_VERSION_NUMBER").ok().and_then(|v| u64::from_str_radix(&v, 16).ok());
+    if version.is_some_and(|v| v < 0x4000_0000) {
+        println!("cargo:rustc-cfg=ossl_engine");
+    }
     bindgen::Builder::default()
         .rust_target(target)
         .header("src/ffi/ossl_wrapper.h")
         .allowlist_function("OSSL_PROVIDER_(add_builtin|load|unload|get0_name)")
         .allowlist_function("OSSL_PARAM_.*")
-        .allowlist_function("ENGINE_(new|free|add|remove|by_id|set_id|set_name|set_load_privkey_function|set_flags|get_id)")
-        .allowlist_function("OSSL_STORE_(LOADER_new|LOADER_free|LOADER_set_(open|load|eof|error|close|expect)|register_loader|unregister_loader|INFO_new_PKEY)")
+        .allowlist_function("ENGINE_(new|free|add|remove|by_id|set_id|set_name|set_load_privkey_function|set_flags|get_id|get_first|get_next)")
+        .allowlist_function("OSSL_STORE_LOADER_(fetch|free|get0_provider)|OpenSSL_version")
+        .allowlist_var("OPENSSL_ENGINES_DIR|OSSL_OBJECT_(PKEY|PARAM_.*)|OSSL_STORE_PARAM_.*")
         .allowlist_function("EVP_PKEY_(get_utf8_string_param|get_size_t_param|is_a)|ERR_(set_mark|pop_to_mark|clear_last_mark)")
         .allowlist_var("OSSL_FUNC_.*|OSSL_OP_.*|OSSL_PARAM_(INTEGER|UNSIGNED_INTEGER|UTF8_STRING|OCTET_STRING|UTF8_PTR|OCTET_PTR)|OSSL_KEYMGMT_SELECT_.*|OSSL_STORE_INFO_.*")
         .allowlist_var("OSSL_(PKEY|SIGNATURE|ASYM_CIPHER|PROV)_PARAM_.*|OSSL_PKEY_RSA_PAD_MODE_.*|OSSL_PKEY_EC_.*|OSSL_PKEY_RSA_PSS_SALT_LEN_.*")
         .allowlist_function("SSL_CTX_get_ciphers|SSL_CIPHER_get_kx_nid")
         .allowlist_var("NID_kx_(rsa|rsa_psk|any)")
         .allowlist_type("OSSL_FUNC_.*_fn")
-        .allowlist_type("OSSL_PARAM|OSSL_CALLBACK|OSSL_DISPATCH|OSSL_ALGORITHM|OSSL_CORE_HANDLE|OSSL_provider_init_fn|UI_METHOD|OSSL_STORE_LOADER|OSSL_STORE_LOADER_CTX|OSSL_STORE_INFO")
+        .allowlist_type("OSSL_PARAM|OSSL_CALLBACK|OSSL_DISPATCH|OSSL_ALGORITHM|OSSL_CORE_HANDLE|OSSL_provider_init_fn|UI_METHOD|OSSL_STORE_LOADER")
         .blocklist_type("EVP_PKEY|evp_pkey_st|OSSL_LIB_CTX|ossl_lib_ctx_st|BIGNUM|bignum_st|ENGINE|engine_st|OSSL_PROVIDER|ossl_provider_st")
         .blocklist_type("SSL_CTX|ssl_ctx_st|SSL_CIPHER|ssl_cipher_st|stack_st_SSL_CIPHER")
         .raw_line("pub use openssl_sys::{EVP_PKEY, OSSL_LIB_CTX, BIGNUM, ENGINE, OSSL_PROVIDER};")

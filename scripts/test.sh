@@ -10,6 +10,7 @@
 # 3. runs every unit and integration test. The integration tests in tests/
 #    start real apache2 servers with SoftHSM2 tokens and talk TLS to them;
 #    some run a second time with HSMSSLKeyService Off (the in-process path),
+#    and the TLS matrix again with keys loaded through the ENGINE shim,
 # 4. runs the handshake benchmark in its short mode (scripts/bench.sh).
 #
 # Exits non-zero if anything fails. Runs as root: apt-get, and apache2 is
@@ -49,6 +50,15 @@ cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}" "$@
 # TLS, of token faults and of a hostile token run again on it.
 say "cargo test with HSMSSLKeyService Off (core_tls, resilience, rsa_kx, hostile_token)"
 HSM_TEST_KEY_SERVICE=Off cargo test --no-fail-fast --test core_tls --test resilience --test rsa_kx --test hostile_token \
+    -- --test-threads="${TEST_THREADS:-4}" "$@"
+
+# The tests above load the keys the way OpenSSL 4.0 must: mod_ssl opens the
+# URIs with OSSL_STORE and the module's provider store answers. With an
+# OpenSSL 3.x engines directory holding libp11's pkcs11 engine, the module
+# registers an ENGINE of its own instead (src/tls/loader.rs): the TLS
+# matrix runs again that way.
+say "cargo test with OpenSSL's engines directory (the ENGINE path: core_tls, core_resumption)"
+HSM_TEST_KEY_LOADING=engine cargo test --no-fail-fast --test core_tls --test core_resumption \
     -- --test-threads="${TEST_THREADS:-4}" "$@"
 
 if [ "${SKIP_BENCH:-0}" = 1 ]; then

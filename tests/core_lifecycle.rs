@@ -117,7 +117,18 @@ fn libp11_engine_on_the_machine_does_not_take_the_keys() {
         assert_eq!(r.peer_sig_type.as_deref(), Some("RSA-PSS"));
         s.get(ClientOpts { cipher: Some("AES128-GCM-SHA256".into()), ..tls("1.2") });
         assert_eq!(s.p11.sign_ops() - before, 1, "{name}: the signature went through mod_hsm_ssl's token connection");
-        assert!(!s.apache.error_log().contains("[hsm_ssl:error]"), "{name}:\n{}", s.apache.error_log());
+        let log = s.apache.error_log();
+        assert!(!log.contains("[hsm_ssl:error]"), "{name}:\n{log}");
+        // Which way the key went (src/tls/loader.rs): with libp11's engine
+        // on disk the module's ENGINE shadows it; without, mod_ssl finds no
+        // engine (AH10132) and opens the URI with OSSL_STORE, which the
+        // module's provider store answers.
+        let (engine, store) = (has_id(&log, "HSM00524"), has_id(&log, "HSM00523"));
+        if name == "with-libp11" {
+            assert!(engine && !store, "{name}: not loaded through the module's ENGINE:\n{log}");
+        } else {
+            assert!(store && !engine && log.contains("AH10132"), "{name}: not loaded through the provider store:\n{log}");
+        }
     }
 }
 

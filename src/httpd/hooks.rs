@@ -417,7 +417,7 @@ unsafe extern "C" fn generation_cleanup(_data: *mut std::ffi::c_void) -> apr_sta
 pub unsafe extern "C" fn post_config_first(pconf: *mut apr_pool_t, _plog: *mut apr_pool_t, _ptemp: *mut apr_pool_t, s: *mut server_rec) -> c_int {
     guard("post_config", FAIL, || {
         super::log::set_main_server(s);
-        if let Err(e) = super::module::pin_self().and_then(|_| loader::ensure_registered()) {
+        if let Err(e) = super::module::pin_self().and_then(|_| loader::prepare()) {
             log::error!("HSM00106: mod_hsm_ssl cannot start: {e}");
             return FAIL;
         }

@@ -267,6 +267,85 @@ unsafe extern "C" fn import(kd: *mut c_void, selection: c_int, params: *const OS
     })
 }
 
+/// Makes `k` the parked token key `n` (taken out of the parking).
+fn fill_from_handle(k: &mut KeyData, n: usize) -> Result<(), String> {
+    let (key, check) = unpark(n).ok_or("unknown key handle")?;
+    let public = Public::from_token(&key.public)?;
+    let kind = match public {
+        Public::Rsa { .. } => Kind::Rsa,
+        Public::Ec { .. } => Kind::Ec,
+    };
+    if kind != k.kind {
+        return Err("key type does not match the KEYMGMT".into());
+    }
+    k.uri = CString::new(key.uri_text.clone()).ok();
+    k.public = Some(public);
+    k.hsm = Some(key);
+    k.check = Some(check);
+    Ok(())
+}
+
+/// What the provider's STORE hands OpenSSL as an object reference for a
+/// parked key: a tag and the parking number. OpenSSL gives it back to this
+/// KEYMGMT's `load` (and only to this provider's KEYMGMT).
+pub const REFERENCE_TAG: u64 = 0x6873_6d5f_7373_6c31; // "hsm_ssl1"
+pub const REFERENCE_LEN: usize = 16;
+
+pub fn reference(n: usize) -> [u8; REFERENCE_LEN] {
+    let mut r = [0u8; REFERENCE_LEN];
+    r[..8].copy_from_slice(&REFERENCE_TAG.to_ne_bytes());
+    r[8..].copy_from_slice(&(n as u64).to_ne_bytes());
+    r
+}
+
+/// The parking number in a reference made by [`reference`].
+fn parked_number(r: &[u8]) -> Option<usize> {
+    if r.len() != REFERENCE_LEN || r[..8] != REFERENCE_TAG.to_ne_bytes() {
+        return None;
+    }
+    usize::try_from(u64::from_ne_bytes(r[8..].try_into().ok()?)).ok()
+}
+
+/// Removes a parked key that OpenSSL never loaded (the STORE's callback
+/// failed before it reached `load`).
+pub fn discard(n: usize) {
+    let _ = unpark(n);
+}
+
+unsafe fn load_reference(kind: Kind, reference: *const c_void, size: usize) -> *mut c_void {
+    if reference.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: OpenSSL passes the reference the STORE gave it, `size` bytes.
+    let r = unsafe { std::slice::from_raw_parts(reference as *const u8, size) };
+    let Some(n) = parked_number(r) else {
+        log::debug!("HSM00511: key load refused: not a reference of this provider");
+        return ptr::null_mut();
+    };
+    let kd = new_keydata(kind);
+    // SAFETY: kd was just made by new_keydata.
+    let Some(k) = (unsafe { keydata_mut(kd) }) else { return ptr::null_mut() };
+    match fill_from_handle(k, n) {
+        Ok(()) => kd,
+        Err(e) => {
+            log::debug!("HSM00512: key load refused: {e}");
+            // SAFETY: kd came from new_keydata and is not shared.
+            unsafe { free(kd) };
+            ptr::null_mut()
+        }
+    }
+}
+
+unsafe extern "C" fn rsa_load(reference: *const c_void, size: usize) -> *mut c_void {
+    // SAFETY: per OSSL_FUNC_keymgmt_load's contract.
+    guard("keymgmt load", ptr::null_mut(), || unsafe { load_reference(Kind::Rsa, reference, size) })
+}
+
+unsafe extern "C" fn ec_load(reference: *const c_void, size: usize) -> *mut c_void {
+    // SAFETY: per OSSL_FUNC_keymgmt_load's contract.
+    guard("keymgmt load", ptr::null_mut(), || unsafe { load_reference(Kind::Ec, reference, size) })
+}
+
 unsafe fn import_into(k: &mut KeyData, selection: c_int, params: *const OSSL_PARAM) -> Result<(), String> {
     // SAFETY: params is a valid END-terminated array (this function's contract).
     unsafe {
@@ -275,20 +354,7 @@ unsafe fn import_into(k: &mut KeyData, selection: c_int, params: *const OSSL_PAR
             if ossl::OSSL_PARAM_get_size_t(p, &mut n) != 1 {
                 return Err("bad key handle".into());
             }
-            let (key, check) = unpark(n).ok_or("unknown key handle")?;
-            let public = Public::from_token(&key.public)?;
-            let kind = match public {
-                Public::Rsa { .. } => Kind::Rsa,
-                Public::Ec { .. } => Kind::Ec,
-            };
-            if kind != k.kind {
-                return Err("key type does not match the KEYMGMT".into());
-            }
-            k.uri = CString::new(key.uri_text.clone()).ok();
-            k.public = Some(public);
-            k.hsm = Some(key);
-            k.check = Some(check);
-            return Ok(());
+            return fill_from_handle(k, n);
         }
         // Never accept a software private key: this provider only fronts
         // keys that stay in the token.
@@ -476,9 +542,10 @@ unsafe extern "C" fn ec_op_name(op: c_int) -> *const c_char {
 }
 
 macro_rules! keymgmt_table {
-    ($new:expr, $types:expr, $gettable:expr, $opname:expr) => {
+    ($new:expr, $load:expr, $types:expr, $gettable:expr, $opname:expr) => {
         [
             dispatch!(ossl::OSSL_FUNC_KEYMGMT_NEW, $new, ossl::OSSL_FUNC_keymgmt_new_fn),
+            dispatch!(ossl::OSSL_FUNC_KEYMGMT_LOAD, $load, ossl::OSSL_FUNC_keymgmt_load_fn),
             dispatch!(ossl::OSSL_FUNC_KEYMGMT_FREE, free, ossl::OSSL_FUNC_keymgmt_free_fn),
             dispatch!(ossl::OSSL_FUNC_KEYMGMT_DUP, dup, ossl::OSSL_FUNC_keymgmt_dup_fn),
             dispatch!(ossl::OSSL_FUNC_KEYMGMT_HAS, has, ossl::OSSL_FUNC_keymgmt_has_fn),
@@ -495,8 +562,8 @@ macro_rules! keymgmt_table {
     };
 }
 
-pub static RSA_KEYMGMT: [ossl::OSSL_DISPATCH; 13] = keymgmt_table!(rsa_new, rsa_types, rsa_gettable, rsa_op_name);
-pub static EC_KEYMGMT: [ossl::OSSL_DISPATCH; 13] = keymgmt_table!(ec_new, ec_types, ec_gettable, ec_op_name);
+pub static RSA_KEYMGMT: [ossl::OSSL_DISPATCH; 14] = keymgmt_table!(rsa_new, rsa_load, rsa_types, rsa_gettable, rsa_op_name);
+pub static EC_KEYMGMT: [ossl::OSSL_DISPATCH; 14] = keymgmt_table!(ec_new, ec_load, ec_types, ec_gettable, ec_op_name);
 
 #[cfg(test)]
 mod tests {
@@ -512,6 +579,17 @@ mod tests {
         n[0] = 0x80;
         let p = Public::Rsa { n, e: vec![1, 0, 1] };
         assert_eq!((p.bits(), p.security_bits()), (2048, 112));
+    }
+
+    #[test]
+    fn references_carry_their_number_and_nothing_else_passes() {
+        let r = reference(42);
+        assert_eq!(parked_number(&r), Some(42));
+        assert_eq!(parked_number(&r[..15]), None);
+        let mut other = r;
+        other[0] ^= 1;
+        assert_eq!(parked_number(&other), None);
+        assert_eq!(parked_number(&[0u8; 8]), None);
     }
 
     #[test]

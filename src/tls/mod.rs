@@ -12,3 +12,4 @@ pub mod params;
 pub mod provider;
 pub mod sigcheck;
 pub mod signature;
+pub mod store;

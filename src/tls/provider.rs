@@ -54,6 +54,9 @@ static SIGNATURE: Algs<3> = Algs([
     ALG_END,
 ]);
 static ASYM_CIPHER: Algs<2> = Algs([alg(key::RSA_ENC_NAME, &super::cipher::RSA_ASYM_CIPHER, c"RSA decrypt in a PKCS#11 token"), ALG_END]);
+/// The store for `pkcs11:` URIs: OSSL_STORE_open on a key URI (what mod_ssl
+/// does when no ENGINE answers) gets our key.
+static STORE: Algs<2> = Algs([alg(c"pkcs11", &super::store::STORE, c"mod_hsm_ssl's keys by pkcs11: URI"), ALG_END]);
 
 unsafe extern "C" fn query_operation(_provctx: *mut c_void, op: c_int, no_store: *mut c_int) -> *const OSSL_ALGORITHM {
     if !no_store.is_null() {
@@ -64,6 +67,7 @@ unsafe extern "C" fn query_operation(_provctx: *mut c_void, op: c_int, no_store:
         ossl::OSSL_OP_KEYMGMT => KEYMGMT.0.as_ptr(),
         ossl::OSSL_OP_SIGNATURE => SIGNATURE.0.as_ptr(),
         ossl::OSSL_OP_ASYM_CIPHER => ASYM_CIPHER.0.as_ptr(),
+        ossl::OSSL_OP_STORE => STORE.0.as_ptr(),
         _ => ptr::null(),
     }
 }
@@ -148,10 +152,10 @@ pub fn ensure_loaded() -> Result<(), String> {
         .clone()
 }
 
-/// An EVP_PKEY whose private operations go to `key` in the token. The
-/// caller owns the returned reference.
-pub fn evp_pkey_for(key: Arc<KeyRef>) -> Result<*mut openssl_sys::EVP_PKEY, String> {
-    ensure_loaded()?;
+/// Parks `key`, with the signature check built for it, for our KEYMGMT to
+/// take (by import or by load): its kind, its KEYMGMT name and the parking
+/// number.
+pub fn park(key: Arc<KeyRef>) -> Result<(Kind, &'static CStr, usize), String> {
     let public = Public::from_token(&key.public)?;
     let kind = match public {
         Public::Rsa { .. } => Kind::Rsa,
@@ -160,7 +164,14 @@ pub fn evp_pkey_for(key: Arc<KeyRef>) -> Result<*mut openssl_sys::EVP_PKEY, Stri
     let name: &CStr = if kind == Kind::Rsa { c"RSA" } else { c"EC" };
     // Built here, once per key, and shared by every signature made with it.
     let check = Arc::new(SigCheck::new(&public).map_err(|e| format!("cannot prepare the signature check: {e}"))?);
-    let mut handle = key::park(key, check);
+    Ok((kind, name, key::park(key, check)))
+}
+
+/// An EVP_PKEY whose private operations go to `key` in the token. The
+/// caller owns the returned reference.
+pub fn evp_pkey_for(key: Arc<KeyRef>) -> Result<*mut openssl_sys::EVP_PKEY, String> {
+    ensure_loaded()?;
+    let (_, name, mut handle) = park(key)?;
     let mut params = key::handle_param(&mut handle);
     // SAFETY: standard EVP_PKEY_fromdata sequence; the context is freed
     // here; params lives across the call (it points at `handle`); the cast
@@ -168,6 +179,7 @@ pub fn evp_pkey_for(key: Arc<KeyRef>) -> Result<*mut openssl_sys::EVP_PKEY, Stri
     unsafe {
         let ctx = openssl_sys::EVP_PKEY_CTX_new_from_name(ptr::null_mut(), name.as_ptr(), PROPS.as_ptr());
         if ctx.is_null() {
+            key::discard(handle);
             return Err("the hsm_ssl provider is not available in OpenSSL".into());
         }
         let mut pkey: *mut openssl_sys::EVP_PKEY = ptr::null_mut();
@@ -180,9 +192,32 @@ pub fn evp_pkey_for(key: Arc<KeyRef>) -> Result<*mut openssl_sys::EVP_PKEY, Stri
             ) == 1;
         openssl_sys::EVP_PKEY_CTX_free(ctx);
         if !ok || pkey.is_null() {
+            key::discard(handle);
             return Err("OpenSSL could not make a key object for the token key".into());
         }
         Ok(pkey)
+    }
+}
+
+/// The provider OSSL_STORE_open uses for `pkcs11:` URIs in the default
+/// library context (None if none offers that scheme). mod_ssl opens key
+/// URIs there with no property query, so when another provider (say
+/// pkcs11-provider from openssl.cnf) also offers the scheme, OpenSSL picks
+/// whichever it met first.
+pub fn pkcs11_store_provider() -> Option<String> {
+    // SAFETY: fetch by a 'static name in the default library context; the
+    // provider name is copied before the loader is freed.
+    unsafe {
+        ossl::ERR_set_mark();
+        let l = ossl::OSSL_STORE_LOADER_fetch(ptr::null_mut(), c"pkcs11".as_ptr(), ptr::null());
+        ossl::ERR_pop_to_mark();
+        if l.is_null() {
+            return None;
+        }
+        let p = ossl::OSSL_STORE_LOADER_get0_provider(l);
+        let name = if p.is_null() { None } else { Some(CStr::from_ptr(ossl::OSSL_PROVIDER_get0_name(p)).to_string_lossy().into_owned()) };
+        ossl::OSSL_STORE_LOADER_free(l);
+        name
     }
 }
 

@@ -328,6 +328,16 @@ impl Apache {
             cmd.env_remove(k);
         }
         cmd.env("LANG", "C");
+        // Which way mod_ssl gets the keys (src/tls/loader.rs): by default no
+        // engine directory, so no `pkcs11` engine exists and mod_ssl opens
+        // the URIs with OSSL_STORE, through the module's provider store, as
+        // it must with OpenSSL 4.0. HSM_TEST_KEY_LOADING=engine keeps
+        // OpenSSL's own engines directory, where libp11's engine is
+        // installed, so the module's ENGINE shadows it (the OpenSSL 3.x
+        // path with libp11 present). A test's own OPENSSL_ENGINES wins.
+        if std::env::var("HSM_TEST_KEY_LOADING").as_deref() != Ok("engine") {
+            cmd.env("OPENSSL_ENGINES", self.root.join("no-engines"));
+        }
         for (k, v) in &self.cfg.env {
             cmd.env(k, v);
         }
