@@ -37,6 +37,7 @@ PACKAGES=(
     prometheus       # tests/status.rs: promtool checks the metrics, a real Prometheus scrapes them
     iproute2         # tests/docs_commands.rs: ip link set lo up in the docs' sandboxes
     git              # tests/docs_commands.rs: the debian sandbox's checkout; rpm/build.sh
+    debootstrap      # scripts/compat-debian13.sh: the Debian 13 root the tests run in
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -476,6 +476,14 @@ fn assert_isolated(s: &Site, user: &str) {
         assert_eq!(owner, 0, "/proc/{ks}/{f} belongs to uid {owner}: the key service is dumpable");
     }
 
+    // httpd's Listen sockets are not the service's: holding them would keep
+    // the ports bound after httpd stops and put a web port in the process
+    // that holds the PIN.
+    let tcp = tcp_listening_inodes();
+    let held: Vec<u64> = socket_inodes(ks).into_iter().filter(|i| tcp.contains(i)).collect();
+    assert!(held.is_empty(), "the key service (pid {ks}) holds TCP listening sockets {held:?}");
+    assert!(socket_inodes(master(s)).iter().any(|i| tcp.contains(i)), "the check sees no Listen socket in httpd's parent");
+
     let socket = started_socket(s, ks);
     // Only the service holds the listening socket: any other process that
     // could accept on it (a worker, httpd's parent, a daemon another
@@ -539,6 +547,23 @@ fn unix_sockets() -> Vec<(String, u64, Option<String>)> {
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             Some((f.get(3)?.to_string(), f.get(6)?.parse().ok()?, f.get(7).map(|p| p.to_string())))
+        })
+        .collect()
+}
+
+/// Inodes of the listening TCP sockets (state 0A), IPv4 and IPv6.
+fn tcp_listening_inodes() -> Vec<u64> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.get(3) == Some(&"0A")).then(|| f.get(9)?.parse().ok()).flatten()
+                })
+                .collect::<Vec<u64>>()
         })
         .collect()
 }

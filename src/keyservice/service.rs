@@ -388,9 +388,41 @@ fn drop_privileges(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
+/// Closes the internet sockets the service inherited from httpd's parent:
+/// its `Listen` sockets and any other. The service talks to the children
+/// over its own Unix socket only; holding httpd's ports would keep them
+/// bound after httpd stops (a new httpd could not bind them until the
+/// service exits) and would put accept() on a web port in the process
+/// that holds the PIN. What it needs (its Unix sockets, the error log,
+/// stdio) is not an internet socket. The PKCS#11 library opens its own
+/// connections later.
+fn close_inherited_internet_sockets() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<libc::c_int> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2) {
+        // SAFETY: getsockname on a descriptor number with a buffer of the
+        // size passed; a descriptor that is not a socket (or is already
+        // closed, like the directory's own) just fails.
+        let family = unsafe {
+            let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            if libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+                continue;
+            }
+            libc::c_int::from(addr.ss_family)
+        };
+        if family == libc::AF_INET || family == libc::AF_INET6 {
+            // SAFETY: closing a descriptor this process inherited and does
+            // not use; nothing in the service refers to it.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
 /// The key service's life: set up, open the token, serve until killed.
 fn serve(plan: &Plan, listener: UnixListener, control: UnixStream) -> Result<(), String> {
     set_up_process(plan)?;
+    close_inherited_internet_sockets();
     // The service logs in with its configuration's PIN (in the binding);
     // the copy of an env: PIN the parent keeps for the next configuration
     // is not needed here.

@@ -170,9 +170,17 @@ pub fn parse_s_client(raw: &str) -> TlsResult {
                 let mut parts = v.split(';').next().unwrap_or("").split(',');
                 let alg = parts.next().unwrap_or("").trim();
                 let bits = parts.next().unwrap_or("").trim().trim_end_matches("(bit)").trim();
+                // OpenSSL 3.5 names an EC key's curve instead of its size:
+                // "a:PKEY: EC, (prime256v1); sigalg: ...".
+                let bits = match bits {
+                    "(prime256v1)" => "256",
+                    "(secp384r1)" => "384",
+                    "(secp521r1)" => "521",
+                    other => other,
+                };
                 let alg = match alg {
                     "rsaEncryption" => "RSA",
-                    "id-ecPublicKey" => "EC",
+                    "id-ecPublicKey" | "EC" => "EC",
                     "rsassaPss" | "RSASSA-PSS" => "RSA-PSS",
                     other => other,
                 };
@@ -184,7 +192,19 @@ pub fn parse_s_client(raw: &str) -> TlsResult {
         } else if let Some(v) = after(line, "Cipher    :") {
             r.cipher = Some(v.to_string());
         } else if let Some(v) = after(line, "Peer signature type:") {
-            r.peer_sig_type = Some(v.to_string());
+            // OpenSSL 3.5 prints the TLS SignatureScheme name
+            // (rsa_pss_rsae_sha256, rsa_pkcs1_sha256, ecdsa_secp256r1_sha256),
+            // 3.0 the key type (RSA-PSS, RSA, ECDSA).
+            let t = if v.starts_with("rsa_pss_") {
+                "RSA-PSS"
+            } else if v.starts_with("rsa_pkcs1_") {
+                "RSA"
+            } else if v.starts_with("ecdsa_") {
+                "ECDSA"
+            } else {
+                v
+            };
+            r.peer_sig_type = Some(t.to_string());
         } else if let Some(v) = after(line, "Peer signing digest:") {
             r.peer_sig_digest = Some(v.to_string());
         } else if after(line, "Verify return code: 0 (ok)").is_some() {

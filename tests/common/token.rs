@@ -215,7 +215,9 @@ impl Token {
             .split("Public Key Object")
             .find(|b| b.lines().any(|l| l.trim() == format!("label:      {key_label}")))
             .unwrap_or_else(|| panic!("public key {key_label} not listed:\n{listing}"));
-        let field = |name: &str| block.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()));
+        // The value is the first word: pkcs11-tool 0.26 appends "(OID 1.2.840...)" to EC_PARAMS.
+        let field =
+            |name: &str| block.lines().find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.split_whitespace().next()).map(str::to_string));
         if let (Some(point), Some(params)) = (field("EC_POINT:"), field("EC_PARAMS:")) {
             std::fs::write(&der, ec_spki_der(&unhex(&params), &unhex(&point))).unwrap();
         } else {
