@@ -62,50 +62,23 @@ TESTS=(core_tls core_resumption configtest)
 PACKAGES=(apache2 media-types softhsm2 opensc openssl libengine-pkcs11-openssl
     curl ca-certificates procps iproute2)
 
-usage() {
-    # The header comment above, without the shebang and the '# '.
-    sed -n '2,/^set -euo pipefail/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'
-    cat <<'EOF'
+# usage and the options, the root's mounts, lock and stamp, debootstrap,
+# in_root and the test runs: shared with compat-openssl4.sh.
+# shellcheck source=scripts/compat-lib.sh
+. "$REPO/scripts/compat-lib.sh"
 
-Options:
-  --refresh   apt-get update and upgrade the cached root before the tests
-  --rebuild   delete the cached root and make it anew
-  -h, --help  this text
-Other arguments are passed to the test binaries, e.g. a test name filter:
-  sudo bash scripts/compat-debian13.sh rsa_static
-EOF
-}
-
-REFRESH=0
-REBUILD=0
-FILTER=()
-while [ $# -gt 0 ]; do
-    case "$1" in
-        -h | --help) usage; exit 0 ;;
-        --refresh) REFRESH=1 ;;
-        --rebuild) REBUILD=1 ;;
-        --) shift; FILTER+=("$@"); break ;;
-        *) FILTER+=("$1") ;;
-    esac
-    shift
-done
+parse_args "$@"
 
 # say, die, the root check, install-deps.sh, cargo on PATH, and a
 # CARGO_TARGET_DIR that www-data can read.
 # shellcheck source=scripts/prepare.sh
 . "$REPO/scripts/prepare.sh"
 
-command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found: apt-get install debootstrap (scripts/install-deps.sh installs it)"
-[ "$(dpkg --print-architecture)" = amd64 ] || die "only amd64 is supported (the tests name /usr/lib/x86_64-linux-gnu)"
+check_host
 
-ROOT="${HSM_COMPAT_ROOT:-/var/cache/mod_hsm_ssl-compat/$SUITE}"
-ROOT="$(realpath -m "$ROOT")"
-case "$ROOT" in
-    / | "") die "HSM_COMPAT_ROOT must not be /" ;;
-esac
+set_root HSM_COMPAT_ROOT "/var/cache/mod_hsm_ssl-compat/$SUITE"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
-STAMP="$ROOT/.mod_hsm_ssl-compat-complete"
 # The stamp holds what the root was made with: another list remakes it.
 STAMP_TEXT="$SUITE minbase ${PACKAGES[*]}"
 START=$SECONDS
@@ -115,23 +88,10 @@ START=$SECONDS
 say "cargo build --workspace"
 cargo build --workspace
 say "cargo test --no-run (${TESTS[*]})"
-test_args=()
-for t in "${TESTS[@]}"; do
-    test_args+=(--test "$t")
-done
+set_test_args
 cargo test --no-run "${test_args[@]}"
-# Again (nothing left to build) for the executables' paths: one JSON object
-# a line, and a test target's artifact names its executable.
-declare -A EXE=()
-while read -r name exe; do
-    EXE[$name]=$exe
-done < <(cargo test --no-run --message-format=json "${test_args[@]}" \
-    | sed -n 's/.*"reason":"compiler-artifact".*"target":{"kind":\["test"\][^}]*"name":"\([^"]*\)".*"executable":"\([^"]*\)".*/\1 \2/p')
-for t in "${TESTS[@]}"; do
-    if [ -z "${EXE[$t]:-}" ] || [ ! -x "${EXE[$t]}" ]; then
-        die "no test executable found for $t"
-    fi
-done
+# Again (nothing left to build) for the executables' paths.
+read_test_exes "" < <(cargo test --no-run --message-format=json "${test_args[@]}")
 # <target>/debug/deps/<test>-<hash>
 PROFILE_DIR="$(dirname "$(dirname "${EXE[${TESTS[0]}]}")")"
 TARGET_DIR="$(dirname "$PROFILE_DIR")"
@@ -145,71 +105,7 @@ mkdir -p "$OUT"
 
 # --------------------------------------------------------------- mounts --
 
-# Mount points under the root, deepest first (from this mount namespace).
-mounts_under_root() {
-    awk -v r="$ROOT" '{ p = $5; gsub(/\\040/, " ", p); if (p == r || index(p, r "/") == 1) print p }' /proc/self/mountinfo \
-        | sort -r
-}
-
-# Processes whose root directory is the Debian 13 root: what this script
-# started there (a test that died may leave apache2 running).
-procs_in_root() {
-    local p link
-    for p in /proc/[0-9]*; do
-        link="$(readlink "$p/root" 2>/dev/null)" || continue
-        [ "$link" = "$ROOT" ] && echo "${p#/proc/}"
-    done
-    return 0
-}
-
-unmount_root() {
-    local pids m
-    mapfile -t pids < <(procs_in_root)
-    if [ "${#pids[@]}" -gt 0 ]; then
-        echo "$SCRIPT: stopping processes left in the root: ${pids[*]}" >&2
-        kill -TERM "${pids[@]}" 2>/dev/null || true
-        sleep 2
-        mapfile -t pids < <(procs_in_root)
-        [ "${#pids[@]}" -eq 0 ] || kill -KILL "${pids[@]}" 2>/dev/null || true
-    fi
-    while read -r m; do
-        [ -n "$m" ] || continue
-        umount "$m" 2>/dev/null || umount -l "$m" || echo "$SCRIPT: WARNING: cannot unmount $m" >&2
-    done < <(mounts_under_root)
-}
-
-# /proc, /sys, /dev, /dev/pts, /dev/shm, /run and a fresh /tmp in the root.
-mount_base() {
-    mkdir -p "$ROOT"/{proc,sys,dev,run,tmp}
-    mount -t proc proc "$ROOT/proc"
-    mount -t sysfs -o ro sysfs "$ROOT/sys"
-    mount --bind /dev "$ROOT/dev"
-    mount --bind /dev/pts "$ROOT/dev/pts"
-    mount -t tmpfs -o mode=1777 shm "$ROOT/dev/shm"
-    mount -t tmpfs -o mode=0755 run "$ROOT/run"
-    mount -t tmpfs -o mode=1777 tmp "$ROOT/tmp"
-}
-
-# A directory of this machine at the same absolute path in the root.
-mount_same_path() {
-    mkdir -p "$ROOT$1"
-    mount --bind "$1" "$ROOT$1"
-}
-
-# Runs a command in the root with a clean environment.
-in_root() {
-    chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
-        DEBIAN_FRONTEND=noninteractive "$@" 9>&-
-}
-
-# One run at a time per root (they would share its mounts).
-mkdir -p "$(dirname "$ROOT")"
-exec 9>"$ROOT.lock"
-if ! flock -n 9; then
-    say "waiting for another run using $ROOT"
-    flock 9
-fi
-trap unmount_root EXIT
+lock_root
 trap 'exit 130' INT
 trap 'exit 143' TERM
 unmount_root # left by a run that was killed
@@ -229,19 +125,8 @@ apt_upgrade() {
 make_root() {
     local t0=$SECONDS include
     say "making a Debian 13 ($SUITE) root in $ROOT (debootstrap, minbase)"
-    if [ -e "$ROOT" ]; then
-        [ -z "$(mounts_under_root)" ] || die "something is still mounted under $ROOT"
-        rm -rf --one-file-system "$ROOT"
-    fi
     include="$(IFS=,; echo "${PACKAGES[*]}")"
-    # --foreign, then the second stage in the root: in between, a
-    # policy-rc.d keeps the packages' scripts from starting apache2 there.
-    debootstrap --foreign --variant=minbase --arch=amd64 --include="$include" "$SUITE" "$ROOT" "$MIRROR"
-    mkdir -p "$ROOT/usr/sbin"
-    printf '#!/bin/sh\n# mod_hsm_ssl compat root: no service starts here.\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
-    chmod 0755 "$ROOT/usr/sbin/policy-rc.d"
-    chroot "$ROOT" /debootstrap/debootstrap --second-stage 9>&-
-    unmount_root # in case debootstrap left /proc or /sys mounted
+    debootstrap_root "$include"
     rm -f "$ROOT/etc/apt/sources.list"
     cat >"$ROOT/etc/apt/sources.list.d/debian.sources" <<EOF
 Types: deb
@@ -259,18 +144,8 @@ EOF
     echo "$SCRIPT: Debian 13 root made in $((SECONDS - t0)) s"
 }
 
-if [ "$REBUILD" = 1 ] || [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$STAMP_TEXT" ]; then
-    make_root
-elif [ "$REFRESH" = 1 ] || [ -n "$(find "$STAMP" -mtime +6)" ]; then
-    apt_upgrade
-    touch "$STAMP"
-else
-    say "reusing the Debian 13 root in $ROOT (made or refreshed $(date -r "$STAMP" '+%F %T'))"
-fi
+make_or_refresh_root "the Debian 13 root"
 
-pkg_version() {
-    in_root dpkg-query -W -f="\${Version}" "$1" 2>/dev/null || echo "not installed"
-}
 APACHE_VERSION="$(in_root /usr/sbin/apache2 -v | sed -n 's|^Server version: Apache/\([^ ]*\).*|\1|p')"
 OPENSSL_VERSION="$(in_root openssl version | awk '{ print $2 }')"
 say "Debian 13 root: Debian $(cat "$ROOT/etc/debian_version")"
@@ -299,29 +174,20 @@ esac
 
 say "the Debian 12 binaries in the Debian 13 root (its ldd)"
 for f in "${EXE[@]}" "${ARTIFACTS[@]}"; do
-    libs="$(in_root ldd "$f")" || die "ldd $f failed in the root"
-    if grep -q 'not found' <<<"$libs"; then
-        printf '%s\n' "$libs" >&2
-        die "${f#"$TARGET_DIR"/}: libraries missing in the Debian 13 root"
-    fi
-    ssl="$(awk '/libssl\.so/ { print $3 }' <<<"$libs")"
+    root_ldd "$f" "${f#"$TARGET_DIR"/}: libraries missing in the Debian 13 root"
+    ssl="$(awk '/libssl\.so/ { print $3 }' <<<"$LIBS")"
     echo "  ${f#"$TARGET_DIR"/}: all libraries found${ssl:+, libssl: $ssl}"
 done
 
 # The environment the tests get in the root.
 test_env=(TMPDIR=/tmp RUST_BACKTRACE="${RUST_BACKTRACE:-1}")
 [ -n "${CARGO_TARGET_DIR:-}" ] && test_env+=(CARGO_TARGET_DIR="$TARGET_DIR")
-while IFS='=' read -r k _; do
-    case "$k" in
-        HSM_TEST_KEY_LOADING) ;;
-        HSM_TEST_*) test_env+=("$k=${!k}") ;;
-    esac
-done < <(env)
+pass_hsm_test_env HSM_TEST_KEY_LOADING
 
 # run_path NAME [VAR=VALUE...]: every test binary in the root; sets PASSED
 # and FAILED (a binary that ends without libtest's result line fails).
 run_path() {
-    local name=$1 t log result n m rc ok=1
+    local name=$1 t log rc ok=1
     shift
     PASSED=0
     FAILED=0
@@ -329,18 +195,13 @@ run_path() {
         log="$OUT/$name-$t.log"
         say "$t on the $name path, in Debian 13"
         set +e
-        in_root "${test_env[@]}" "$@" /usr/bin/env -C "$REPO" "${EXE[$t]}" \
-            --test-threads="${TEST_THREADS:-4}" "${FILTER[@]}" 2>&1 | tee "$log"
+        run_test "$t" "$@" 2>&1 | tee "$log"
         rc=${PIPESTATUS[0]}
         set -e
-        result="$(grep '^test result: ' "$log" | tail -n 1)"
-        n="$(sed -n 's/.* \([0-9][0-9]*\) passed;.*/\1/p' <<<"$result")"
-        m="$(sed -n 's/.* \([0-9][0-9]*\) failed;.*/\1/p' <<<"$result")"
-        PASSED=$((PASSED + ${n:-0}))
-        FAILED=$((FAILED + ${m:-0}))
-        if [ "$rc" -ne 0 ] || [ -z "$result" ]; then
+        tally_test_result "$log"
+        if [ "$rc" -ne 0 ] || [ -z "$RESULT" ]; then
             ok=0
-            [ -n "$result" ] || FAILED=$((FAILED + 1))
+            [ -n "$RESULT" ] || FAILED=$((FAILED + 1))
             echo "$SCRIPT: $t failed on the $name path (exit $rc), output in $log" >&2
         fi
     done
@@ -349,8 +210,7 @@ run_path() {
     if [ -d "$ROOT/tmp/hsm-ssl-tests" ] && [ -n "$(ls -A "$ROOT/tmp/hsm-ssl-tests")" ]; then
         local kept
         kept="$OUT/$name-kept-$(date +%Y%m%d-%H%M%S)"
-        cp -a "$ROOT/tmp/hsm-ssl-tests" "$kept"
-        rm -rf "${ROOT:?}/tmp/hsm-ssl-tests"
+        save_test_dirs "$kept"
         echo "$SCRIPT: test directories kept in $kept"
     fi
     [ "$ok" = 1 ]

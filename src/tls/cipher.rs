@@ -28,6 +28,11 @@ use crate::pkcs11::token::{KeyRef, Mech, OpError, PremasterMech, TokenAnswer};
 use crate::tls::key::{keydata, Kind, Public};
 use crate::tls::params::{self, def, end, ParamList};
 
+/// "pad-mode". OpenSSL's `OSSL_ASYM_CIPHER_PARAM_PAD_MODE` is an alias of
+/// `OSSL_PKEY_PARAM_PAD_MODE`, and OpenSSL 4.0's core_names.h defines the
+/// alias before its target, which bindgen then drops: name the target.
+const PAD_MODE: &[u8] = ossl::OSSL_PKEY_PARAM_PAD_MODE;
+
 const PAD_PKCS1: c_int = 1;
 const PAD_TLS: c_int = 7; // RSA_PKCS1_WITH_TLS_PADDING
 const PREMASTER: usize = 48;
@@ -252,7 +257,7 @@ fn apply(c: &mut CipherCtx, params: *const OSSL_PARAM) -> bool {
     }
     // SAFETY: params is OpenSSL's valid END-terminated array (checked non-null above).
     unsafe {
-        if let Some(p) = params::locate_const(params, ossl::OSSL_ASYM_CIPHER_PARAM_PAD_MODE) {
+        if let Some(p) = params::locate_const(params, PAD_MODE) {
             let mode = match params::get_utf8(p) {
                 Some(s) if s == "pkcs1" => PAD_PKCS1,
                 Some(_) => return false,
@@ -343,7 +348,7 @@ unsafe extern "C" fn set_ctx_params(c: *mut c_void, params: *const OSSL_PARAM) -
 }
 
 static SETTABLE: ParamList<4> = ParamList([
-    def(ossl::OSSL_ASYM_CIPHER_PARAM_PAD_MODE, ossl::OSSL_PARAM_UTF8_STRING),
+    def(PAD_MODE, ossl::OSSL_PARAM_UTF8_STRING),
     def(ossl::OSSL_ASYM_CIPHER_PARAM_TLS_CLIENT_VERSION, ossl::OSSL_PARAM_UNSIGNED_INTEGER),
     def(ossl::OSSL_ASYM_CIPHER_PARAM_TLS_NEGOTIATED_VERSION, ossl::OSSL_PARAM_UNSIGNED_INTEGER),
     end(),
@@ -358,11 +363,11 @@ unsafe extern "C" fn get_ctx_params(c: *mut c_void, params: *mut OSSL_PARAM) -> 
         // SAFETY: see ctx(); params valid.
         let Some(c) = (unsafe { ctx(c) }) else { return 0 };
         // SAFETY: params is OpenSSL's valid END-terminated array.
-        unsafe { params::set_int(params, ossl::OSSL_ASYM_CIPHER_PARAM_PAD_MODE, c.pad) as c_int }
+        unsafe { params::set_int(params, PAD_MODE, c.pad) as c_int }
     })
 }
 
-static GETTABLE: ParamList<2> = ParamList([def(ossl::OSSL_ASYM_CIPHER_PARAM_PAD_MODE, ossl::OSSL_PARAM_INTEGER), end()]);
+static GETTABLE: ParamList<2> = ParamList([def(PAD_MODE, ossl::OSSL_PARAM_INTEGER), end()]);
 
 unsafe extern "C" fn gettable(_c: *mut c_void, _provctx: *mut c_void) -> *const OSSL_PARAM {
     GETTABLE.as_ptr()
