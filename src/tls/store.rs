@@ -109,30 +109,20 @@ unsafe extern "C" fn load(
         log::debug!("HSM00523: key {shown}: handed to OpenSSL through the hsm_ssl provider's store (OSSL_STORE)");
         let mut object_type: c_int = ossl::OSSL_OBJECT_PKEY as c_int;
         let mut reference = key::reference(n);
-        let params = [
-            OSSL_PARAM {
-                key: ossl::OSSL_OBJECT_PARAM_TYPE.as_ptr() as *const c_char,
-                data_type: ossl::OSSL_PARAM_INTEGER,
-                data: (&mut object_type as *mut c_int).cast(),
-                data_size: std::mem::size_of::<c_int>(),
-                return_size: usize::MAX,
-            },
-            OSSL_PARAM {
-                key: ossl::OSSL_OBJECT_PARAM_DATA_TYPE.as_ptr() as *const c_char,
-                data_type: ossl::OSSL_PARAM_UTF8_STRING,
-                data: name.as_ptr() as *mut c_void,
-                data_size: name.to_bytes().len(),
-                return_size: usize::MAX,
-            },
-            OSSL_PARAM {
-                key: ossl::OSSL_OBJECT_PARAM_REFERENCE.as_ptr() as *const c_char,
-                data_type: ossl::OSSL_PARAM_OCTET_STRING,
-                data: reference.as_mut_ptr().cast(),
-                data_size: reference.len(),
-                return_size: usize::MAX,
-            },
-            end(),
-        ];
+        // SAFETY: the constructors only record the pointers, which stay
+        // valid across the callback below (locals and a 'static name).
+        let params = unsafe {
+            [
+                ossl::OSSL_PARAM_construct_int(ossl::OSSL_OBJECT_PARAM_TYPE.as_ptr().cast(), &mut object_type),
+                ossl::OSSL_PARAM_construct_utf8_string(ossl::OSSL_OBJECT_PARAM_DATA_TYPE.as_ptr().cast(), name.as_ptr() as *mut c_char, 0),
+                ossl::OSSL_PARAM_construct_octet_string(
+                    ossl::OSSL_OBJECT_PARAM_REFERENCE.as_ptr().cast(),
+                    reference.as_mut_ptr().cast(),
+                    reference.len(),
+                ),
+                ossl::OSSL_PARAM_construct_end(),
+            ]
+        };
         // SAFETY: OpenSSL's callback with its own argument; `params` and
         // what it points to live across the call (OpenSSL loads the
         // reference within it).
