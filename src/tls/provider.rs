@@ -153,9 +153,8 @@ pub fn ensure_loaded() -> Result<(), String> {
 }
 
 /// Parks `key`, with the signature check built for it, for our KEYMGMT to
-/// take (by import or by load): its kind, its KEYMGMT name and the parking
-/// number.
-pub fn park(key: Arc<KeyRef>) -> Result<(Kind, &'static CStr, usize), String> {
+/// take (by import or by load): its KEYMGMT name and the parking number.
+pub fn park(key: Arc<KeyRef>) -> Result<(&'static CStr, usize), String> {
     let public = Public::from_token(&key.public)?;
     let kind = match public {
         Public::Rsa { .. } => Kind::Rsa,
@@ -164,14 +163,14 @@ pub fn park(key: Arc<KeyRef>) -> Result<(Kind, &'static CStr, usize), String> {
     let name: &CStr = if kind == Kind::Rsa { c"RSA" } else { c"EC" };
     // Built here, once per key, and shared by every signature made with it.
     let check = Arc::new(SigCheck::new(&public).map_err(|e| format!("cannot prepare the signature check: {e}"))?);
-    Ok((kind, name, key::park(key, check)))
+    Ok((name, key::park(key, check)))
 }
 
 /// An EVP_PKEY whose private operations go to `key` in the token. The
 /// caller owns the returned reference.
 pub fn evp_pkey_for(key: Arc<KeyRef>) -> Result<*mut openssl_sys::EVP_PKEY, String> {
     ensure_loaded()?;
-    let (_, name, mut handle) = park(key)?;
+    let (name, mut handle) = park(key)?;
     let mut params = key::handle_param(&mut handle);
     // SAFETY: standard EVP_PKEY_fromdata sequence; the context is freed
     // here; params lives across the call (it points at `handle`); the cast

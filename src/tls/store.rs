@@ -99,7 +99,7 @@ unsafe extern "C" fn load(
             return 0;
         }
         let Some(token_key) = super::loader::resolve(&c.uri) else { return 0 };
-        let (_, name, n) = match super::provider::park(token_key) {
+        let (name, n) = match super::provider::park(token_key) {
             Ok(p) => p,
             Err(e) => {
                 super::loader::report_unusable(&shown, &e);
